@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hello: the seed's first service (chapter 1) on mica.
+ *
+ *   GET /health -> {"status":"ok"}
+ *   GET /data   -> {"message":"success","data":"processed quickly"}
+ *
+ * Listens on :8080, or on $PORT, or on the comma-separated $MICA_LISTEN.
+ * MICA_WORKERS sets the worker threads (default: one per CPU); the
+ * MICA_HTTP_* variables set limits and timeouts (include/mica/http.h).
+ * SIGTERM or Ctrl-C drains in-flight requests and exits 0.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "mica/http.h"
+#include "mica/runtime.h"
+
+static int health(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    return mica_http_resp_json_str(resp, 200, "{\"status\":\"ok\"}");
+}
+
+static int data(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    json_t *body = json_pack("{s:s, s:s}", "message", "success", "data", "processed quickly");
+    if (!body)
+        return MICA_ENOMEM;
+    int rc = mica_http_resp_json(resp, 200, body);
+    json_decref(body);
+    return rc;
+}
+
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "hello: %s: %s\n", what, mica_strerror(rc));
+    return 1;
+}
+
+int main(void)
+{
+    mica_runtime_t *rt;
+    int rc = mica_runtime_new(&rt, NULL);
+    if (rc != 0)
+        return fail("runtime", rc);
+
+    mica_http_server_opts_t opts = {0};
+    mica_http_server_t *srv;
+    if ((rc = mica_http_server_opts_from_env(&opts)) != 0 ||
+        (rc = mica_http_server_new(&srv, &opts)) != 0)
+        return fail("server options", rc);
+
+    mica_http_route(srv, "GET", "/health", health, NULL);
+    mica_http_route(srv, "GET", "/data", data, NULL);
+
+    const char *listen = getenv("MICA_LISTEN");
+    const char *port = getenv("PORT");
+    char addr[64];
+    if (!listen || !*listen) {
+        snprintf(addr, sizeof(addr), ":%s", port && *port ? port : "8080");
+        listen = addr;
+    }
+    if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
+        return fail("bad listen address", rc);
+    if ((rc = mica_http_server_attach(srv, rt)) != 0)
+        return fail("listen", rc);
+
+    rc = mica_runtime_run(rt);
+    mica_http_server_free(srv);
+    mica_runtime_free(rt);
+    return rc == 0 ? 0 : fail("shutdown", rc);
+}

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The mica runtime: N worker threads, each with its own event loop and
+ * scheduler of stackful coroutines. Code running in a coroutine reads like
+ * Go: socket I/O, sleeps and waits suspend the coroutine, not the thread.
+ *
+ *     mica_runtime_t *rt;
+ *     mica_runtime_new(&rt, NULL);          // MICA_WORKERS or one per CPU
+ *     mica_runtime_on_start(rt, setup, arg); // runs in a coroutine on every worker
+ *     return mica_runtime_run(rt);          // until SIGTERM/SIGINT, then drains
+ */
+#ifndef MICA_RUNTIME_H
+#define MICA_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mica/error.h"
+
+typedef struct mica_runtime mica_runtime_t;
+
+/** A coroutine body. It runs on one worker until it returns. */
+typedef void (*mica_coro_fn)(void *arg);
+
+/** Runs on a worker thread; see mica_runtime_on_start() and mica_runtime_on_stop(). */
+typedef void (*mica_worker_cb)(int worker_id, void *arg);
+
+/** Deadline meaning "wait forever", for the `deadline_ms` arguments. */
+#define MICA_NO_DEADLINE INT64_MAX
+
+typedef struct mica_runtime_opts {
+    int workers;              /* 0: $MICA_WORKERS, else the number of online CPUs */
+    size_t stack_bytes;       /* coroutine stack, 0: 64 KiB; rounded up to pages */
+    int drain_timeout_ms;     /* 0: $MICA_DRAIN_TIMEOUT_MS, else 10000 */
+    bool no_signals;          /* true: don't handle SIGTERM/SIGINT (embedding, tests) */
+} mica_runtime_opts_t;
+
+/**
+ * Creates a runtime with `opts` (NULL for defaults and environment). Nothing
+ * runs until mica_runtime_run(). Returns 0, MICA_EINVAL on bad options or a
+ * bad MICA_* variable, or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts);
+
+/** Returns the number of workers `rt` runs. */
+MICA_API int mica_runtime_workers(const mica_runtime_t *rt);
+
+/**
+ * Registers `cb` to run in a new coroutine on every worker when it starts,
+ * in registration order. Call before mica_runtime_run(). Returns 0 or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_start(mica_runtime_t *rt, mica_worker_cb cb, void *arg);
+
+/**
+ * Registers `cb` to run on every worker (on the loop, not in a coroutine:
+ * it must not suspend) when shutdown begins, so servers can stop accepting
+ * and close idle connections. Returns 0 or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg);
+
+/**
+ * Starts the workers and blocks until the runtime stops: on SIGTERM or
+ * SIGINT (unless opts.no_signals) or mica_runtime_stop(). Stopping runs the
+ * on_stop callbacks, lets coroutines finish for up to drain_timeout_ms, then
+ * cancels what is still waiting (its waits return MICA_ECANCELED) and joins
+ * the workers. Returns 0 after a clean drain, MICA_ETIMEDOUT if the drain
+ * deadline had to cancel work, or an error from starting the threads.
+ */
+MICA_API int mica_runtime_run(mica_runtime_t *rt);
+
+/** Asks `rt` to stop, as SIGTERM does. Safe from any thread and from signal handlers. */
+MICA_API void mica_runtime_stop(mica_runtime_t *rt);
+
+/** Frees `rt` after mica_runtime_run() has returned. NULL is a no-op. */
+MICA_API void mica_runtime_free(mica_runtime_t *rt);
+
+/** Returns the current worker's id (0..workers-1), or -1 outside a worker. */
+MICA_API int mica_worker_id(void);
+
+/** Returns true while the current worker is shutting down (draining). */
+MICA_API bool mica_worker_stopping(void);
+
+/**
+ * Spawns a coroutine running fn(arg) on the current worker. It starts after
+ * the caller next suspends or yields. Returns 0, MICA_ENOMEM when no stack
+ * can be had, or MICA_EINVAL outside a worker.
+ */
+MICA_API int mica_go(mica_coro_fn fn, void *arg);
+
+/** Lets the other runnable coroutines of this worker run, then resumes. */
+MICA_API void mica_yield(void);
+
+/**
+ * Suspends the calling coroutine for `ms` milliseconds. Returns 0, or
+ * MICA_ECANCELED if the worker's drain deadline passed while sleeping.
+ */
+MICA_API int mica_sleep_ms(int64_t ms);
+
+/** Returns the worker's monotonic clock in ms, cached per loop iteration (cheap). */
+MICA_API int64_t mica_now_ms(void);
+
+/** Returns the deadline `timeout_ms` from now (MICA_NO_DEADLINE for timeout_ms < 0). */
+MICA_API int64_t mica_deadline_in(int64_t timeout_ms);
+
+#endif /* MICA_RUNTIME_H */

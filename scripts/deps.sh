@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Installs the Debian packages a mica target needs, and only the missing ones.
+# Usage: scripts/deps.sh build|test|bench|run   (idempotent; prints what it installs)
+set -euo pipefail
+
+build=(gcc make cmake pkg-config libjansson-dev)
+test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl python3)
+bench=(wrk nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)
+
+want=("${build[@]}")
+for t in "$@"; do
+    case "$t" in
+    build | run) ;;
+    test) want+=("${test[@]}") ;;
+    bench) want+=("${test[@]}" "${bench[@]}") ;;
+    *) echo "deps.sh: unknown target '$t'" >&2; exit 2 ;;
+    esac
+done
+
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps.sh: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# memcheck over every unit test binary, then one server run that serves
+# requests and drains (tests/integration/valgrind_server.py): no leak, no
+# invalid access. Usage: scripts/valgrind.sh <build-dir>
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$1
+vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect)
+shopt -s nullglob
+for t in "$build"/tests/unit_*; do
+    [ -x "$t" ] || continue
+    echo "valgrind: $(basename "$t")"
+    "${vg[@]}" "$t" >"$build/valgrind-$(basename "$t").log" 2>&1 ||
+        { tail -60 "$build/valgrind-$(basename "$t").log"; echo "valgrind: $(basename "$t") FAILED" >&2; exit 1; }
+done
+if [ -f "$root/tests/integration/valgrind_server.py" ]; then
+    MICA_BUILD_DIR="$build" python3 "$root/tests/integration/valgrind_server.py"
+fi
+echo "valgrind: ok"

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+/* HTTP internals shared by the files of src/http. */
+#ifndef MICA_HTTP_INTERNAL_H
+#define MICA_HTTP_INTERNAL_H
+
+#include "http/parser.h"
+#include "mica/http.h"
+
+#define MICA__HTTP_MAX_PARAMS 8
+
+typedef struct mica__router mica__router_t;
+
+typedef struct mica__route_match {
+    mica_http_handler_fn fn;
+    void *arg;
+    size_t nparams;
+    const char *names[MICA__HTTP_MAX_PARAMS]; /* owned by the router */
+    const char *values[MICA__HTTP_MAX_PARAMS]; /* raw, point into the path */
+    size_t value_lens[MICA__HTTP_MAX_PARAMS];
+    char allow[160]; /* for 405/OPTIONS: "GET, HEAD, POST" */
+} mica__route_match_t;
+
+int mica__router_new(mica__router_t **out);
+void mica__router_free(mica__router_t *r);
+int mica__router_add(mica__router_t *r, const char *method, const char *pattern,
+                     mica_http_handler_fn fn, void *arg);
+/*
+ * Finds the handler for method + path. Returns 0 (m->fn set), -404 when no
+ * pattern matches the path, or -405 when the path matches but not the method
+ * (m->allow lists the methods that do). HEAD falls back to GET.
+ */
+int mica__router_match(const mica__router_t *r, const char *method, size_t method_len,
+                       const char *path, size_t path_len, mica__route_match_t *m);
+
+#endif /* MICA_HTTP_INTERNAL_H */
+
+/* ---- server, connections, requests (server.c, response.c) ---------------- */
+
+#include <time.h>
+
+#include "common/arena.h"
+
+typedef struct mica__http_worker mica__http_worker_t;
+typedef struct mica__http_conn mica__http_conn_t;
+
+struct mica_http_server {
+    mica_http_server_opts_t o;
+    mica__http_limits_t limits;
+    mica__router_t *router;
+    char **addrs;
+    size_t naddrs;
+    int *fds; /* naddrs * nworkers listening sockets, [worker * naddrs + i] */
+    int *ports;
+    int nworkers;
+    mica__http_worker_t *workers;
+};
+
+struct mica__http_worker {
+    mica_http_server_t *srv;
+    int id;
+    mica__http_conn_t *conns; /* every open connection, for the drain */
+    int nconns;
+    int spare_fd; /* closed and reopened to refuse a connection on EMFILE */
+    uint64_t accepted, refused, requests;
+    int64_t last_refuse_log_ms;
+    time_t date_sec;
+    char date[40]; /* "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" */
+    size_t date_len;
+};
+
+struct mica_http_req {
+    mica__http_conn_t *conn;
+    const char *method;
+    const char *path;
+    const char *query;
+    const char *body;
+    size_t body_len;
+    mica__route_match_t match;
+    const char *params[MICA__HTTP_MAX_PARAMS]; /* decoded lazily */
+};
+
+struct mica_http_resp {
+    mica__http_conn_t *conn;
+    bool sent;
+    int status;
+    char *headers; /* extra "Name: value\r\n" lines, in the arena */
+    size_t headers_len, headers_cap;
+};
+
+struct mica__http_conn {
+    int fd;
+    mica__http_worker_t *w;
+    mica__http_conn_t *prev, *next;
+    bool idle;      /* waiting for the first byte of a request: the drain may close it */
+    bool must_wait; /* the last read drained the socket: wait before reading again */
+    bool close;     /* close after the current response */
+    bool head_only; /* HEAD: headers only */
+    int version_minor;
+
+    char *in;
+    size_t in_len, in_cap;
+    char *out;
+    size_t out_len, out_cap;
+
+    mica__http_head_t head;
+    mica__arena_t arena;
+    mica_http_req_t req;
+    mica_http_resp_t resp;
+};
+
+/* Appends raw bytes to the connection's output. Returns 0 or MICA_ELIMIT/MICA_ENOMEM. */
+int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len);
+/* Sends a server-generated {"error": msg} response and marks the connection to close. */
+int mica__http_send_error(mica__http_conn_t *c, int status, const char *msg);
+/* Maps a handler's MICA_E* code to an HTTP status. */
+int mica__http_status_of(int err);

@@ -1,0 +1,879 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * HTTP/1.1 server: listeners, the accept loop, one coroutine per connection.
+ *
+ * Every worker has its own SO_REUSEPORT socket per address and accepts on
+ * it, so connections never cross threads. A connection coroutine loops:
+ * read until a complete head is buffered, frame the body (Content-Length or
+ * chunked, decoded in place), route, run the handler, append the response
+ * to the output buffer. Output is flushed only when the coroutine is about
+ * to wait for input, so a burst of pipelined requests is answered with one
+ * write, in order (RFC 9112 §9.3.2).
+ *
+ * Reads: after a read that did not fill the buffer the socket is drained,
+ * so the next read first waits for the fd's edge; in the steady state a
+ * keep-alive request costs one read and one write system call.
+ *
+ * Errors that leave the framing in doubt (anything the parser rejects, a
+ * body over the limit, a timeout mid-request) get their 4xx/5xx and then a
+ * lingering close: shut down our side, discard what the client still sends
+ * for a moment, then close, so the response is not destroyed by an RST.
+ *
+ * Shutdown: the worker's stop hook cancels the accept loops and the
+ * connections idling between requests; a connection that is mid-request
+ * finishes it, answers with "Connection: close" and closes.
+ */
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "http/internal.h"
+#include "mica/net.h"
+
+#define IN_INITIAL_BYTES 4096
+#define OUT_FLUSH_BYTES (64 * 1024)  /* flush pipelined responses past this */
+#define OUT_KEEP_BYTES (16 * 1024)   /* shrink the output buffer past this when idle */
+#define LINGER_MS 1000
+#define LINGER_BYTES (256 * 1024)
+
+/* ---- options ------------------------------------------------------------------ */
+
+static int env_size(const char *name, size_t *field, int64_t max)
+{
+    int64_t v = (int64_t)*field;
+    if (v)
+        return 0;
+    const char *s = getenv(name);
+    if (!s || !*s)
+        return 0;
+    char *end;
+    long long n = strtoll(s, &end, 10);
+    if (*end || n <= 0 || n > max) {
+        mica__log_error("invalid environment variable", "name", name, "value", s);
+        return MICA_EINVAL;
+    }
+    *field = (size_t)n;
+    return 0;
+}
+
+static int env_ms(const char *name, int *field)
+{
+    size_t v = (size_t)*field;
+    int rc = env_size(name, &v, 24 * 3600 * 1000);
+    *field = (int)v;
+    return rc;
+}
+
+int mica_http_server_opts_from_env(mica_http_server_opts_t *o)
+{
+    int rc = 0;
+    rc |= env_size("MICA_HTTP_MAX_HEAD_BYTES", &o->max_head_bytes, 1 << 20);
+    rc |= env_size("MICA_HTTP_MAX_TARGET_BYTES", &o->max_target_bytes, 1 << 20);
+    rc |= env_size("MICA_HTTP_MAX_HEADERS", &o->max_headers, MICA__HTTP_MAX_HEADERS);
+    rc |= env_size("MICA_HTTP_MAX_BODY_BYTES", &o->max_body_bytes, (int64_t)1 << 40);
+    rc |= env_ms("MICA_HTTP_HEADER_TIMEOUT_MS", &o->header_timeout_ms);
+    rc |= env_ms("MICA_HTTP_BODY_TIMEOUT_MS", &o->body_timeout_ms);
+    rc |= env_ms("MICA_HTTP_WRITE_TIMEOUT_MS", &o->write_timeout_ms);
+    rc |= env_ms("MICA_HTTP_IDLE_TIMEOUT_MS", &o->idle_timeout_ms);
+    size_t conns = (size_t)o->max_conns;
+    rc |= env_size("MICA_HTTP_MAX_CONNS", &conns, 1 << 24);
+    o->max_conns = (int)conns;
+    return rc ? MICA_EINVAL : 0;
+}
+
+int mica_http_server_new(mica_http_server_t **out, const mica_http_server_opts_t *opts)
+{
+    mica_http_server_opts_t o = {0};
+    if (opts)
+        o = *opts;
+    if (o.header_timeout_ms < 0 || o.body_timeout_ms < 0 || o.write_timeout_ms < 0 ||
+        o.idle_timeout_ms < 0 || o.max_conns < 0 || o.max_headers > MICA__HTTP_MAX_HEADERS)
+        return MICA_EINVAL;
+    if (!o.max_head_bytes)
+        o.max_head_bytes = 8192;
+    if (!o.max_target_bytes)
+        o.max_target_bytes = 4096;
+    if (!o.max_headers)
+        o.max_headers = 64;
+    if (!o.max_body_bytes)
+        o.max_body_bytes = 1 << 20;
+    if (!o.header_timeout_ms)
+        o.header_timeout_ms = 5000;
+    if (!o.body_timeout_ms)
+        o.body_timeout_ms = 5000;
+    if (!o.write_timeout_ms)
+        o.write_timeout_ms = 5000;
+    if (!o.idle_timeout_ms)
+        o.idle_timeout_ms = 60000;
+    if (!o.max_conns)
+        o.max_conns = 100000;
+    if (o.max_head_bytes < 64 || o.max_target_bytes < 1)
+        return MICA_EINVAL;
+
+    mica_http_server_t *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return MICA_ENOMEM;
+    srv->o = o;
+    srv->limits = (mica__http_limits_t){o.max_head_bytes, o.max_target_bytes, o.max_headers};
+    int rc = mica__router_new(&srv->router);
+    if (rc != 0) {
+        free(srv);
+        return rc;
+    }
+    *out = srv;
+    return 0;
+}
+
+int mica_http_route(mica_http_server_t *srv, const char *method, const char *pattern,
+                    mica_http_handler_fn fn, void *arg)
+{
+    return mica__router_add(srv->router, method, pattern, fn, arg);
+}
+
+int mica_http_server_listen(mica_http_server_t *srv, const char *addr)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (srv->fds || mica_net_parse_addr(addr, &ss, &len) != 0)
+        return MICA_EINVAL;
+    char **addrs = realloc(srv->addrs, (srv->naddrs + 1) * sizeof(*addrs));
+    if (!addrs)
+        return MICA_ENOMEM;
+    srv->addrs = addrs;
+    if (!(addrs[srv->naddrs] = strdup(addr)))
+        return MICA_ENOMEM;
+    srv->naddrs++;
+    return 0;
+}
+
+int mica_http_server_listen_list(mica_http_server_t *srv, const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    if (!copy)
+        return MICA_ENOMEM;
+    int rc = 0, n = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        char *end = tok + strlen(tok);
+        while (end > tok && end[-1] == ' ')
+            *--end = '\0';
+        if (*tok) {
+            rc = mica_http_server_listen(srv, tok);
+            n++;
+        }
+    }
+    free(copy);
+    return rc ? rc : n ? 0 : MICA_EINVAL;
+}
+
+int mica_http_server_port(const mica_http_server_t *srv, size_t i)
+{
+    if (!srv->ports || i >= srv->naddrs)
+        return MICA_EINVAL;
+    return srv->ports[i];
+}
+
+void mica_http_server_free(mica_http_server_t *srv)
+{
+    if (!srv)
+        return;
+    for (size_t i = 0; i < srv->naddrs; i++)
+        free(srv->addrs[i]);
+    free(srv->addrs);
+    free(srv->fds);
+    free(srv->ports);
+    free(srv->workers);
+    mica__router_free(srv->router);
+    free(srv);
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+static void conn_close(mica__http_conn_t *c)
+{
+    mica__http_worker_t *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    mica_net_close(c->fd);
+    mica__arena_destroy(&c->arena);
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+/* Reads what is available into c->in. Returns bytes read, 0 at EOF, or an error. */
+static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline)
+{
+    for (;;) {
+        if (c->must_wait) {
+            int rc = mica_net_wait(c->fd, MICA_NET_READABLE, deadline);
+            if (rc != 0)
+                return rc;
+        }
+        size_t room = c->in_cap - c->in_len;
+        ssize_t n = read(c->fd, c->in + c->in_len, room);
+        if (n > 0) {
+            c->must_wait = (size_t)n < room;
+            c->in_len += (size_t)n;
+            return n;
+        }
+        if (n == 0)
+            return 0;
+        int err = errno;
+        if (err == EAGAIN) {
+            c->must_wait = true;
+            continue;
+        }
+        if (err != EINTR)
+            return -err;
+    }
+}
+
+static int conn_flush(mica__http_conn_t *c)
+{
+    int rc = 0;
+    if (c->out_len)
+        rc = mica_net_write(c->fd, c->out, c->out_len,
+                            mica_deadline_in(c->w->srv->o.write_timeout_ms));
+    c->out_len = 0;
+    if (c->out_cap > OUT_KEEP_BYTES) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
+    return rc;
+}
+
+static int grow_in(mica__http_conn_t *c, size_t need)
+{
+    if (need <= c->in_cap)
+        return 0;
+    size_t cap = c->in_cap ? c->in_cap : IN_INITIAL_BYTES;
+    while (cap < need)
+        cap *= 2;
+    char *in = realloc(c->in, cap);
+    if (!in)
+        return MICA_ENOMEM;
+    c->in = in;
+    c->in_cap = cap;
+    return 0;
+}
+
+/* Flush, half-close, drain the client's unread bytes briefly, then close. */
+static void conn_linger_close(mica__http_conn_t *c)
+{
+    if (conn_flush(c) == 0 && shutdown(c->fd, SHUT_WR) == 0) {
+        int64_t deadline = mica_deadline_in(LINGER_MS);
+        char sink[4096];
+        size_t total = 0;
+        while (total < LINGER_BYTES) {
+            ssize_t n = mica_net_read(c->fd, sink, sizeof(sink), deadline);
+            if (n <= 0)
+                break;
+            total += (size_t)n;
+        }
+    }
+    conn_close(c);
+}
+
+/* Result of reading one request's head: the parser's length, or why not. */
+enum { READ_EOF = -1, READ_QUIET = -2 };
+
+/*
+ * Buffers a complete head. Returns its length (> 0), READ_EOF / READ_QUIET
+ * (close without answering), or a negative HTTP status to answer with.
+ */
+static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
+{
+    mica_http_server_t *srv = c->w->srv;
+    for (;;) {
+        if (c->in_len) {
+            int r = mica__http_parse_head(c->in, c->in_len, &srv->limits, &c->head);
+            if (r != 0)
+                return r;
+            if (c->in_len >= c->in_cap) {
+                int rc = grow_in(c, c->in_cap * 2);
+                if (rc != 0)
+                    return -503;
+            }
+        }
+        if (c->out_len && conn_flush(c) != 0)
+            return READ_QUIET;
+        int64_t deadline;
+        if (c->in_len == 0) {
+            if (mica_worker_stopping())
+                return READ_QUIET;
+            c->idle = true;
+            deadline = mica_deadline_in(srv->o.idle_timeout_ms);
+            if (*head_deadline < deadline)
+                deadline = *head_deadline; /* a new connection's first request */
+        } else {
+            deadline = *head_deadline;
+        }
+        ssize_t n = conn_fill(c, deadline);
+        if (c->idle) {
+            c->idle = false;
+            *head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
+        }
+        if (n == 0)
+            return READ_EOF;
+        if (n == MICA_ETIMEDOUT)
+            return c->in_len ? -408 : READ_QUIET;
+        if (n < 0)
+            return READ_QUIET;
+    }
+}
+
+/*
+ * Reads the body framed by c->head after a head of `head_len` bytes.
+ * Returns 0 with req.body set and *consumed = bytes of this request in c->in,
+ * or a negative HTTP status, or READ_EOF/READ_QUIET.
+ */
+static int read_body(mica__http_conn_t *c, size_t head_len, size_t *consumed, bool *moved)
+{
+    mica_http_server_t *srv = c->w->srv;
+    mica__http_head_t *h = &c->head;
+    mica_http_req_t *req = &c->req;
+    char *before = c->in;
+    *moved = false;
+
+    if (!h->chunked && h->content_length <= 0) {
+        req->body = "";
+        req->body_len = 0;
+        *consumed = head_len;
+        return 0;
+    }
+    if (h->content_length > 0 && (uint64_t)h->content_length > srv->o.max_body_bytes)
+        return -413;
+    size_t need = h->chunked ? 0 : head_len + (size_t)h->content_length;
+    if (h->expect_continue && c->version_minor == 1 &&
+        c->in_len < (h->chunked ? head_len + 1 : need)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (mica__http_out_append(c, cont, sizeof(cont) - 1) != 0 || conn_flush(c) != 0)
+            return READ_QUIET;
+    }
+
+    if (!h->chunked) {
+        if (grow_in(c, need) != 0)
+            return -503;
+        while (c->in_len < need) {
+            ssize_t n = conn_fill(c, mica_deadline_in(srv->o.body_timeout_ms));
+            if (n == 0)
+                return READ_EOF;
+            if (n == MICA_ETIMEDOUT)
+                return -408;
+            if (n < 0)
+                return READ_QUIET;
+        }
+        *moved = c->in != before;
+        req->body = c->in + head_len;
+        req->body_len = (size_t)h->content_length;
+        *consumed = need;
+        return 0;
+    }
+
+    /* Chunked: decode in place, decoded bytes packed right after the head. */
+    mica__http_chunked_t d;
+    mica__http_chunked_init(&d);
+    size_t body_end = head_len, raw = head_len;
+    for (;;) {
+        size_t len = c->in_len - raw, out = 0;
+        int r = len ? mica__http_chunked_decode(&d, c->in + raw, &len, &out) : 0;
+        if (r < 0)
+            return -400;
+        memmove(c->in + body_end, c->in + raw, out);
+        body_end += out;
+        raw += len;
+        if (body_end - head_len > srv->o.max_body_bytes)
+            return -413;
+        if (r == 1)
+            break;
+        /* Everything raw was consumed: keep the buffer compact, then read more. */
+        c->in_len = body_end;
+        raw = body_end;
+        if (c->in_cap - c->in_len < 1024 &&
+            grow_in(c, c->in_cap * 2 > head_len + srv->o.max_body_bytes + 65536
+                           ? head_len + srv->o.max_body_bytes + 65536
+                           : c->in_cap * 2) != 0)
+            return -503;
+        if (c->in_len == c->in_cap)
+            return -413;
+        ssize_t n = conn_fill(c, mica_deadline_in(srv->o.body_timeout_ms));
+        if (n == 0)
+            return READ_EOF;
+        if (n == MICA_ETIMEDOUT)
+            return -408;
+        if (n < 0)
+            return READ_QUIET;
+    }
+    /* Move what follows (pipelined requests) right after the decoded body. */
+    size_t rest = c->in_len - raw;
+    memmove(c->in + body_end, c->in + raw, rest);
+    c->in_len = body_end + rest;
+    *moved = c->in != before;
+    req->body = c->in + head_len;
+    req->body_len = body_end - head_len;
+    *consumed = body_end;
+    return 0;
+}
+
+/* NUL-terminates the head's strings in place (their delimiters are no longer needed). */
+static void terminate_strings(mica__http_conn_t *c)
+{
+    mica__http_head_t *h = &c->head;
+    ((char *)h->method_str)[h->method_len] = '\0';
+    ((char *)h->target)[h->target_len] = '\0';
+    if (h->query)
+        ((char *)h->path)[h->path_len] = '\0';
+    for (size_t i = 0; i < h->num_headers; i++) {
+        ((char *)h->headers[i].name)[h->headers[i].name_len] = '\0';
+        ((char *)h->headers[i].value)[h->headers[i].value_len] = '\0';
+    }
+}
+
+static const char *error_message(int status)
+{
+    switch (status) {
+    case 400: return "malformed request";
+    case 408: return "request timed out";
+    case 413: return "request body too large";
+    case 414: return "request target too long";
+    case 431: return "request header fields too large";
+    case 501: return "transfer coding not implemented";
+    case 505: return "HTTP version not supported";
+    default: return mica_http_status_reason(status);
+    }
+}
+
+static void dispatch(mica__http_conn_t *c)
+{
+    mica__http_head_t *h = &c->head;
+    mica_http_req_t *req = &c->req;
+    mica_http_resp_t *resp = &c->resp;
+
+    const char *path = h->path;
+    size_t path_len = h->path_len;
+    if (path_len && path[0] != '/') {
+        /* absolute-form (RFC 9112 §3.2.2): route on its path. */
+        if (path_len > 7 && (strncasecmp(path, "http://", 7) == 0 ||
+                             strncasecmp(path, "https://", 8) == 0)) {
+            const char *p = memchr(path + 8, '/', path_len - 8);
+            path_len = p ? path_len - (size_t)(p - path) : 0;
+            path = p ? p : "/";
+            if (!p)
+                path_len = 1;
+        } else if (!(path_len == 1 && path[0] == '*' && h->method == MICA__HTTP_OPTIONS)) {
+            mica__http_send_error(c, 400, "malformed request target");
+            return;
+        }
+    }
+    req->method = h->method_str;
+    req->path = path;
+    req->query = h->query;
+
+    int r = mica__router_match(c->w->srv->router, h->method_str, h->method_len, path, path_len,
+                               &req->match);
+    if (r == -404) {
+        mica_http_resp_error(resp, 404, "not found");
+        return;
+    }
+    if (r == -405) {
+        if (h->method == MICA__HTTP_OPTIONS) {
+            mica_http_resp_header(resp, "Allow", req->match.allow);
+            mica_http_resp_send(resp, 204, NULL, NULL, 0);
+            return;
+        }
+        mica_http_resp_header(resp, "Allow", req->match.allow);
+        mica_http_resp_error(resp, 405, "method not allowed");
+        return;
+    }
+    int rc = req->match.fn(req, resp, req->match.arg);
+    if (resp->sent)
+        return;
+    if (rc == 0) {
+        mica__log_error("handler returned without a response", "path", req->path);
+        rc = MICA_EPROTO;
+    }
+    resp->headers_len = 0;
+    int status = mica__http_status_of(rc);
+    if (mica_http_resp_error(resp, status, mica_strerror(rc)) != 0)
+        mica__http_send_error(c, 500, "internal error");
+}
+
+static void conn_main(void *arg)
+{
+    mica__http_conn_t *c = arg;
+    mica_http_server_t *srv = c->w->srv;
+    int64_t head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
+
+    if (grow_in(c, IN_INITIAL_BYTES) != 0) {
+        conn_close(c);
+        return;
+    }
+    for (;;) {
+        int r = read_head(c, &head_deadline);
+        if (r == READ_EOF || r == READ_QUIET) {
+            conn_flush(c);
+            conn_close(c);
+            return;
+        }
+        c->version_minor = r > 0 ? c->head.version_minor : 1;
+        c->head_only = false;
+        c->resp = (mica_http_resp_t){.conn = c};
+        if (r < 0) {
+            mica__http_send_error(c, -r, error_message(-r));
+            conn_linger_close(c);
+            return;
+        }
+        size_t head_len = (size_t)r, consumed = 0;
+        mica__http_head_t *h = &c->head;
+        c->close = !h->keep_alive;
+        c->head_only = h->method == MICA__HTTP_HEAD;
+        c->req = (mica_http_req_t){.conn = c};
+
+        /* An expectation other than 100-continue cannot be met (RFC 9110 §10.1.1). */
+        if (!h->expect_continue && c->version_minor == 1) {
+            for (size_t i = 0; i < h->num_headers; i++)
+                if (mica__http_token_eq(h->headers[i].name, h->headers[i].name_len, "expect")) {
+                    mica__http_send_error(c, 417, "unsupported expectation");
+                    conn_linger_close(c);
+                    return;
+                }
+        }
+        bool moved;
+        r = read_body(c, head_len, &consumed, &moved);
+        if (r == READ_EOF || r == READ_QUIET) {
+            conn_close(c);
+            return;
+        }
+        if (r < 0) {
+            mica__http_send_error(c, -r, error_message(-r));
+            conn_linger_close(c);
+            return;
+        }
+        if (moved) { /* the buffer moved: the head's pointers must be re-derived */
+            size_t body_off = (size_t)(c->req.body - c->in);
+            mica__http_parse_head(c->in, head_len, &srv->limits, &c->head);
+            c->req.body = c->in + body_off;
+        }
+        terminate_strings(c);
+        c->w->requests++;
+        dispatch(c);
+        mica__arena_reset(&c->arena);
+
+        /* Keep what follows this request (pipelining) at the front. */
+        c->in_len -= consumed;
+        if (c->in_len)
+            memmove(c->in, c->in + consumed, c->in_len);
+        if (c->in_cap > IN_INITIAL_BYTES * 4 && c->in_len <= IN_INITIAL_BYTES) {
+            char *in = realloc(c->in, IN_INITIAL_BYTES);
+            if (in) {
+                c->in = in;
+                c->in_cap = IN_INITIAL_BYTES;
+            }
+        }
+        if (c->close || mica_worker_stopping()) {
+            conn_linger_close(c);
+            return;
+        }
+        if (c->out_len >= OUT_FLUSH_BYTES && conn_flush(c) != 0) {
+            conn_close(c);
+            return;
+        }
+        head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
+    }
+}
+
+/* ---- accepting -------------------------------------------------------------- */
+
+static void note_refused(mica__http_worker_t *w, const char *why)
+{
+    w->refused++;
+    int64_t now = mica_now_ms();
+    if (now - w->last_refuse_log_ms >= 1000) {
+        w->last_refuse_log_ms = now;
+        char n[24], id[12];
+        snprintf(n, sizeof(n), "%llu", (unsigned long long)w->refused);
+        snprintf(id, sizeof(id), "%d", w->id);
+        mica__log_warn("connection refused", "reason", why, "worker", id, "refused_total", n);
+    }
+}
+
+struct acceptor {
+    mica__http_worker_t *w;
+    int fd;
+};
+
+static void accept_main(void *arg)
+{
+    struct acceptor a = *(struct acceptor *)arg;
+    free(arg);
+    mica__http_worker_t *w = a.w;
+    while (!mica_worker_stopping()) {
+        int fd = accept4(a.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            if (err == EAGAIN) {
+                if (mica_net_wait(a.fd, MICA_NET_READABLE, MICA_NO_DEADLINE) == MICA_ECANCELED)
+                    break;
+            } else if (err == EMFILE || err == ENFILE) {
+                /* Out of fds: use the spare to take the connection off the queue
+                 * and close it, rather than leave clients hanging (libuv's trick). */
+                if (w->spare_fd >= 0) {
+                    close(w->spare_fd);
+                    int c = accept4(a.fd, NULL, NULL, SOCK_CLOEXEC);
+                    if (c >= 0)
+                        close(c);
+                    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                    note_refused(w, "out of file descriptors");
+                } else {
+                    note_refused(w, "out of file descriptors");
+                    mica_sleep_ms(10);
+                }
+            } else if (err == ENOBUFS || err == ENOMEM) {
+                note_refused(w, "out of memory");
+                mica_sleep_ms(10);
+            } else if (err != EINTR && err != ECONNABORTED && err != EPROTO) {
+                mica__log_error("accept failed", "error", mica_strerror(-err));
+                mica_sleep_ms(10);
+            }
+            continue;
+        }
+        if (w->nconns >= w->srv->o.max_conns) {
+            close(fd);
+            note_refused(w, "connection limit");
+            continue;
+        }
+        mica__http_conn_t *c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            note_refused(w, "out of memory");
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c->fd = fd;
+        c->w = w;
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        w->nconns++;
+        w->accepted++;
+        if (mica_go(conn_main, c) != 0) {
+            conn_close(c);
+            note_refused(w, "out of memory");
+        }
+    }
+    mica_net_close(a.fd);
+}
+
+static void worker_start(int id, void *arg)
+{
+    mica_http_server_t *srv = arg;
+    mica__http_worker_t *w = &srv->workers[id];
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (size_t i = 0; i < srv->naddrs; i++) {
+        struct acceptor *a = malloc(sizeof(*a));
+        int fd = srv->fds[(size_t)id * srv->naddrs + i];
+        if (!a || mica_go(accept_main, a) != 0) {
+            free(a);
+            mica__log_error("cannot start accept loop: out of memory");
+            continue;
+        }
+        *a = (struct acceptor){w, fd};
+    }
+}
+
+static void worker_stop(int id, void *arg)
+{
+    mica_http_server_t *srv = arg;
+    mica__http_worker_t *w = &srv->workers[id];
+    for (size_t i = 0; i < srv->naddrs; i++)
+        mica_net_cancel(srv->fds[(size_t)id * srv->naddrs + i]);
+    for (mica__http_conn_t *c = w->conns; c; c = c->next)
+        if (c->idle)
+            mica_net_cancel(c->fd);
+    if (w->spare_fd >= 0) {
+        close(w->spare_fd);
+        w->spare_fd = -1;
+    }
+    char id_s[12], acc[24], ref[24], req[24];
+    snprintf(id_s, sizeof(id_s), "%d", id);
+    snprintf(acc, sizeof(acc), "%llu", (unsigned long long)w->accepted);
+    snprintf(ref, sizeof(ref), "%llu", (unsigned long long)w->refused);
+    snprintf(req, sizeof(req), "%llu", (unsigned long long)w->requests);
+    mica__log_info("http worker draining", "worker", id_s, "accepted", acc, "refused", ref,
+                   "requests", req);
+}
+
+int mica_http_server_attach(mica_http_server_t *srv, mica_runtime_t *rt)
+{
+    if (srv->naddrs == 0 || srv->fds)
+        return MICA_EINVAL;
+    int nw = mica_runtime_workers(rt);
+    size_t nfds = (size_t)nw * srv->naddrs;
+    srv->fds = malloc(nfds * sizeof(int));
+    srv->ports = calloc(srv->naddrs, sizeof(int));
+    srv->workers = calloc((size_t)nw, sizeof(*srv->workers));
+    if (!srv->fds || !srv->ports || !srv->workers)
+        goto nomem;
+    for (size_t i = 0; i < nfds; i++)
+        srv->fds[i] = -1;
+    int rc = 0;
+    for (size_t i = 0; i < srv->naddrs && rc == 0; i++) {
+        char bound[80];
+        snprintf(bound, sizeof(bound), "%s", srv->addrs[i]);
+        for (int wi = 0; wi < nw; wi++) {
+            int fd = mica_net_listen(bound, 4096, 1);
+            if (fd < 0) {
+                rc = fd;
+                mica__log_error("cannot listen", "addr", srv->addrs[i], "error", mica_strerror(fd));
+                break;
+            }
+            srv->fds[(size_t)wi * srv->naddrs + i] = fd;
+            if (wi == 0) { /* later sockets bind the port the first one got (":0") */
+                struct sockaddr_storage ss;
+                socklen_t len = sizeof(ss);
+                getsockname(fd, (struct sockaddr *)&ss, &len);
+                mica_net_format_addr((struct sockaddr *)&ss, bound, sizeof(bound));
+                srv->ports[i] = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+            }
+        }
+        if (rc == 0) {
+            char workers[12];
+            snprintf(workers, sizeof(workers), "%d", nw);
+            mica__log_info("listening", "addr", bound, "workers", workers);
+        }
+    }
+    if (rc == 0) {
+        srv->nworkers = nw;
+        for (int wi = 0; wi < nw; wi++)
+            srv->workers[wi] = (mica__http_worker_t){.srv = srv, .id = wi, .spare_fd = -1};
+        if (mica_runtime_on_start(rt, worker_start, srv) != 0 ||
+            mica_runtime_on_stop(rt, worker_stop, srv) != 0)
+            rc = MICA_ENOMEM;
+    }
+    if (rc == 0)
+        return 0;
+    for (size_t i = 0; i < nfds; i++)
+        if (srv->fds[i] >= 0)
+            close(srv->fds[i]);
+    free(srv->fds);
+    srv->fds = NULL;
+    return rc;
+nomem:
+    free(srv->fds);
+    srv->fds = NULL;
+    return MICA_ENOMEM;
+}
+
+/* ---- request accessors --------------------------------------------------------- */
+
+const char *mica_http_req_method(const mica_http_req_t *req)
+{
+    return req->method;
+}
+
+const char *mica_http_req_path(const mica_http_req_t *req)
+{
+    return req->path;
+}
+
+const char *mica_http_req_query(const mica_http_req_t *req)
+{
+    return req->query;
+}
+
+const char *mica_http_req_header(const mica_http_req_t *req, const char *name)
+{
+    const mica__http_head_t *h = &req->conn->head;
+    size_t len = strlen(name);
+    for (size_t i = 0; i < h->num_headers; i++)
+        if (h->headers[i].name_len == len && strncasecmp(h->headers[i].name, name, len) == 0)
+            return h->headers[i].value;
+    return NULL;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+const char *mica_http_req_param(const mica_http_req_t *req, const char *name)
+{
+    const mica__route_match_t *m = &req->match;
+    for (size_t i = 0; i < m->nparams; i++) {
+        if (strcmp(m->names[i], name) != 0)
+            continue;
+        if (req->params[i])
+            return req->params[i];
+        char *out = mica_http_req_alloc((mica_http_req_t *)req, m->value_lens[i] + 1);
+        if (!out)
+            return NULL;
+        size_t n = 0;
+        const char *v = m->values[i];
+        for (size_t j = 0; j < m->value_lens[i]; j++) {
+            int hi, lo;
+            /* %00 stays literal: a NUL would silently cut the C string. */
+            if (v[j] == '%' && j + 2 < m->value_lens[i] && (hi = hexval(v[j + 1])) >= 0 &&
+                (lo = hexval(v[j + 2])) >= 0 && (hi || lo)) {
+                out[n++] = (char)(hi * 16 + lo);
+                j += 2;
+            } else {
+                out[n++] = v[j];
+            }
+        }
+        out[n] = '\0';
+        ((mica_http_req_t *)req)->params[i] = out;
+        return out;
+    }
+    return NULL;
+}
+
+int mica_http_req_param_i64(const mica_http_req_t *req, const char *name, int64_t *out)
+{
+    const char *v = mica_http_req_param(req, name);
+    if (!v)
+        return MICA_ENOTFOUND;
+    if (!*v || (*v != '-' && (*v < '0' || *v > '9')))
+        return MICA_EINVAL;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || *end)
+        return MICA_EINVAL;
+    *out = n;
+    return 0;
+}
+
+const char *mica_http_req_body(const mica_http_req_t *req, size_t *len)
+{
+    if (len)
+        *len = req->body_len;
+    return req->body ? req->body : "";
+}
+
+void *mica_http_req_alloc(mica_http_req_t *req, size_t size)
+{
+    return mica__arena_alloc(&req->conn->arena, size);
+}

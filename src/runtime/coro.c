@@ -1,0 +1,251 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Stackful coroutines: stacks, creation and the switch to and from the
+ * scheduler.
+ *
+ * A coroutine lives at the top of its own stack: one mmap holds a guard page
+ * (PROT_NONE, so an overflow faults instead of corrupting a neighbour), the
+ * stack, and the mica__coro_t itself. Stacks go back to a per-loop free list,
+ * so spawning is a pointer pop and a few stores in the common case. Pages
+ * are touched lazily by the kernel, so an idle coroutine costs only what its
+ * deepest call used.
+ *
+ * Coroutines only ever switch to and from their loop's scheduler context
+ * (asymmetric coroutines, as in lwan). That keeps the sanitizer protocol
+ * simple: every switch is bracketed by ASan's start/finish_switch_fiber and
+ * TSan's switch_to_fiber, and valgrind is told about each stack, so all
+ * three tools follow the stack changes.
+ */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "runtime/internal.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MICA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MICA_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define MICA_TSAN_FIBERS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MICA_TSAN_FIBERS 1
+#endif
+#endif
+
+#ifdef MICA_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef MICA_TSAN_FIBERS
+#include <sanitizer/tsan_interface.h>
+#endif
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define MICA_VALGRIND 1
+#endif
+
+#if !defined(__x86_64__)
+#error "mica's context switch is written for x86-64; add src/runtime/switch_<arch>.S"
+#endif
+
+void mica__ctx_entry(void);
+
+/* ---- stacks ------------------------------------------------------------- */
+
+void mica__stack_pool_init(mica__loop_t *loop, size_t stack_bytes)
+{
+    loop->page = (size_t)sysconf(_SC_PAGESIZE);
+    if (stack_bytes < 16384)
+        stack_bytes = 16384;
+    loop->stack_bytes = (stack_bytes + loop->page - 1) & ~(loop->page - 1);
+    loop->max_free_stacks = 4096;
+    loop->free_stacks = NULL;
+    loop->nfree_stacks = 0;
+}
+
+static void stack_unmap(mica__loop_t *loop, mica__stack_t *st)
+{
+#ifdef MICA_VALGRIND
+    VALGRIND_STACK_DEREGISTER(st->valgrind_id);
+#endif
+    munmap((char *)st->base - loop->page, st->size + loop->page);
+}
+
+void mica__stack_pool_destroy(mica__loop_t *loop)
+{
+    while (loop->free_stacks) {
+        mica__stack_t *st = loop->free_stacks;
+        loop->free_stacks = st->next_free;
+        stack_unmap(loop, st);
+    }
+    loop->nfree_stacks = 0;
+}
+
+/* The stack header sits at the very top of the mapping, the coroutine below it. */
+static mica__stack_t *stack_get(mica__loop_t *loop)
+{
+    mica__stack_t *st = loop->free_stacks;
+    if (st) {
+        loop->free_stacks = st->next_free;
+        loop->nfree_stacks--;
+        return st;
+    }
+    size_t total = loop->stack_bytes + loop->page;
+    char *map = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (map == MAP_FAILED)
+        return NULL;
+    if (mprotect(map, loop->page, PROT_NONE) != 0) {
+        munmap(map, total);
+        return NULL;
+    }
+    char *top = map + total;
+    st = (mica__stack_t *)(top - sizeof(mica__stack_t));
+    st->base = map + loop->page;
+    st->size = loop->stack_bytes;
+    st->next_free = NULL;
+#ifdef MICA_VALGRIND
+    st->valgrind_id = VALGRIND_STACK_REGISTER(st->base, top);
+#else
+    st->valgrind_id = 0;
+#endif
+    return st;
+}
+
+static void stack_put(mica__loop_t *loop, mica__stack_t *st)
+{
+#ifdef MICA_ASAN
+    /* A finished coroutine never returned from its first frames, so their
+     * redzones are still poisoned; clear them before the stack is reused. */
+    ASAN_UNPOISON_MEMORY_REGION(st->base, st->size);
+#endif
+    if (loop->nfree_stacks >= loop->max_free_stacks || loop->stopping) {
+        stack_unmap(loop, st);
+        return;
+    }
+    st->next_free = loop->free_stacks;
+    loop->free_stacks = st;
+    loop->nfree_stacks++;
+}
+
+/* ---- coroutines ------------------------------------------------------------ */
+
+static void coro_main(mica__coro_t *co)
+{
+    mica__loop_t *loop = co->loop;
+#ifdef MICA_ASAN
+    /* First entry: learn the scheduler's (thread) stack bounds for the way back. */
+    __sanitizer_finish_switch_fiber(NULL, &loop->sched_stack_bottom, &loop->sched_stack_size);
+#endif
+    co->fn(co->arg);
+    co->done = true;
+    mica__coro_suspend(loop); /* never returns: the scheduler frees us */
+    abort();
+}
+
+int mica__coro_new(mica__loop_t *loop, mica_coro_fn fn, void *arg, mica__coro_t **out)
+{
+    mica__stack_t *st = stack_get(loop);
+    if (!st) {
+        loop->stat_spawn_failed++;
+        return MICA_ENOMEM;
+    }
+    uintptr_t top = (uintptr_t)st;
+    top = (top - sizeof(mica__coro_t)) & ~(uintptr_t)63;
+    mica__coro_t *co = (mica__coro_t *)top;
+    memset(co, 0, sizeof(*co));
+    co->stack = st;
+    co->fn = fn;
+    co->arg = arg;
+    co->loop = loop;
+    co->deadline_ms = MICA_NO_DEADLINE;
+
+    /* Initial frame popped by mica__ctx_switch: r15 r14 r13 r12 rbx rbp, then
+     * the return address. See switch_x86_64.S for the alignment argument. */
+    uintptr_t sp = (top & ~(uintptr_t)15) - 72;
+    uint64_t *frame = (uint64_t *)sp;
+    frame[0] = 0;                         /* r15 */
+    frame[1] = 0;                         /* r14 */
+    frame[2] = (uint64_t)(uintptr_t)coro_main; /* r13 */
+    frame[3] = (uint64_t)(uintptr_t)co;   /* r12 */
+    frame[4] = 0;                         /* rbx */
+    frame[5] = 0;                         /* rbp */
+    frame[6] = (uint64_t)(uintptr_t)mica__ctx_entry;
+    frame[7] = 0;
+    frame[8] = 0;
+    co->sp = (void *)sp;
+
+#ifdef MICA_TSAN_FIBERS
+    co->tsan_fiber = __tsan_create_fiber(0);
+#endif
+    /* Link into the loop's list of live coroutines (drain, cancel-all). */
+    co->all_next = loop->all;
+    if (loop->all)
+        loop->all->all_prev = co;
+    loop->all = co;
+    loop->ncoros++;
+    loop->stat_spawned++;
+    *out = co;
+    return 0;
+}
+
+void mica__coro_free(mica__loop_t *loop, mica__coro_t *co)
+{
+    if (co->all_prev)
+        co->all_prev->all_next = co->all_next;
+    else
+        loop->all = co->all_next;
+    if (co->all_next)
+        co->all_next->all_prev = co->all_prev;
+    loop->ncoros--;
+#ifdef MICA_TSAN_FIBERS
+    __tsan_destroy_fiber(co->tsan_fiber);
+#endif
+    stack_put(loop, co->stack);
+}
+
+void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
+{
+    assert(loop->current == NULL);
+    loop->current = co;
+#ifdef MICA_TSAN_FIBERS
+    if (!loop->sched_tsan_fiber)
+        loop->sched_tsan_fiber = __tsan_get_current_fiber();
+    __tsan_switch_to_fiber(co->tsan_fiber, 0);
+#endif
+#ifdef MICA_ASAN
+    __sanitizer_start_switch_fiber(&loop->sched_asan_fake_stack, co->stack->base, co->stack->size);
+#endif
+    mica__ctx_switch(&loop->sched_sp, co->sp);
+#ifdef MICA_ASAN
+    __sanitizer_finish_switch_fiber(loop->sched_asan_fake_stack, NULL, NULL);
+#endif
+    loop->current = NULL;
+    if (co->done)
+        mica__coro_free(loop, co);
+}
+
+void mica__coro_suspend(mica__loop_t *loop)
+{
+    mica__coro_t *co = loop->current;
+    assert(co != NULL);
+#ifdef MICA_TSAN_FIBERS
+    __tsan_switch_to_fiber(loop->sched_tsan_fiber, 0);
+#endif
+#ifdef MICA_ASAN
+    /* A finished coroutine passes NULL so ASan frees its fake stack. */
+    __sanitizer_start_switch_fiber(co->done ? NULL : &co->asan_fake_stack,
+                                   loop->sched_stack_bottom, loop->sched_stack_size);
+#endif
+    mica__ctx_switch(&co->sp, loop->sched_sp);
+#ifdef MICA_ASAN
+    __sanitizer_finish_switch_fiber(co->asan_fake_stack, NULL, NULL);
+#endif
+}

@@ -1,0 +1,370 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The per-worker event loop and scheduler.
+ *
+ * One iteration: run every coroutine that was runnable when the iteration
+ * began (so a coroutine that yields in a loop cannot starve I/O), then block
+ * in epoll_wait until the nearest timer, then turn I/O events and expired
+ * timers into runnable coroutines.
+ *
+ * fds are registered once, edge-triggered for both directions, and never
+ * modified again: a request costs no epoll_ctl. An edge that arrives while
+ * nobody waits is remembered in the fd's slot (`readable`/`writable`), so a
+ * coroutine that goes to wait after a short read, while data it has not seen
+ * arrived in between, returns at once instead of sleeping forever.
+ *
+ * Timers are a binary min-heap of the waiting coroutines themselves (each
+ * coroutine waits for at most one deadline at a time), so arming and
+ * disarming a timeout allocates nothing.
+ */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/internal.h"
+
+static _Thread_local mica__loop_t *tls_loop;
+
+mica__loop_t *mica__loop_current(void)
+{
+    return tls_loop;
+}
+
+static void update_time(mica__loop_t *loop)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    loop->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    loop->now_sec_wall = ts.tv_sec;
+}
+
+int mica__loop_init(mica__loop_t *loop, int id, mica_runtime_t *rt, size_t stack_bytes)
+{
+    memset(loop, 0, sizeof(*loop));
+    loop->id = id;
+    loop->rt = rt;
+    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (loop->epfd < 0)
+        return -errno;
+    loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (loop->wakefd < 0) {
+        int rc = -errno;
+        close(loop->epfd);
+        return rc;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = loop->wakefd};
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->wakefd, &ev) != 0) {
+        int rc = -errno;
+        close(loop->wakefd);
+        close(loop->epfd);
+        return rc;
+    }
+    mica__stack_pool_init(loop, stack_bytes);
+    update_time(loop);
+    return 0;
+}
+
+void mica__loop_destroy(mica__loop_t *loop)
+{
+    assert(loop->ncoros == 0);
+    mica__stack_pool_destroy(loop);
+    free(loop->heap);
+    free(loop->io);
+    close(loop->wakefd);
+    close(loop->epfd);
+    loop->heap = NULL;
+    loop->io = NULL;
+}
+
+/* ---- timer heap ------------------------------------------------------------ */
+
+static void heap_swap(mica__coro_t **h, size_t a, size_t b)
+{
+    mica__coro_t *t = h[a];
+    h[a] = h[b];
+    h[b] = t;
+    h[a]->heap_index = a;
+    h[b]->heap_index = b;
+}
+
+static void heap_up(mica__coro_t **h, size_t i)
+{
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (h[parent]->deadline_ms <= h[i]->deadline_ms)
+            break;
+        heap_swap(h, i, parent);
+        i = parent;
+    }
+}
+
+static void heap_down(mica__coro_t **h, size_t len, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, min = i;
+        if (l < len && h[l]->deadline_ms < h[min]->deadline_ms)
+            min = l;
+        if (r < len && h[r]->deadline_ms < h[min]->deadline_ms)
+            min = r;
+        if (min == i)
+            return;
+        heap_swap(h, i, min);
+        i = min;
+    }
+}
+
+static int heap_push(mica__loop_t *loop, mica__coro_t *co)
+{
+    if (loop->heap_len == loop->heap_cap) {
+        size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 256;
+        mica__coro_t **h = realloc(loop->heap, cap * sizeof(*h));
+        if (!h)
+            return MICA_ENOMEM;
+        loop->heap = h;
+        loop->heap_cap = cap;
+    }
+    co->heap_index = loop->heap_len;
+    loop->heap[loop->heap_len++] = co;
+    heap_up(loop->heap, co->heap_index);
+    return 0;
+}
+
+static void heap_remove(mica__loop_t *loop, mica__coro_t *co)
+{
+    size_t i = co->heap_index, last = --loop->heap_len;
+    if (i != last) {
+        heap_swap(loop->heap, i, last);
+        heap_up(loop->heap, i);
+        heap_down(loop->heap, loop->heap_len, i);
+    }
+    co->deadline_ms = MICA_NO_DEADLINE;
+}
+
+/* ---- scheduling ------------------------------------------------------------ */
+
+void mica__loop_wake(mica__loop_t *loop, mica__coro_t *co, int result)
+{
+    if (co->queued)
+        return;
+    co->queued = true;
+    co->wake_result = result;
+    co->next_ready = NULL;
+    if (loop->ready_tail)
+        loop->ready_tail->next_ready = co;
+    else
+        loop->ready_head = co;
+    loop->ready_tail = co;
+}
+
+int mica__wait(mica__loop_t *loop, int64_t deadline_ms)
+{
+    mica__coro_t *co = loop->current;
+    assert(co != NULL);
+    if (loop->cancel_all)
+        return MICA_ECANCELED;
+    if (deadline_ms != MICA_NO_DEADLINE) {
+        if (deadline_ms <= loop->now_ms)
+            return MICA_ETIMEDOUT;
+        co->deadline_ms = deadline_ms;
+        if (heap_push(loop, co) != 0) {
+            co->deadline_ms = MICA_NO_DEADLINE;
+            return MICA_ENOMEM;
+        }
+    }
+    co->waiting = true;
+    mica__coro_suspend(loop);
+    co->waiting = false;
+    if (co->deadline_ms != MICA_NO_DEADLINE)
+        heap_remove(loop, co);
+    return co->wake_result;
+}
+
+/* Runs the coroutines that were runnable when the round began. */
+static void run_ready(mica__loop_t *loop)
+{
+    mica__coro_t *co = loop->ready_head, *last = loop->ready_tail;
+    loop->ready_head = loop->ready_tail = NULL;
+    while (co) {
+        mica__coro_t *next = co->next_ready;
+        co->queued = false;
+        mica__coro_resume(loop, co); /* may free co */
+        if (co == last)
+            break;
+        co = next;
+    }
+}
+
+static void cancel_everything(mica__loop_t *loop)
+{
+    loop->cancel_all = true;
+    for (mica__coro_t *co = loop->all; co; co = co->all_next)
+        if (co->waiting)
+            mica__loop_wake(loop, co, MICA_ECANCELED);
+}
+
+void mica__loop_begin_stop(mica__loop_t *loop)
+{
+    if (loop->stopping)
+        return;
+    loop->stopping = true;
+    loop->drain_deadline_ms = loop->now_ms + mica__runtime_drain_ms(loop->rt);
+    mica__runtime_run_stop_hooks(loop->rt, loop->id);
+}
+
+static void on_wakefd(mica__loop_t *loop)
+{
+    uint64_t n;
+    while (read(loop->wakefd, &n, sizeof(n)) > 0)
+        ;
+    int req = mica__runtime_stop_level(loop->rt);
+    if (req >= 1)
+        mica__loop_begin_stop(loop);
+    if (req >= 2 && !loop->cancel_all)
+        cancel_everything(loop);
+}
+
+static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
+{
+    int fd = ev->data.fd;
+    if (fd == loop->wakefd) {
+        on_wakefd(loop);
+        return;
+    }
+    if ((size_t)fd >= loop->io_cap)
+        return;
+    mica__io_t *io = &loop->io[fd];
+    uint32_t e = ev->events;
+    if (e & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
+        io->readable = true;
+        if (io->reader)
+            mica__loop_wake(loop, io->reader, 0);
+    }
+    if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        io->writable = true;
+        if (io->writer)
+            mica__loop_wake(loop, io->writer, 0);
+    }
+}
+
+void mica__loop_run(mica__loop_t *loop)
+{
+    struct epoll_event events[256];
+    tls_loop = loop;
+    for (;;) {
+        run_ready(loop);
+        if (loop->stopping && loop->ncoros == 0)
+            break;
+
+        int timeout = -1;
+        if (loop->ready_head) {
+            /* Runnable work left: poll for I/O only every 64th busy round, so
+             * a yield does not cost a system call, yet I/O is never starved. */
+            if ((++loop->busy_rounds & 63) != 0)
+                continue;
+            timeout = 0;
+        } else {
+            int64_t next = MICA_NO_DEADLINE;
+            if (loop->heap_len)
+                next = loop->heap[0]->deadline_ms;
+            if (loop->stopping && !loop->cancel_all && loop->drain_deadline_ms < next)
+                next = loop->drain_deadline_ms;
+            if (next != MICA_NO_DEADLINE) {
+                int64_t d = next - loop->now_ms;
+                timeout = d < 0 ? 0 : d > 60000 ? 60000 : (int)d;
+            }
+        }
+        int n = epoll_wait(loop->epfd, events, 256, timeout);
+        update_time(loop);
+        for (int i = 0; i < n; i++)
+            dispatch(loop, &events[i]);
+        while (loop->heap_len && loop->heap[0]->deadline_ms <= loop->now_ms) {
+            mica__coro_t *co = loop->heap[0];
+            heap_remove(loop, co);
+            mica__loop_wake(loop, co, MICA_ETIMEDOUT);
+        }
+        if (loop->stopping && !loop->cancel_all && loop->now_ms >= loop->drain_deadline_ms)
+            cancel_everything(loop);
+    }
+    tls_loop = NULL;
+}
+
+/* ---- fds ------------------------------------------------------------------- */
+
+mica__io_t *mica__io_get(mica__loop_t *loop, int fd)
+{
+    if ((size_t)fd >= loop->io_cap) {
+        size_t cap = loop->io_cap ? loop->io_cap : 1024;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        mica__io_t *io = realloc(loop->io, cap * sizeof(*io));
+        if (!io)
+            return NULL;
+        memset(io + loop->io_cap, 0, (cap - loop->io_cap) * sizeof(*io));
+        loop->io = io;
+        loop->io_cap = cap;
+    }
+    return &loop->io[fd];
+}
+
+int mica__io_watch(mica__loop_t *loop, int fd)
+{
+    mica__io_t *io = mica__io_get(loop, fd);
+    if (!io)
+        return MICA_ENOMEM;
+    if (io->registered)
+        return 0;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.fd = fd};
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+        return -errno;
+    io->registered = true;
+    io->readable = io->writable = false;
+    return 0;
+}
+
+void mica__io_forget(mica__loop_t *loop, int fd)
+{
+    if ((size_t)fd < loop->io_cap)
+        memset(&loop->io[fd], 0, sizeof(loop->io[fd]));
+}
+
+void mica__io_cancel(mica__loop_t *loop, int fd)
+{
+    if ((size_t)fd >= loop->io_cap)
+        return;
+    mica__io_t *io = &loop->io[fd];
+    if (io->reader)
+        mica__loop_wake(loop, io->reader, MICA_ECANCELED);
+    if (io->writer)
+        mica__loop_wake(loop, io->writer, MICA_ECANCELED);
+}
+
+int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms)
+{
+    int rc = mica__io_watch(loop, fd);
+    if (rc != 0)
+        return rc;
+    mica__io_t *io = &loop->io[fd];
+    bool *flag = write ? &io->writable : &io->readable;
+    if (*flag) {
+        *flag = false;
+        return loop->cancel_all ? MICA_ECANCELED : 0;
+    }
+    mica__coro_t **slot = write ? &io->writer : &io->reader;
+    *slot = loop->current;
+    rc = mica__wait(loop, deadline_ms);
+    /* The table may have been reallocated while we slept. */
+    io = &loop->io[fd];
+    if (write) {
+        io->writer = NULL;
+        io->writable = false;
+    } else {
+        io->reader = NULL;
+        io->readable = false;
+    }
+    return rc;
+}

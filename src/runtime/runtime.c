@@ -1,0 +1,367 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Worker threads, start/stop hooks and graceful shutdown.
+ *
+ * mica_runtime_run() blocks SIGTERM/SIGINT in every thread and waits for
+ * them on a signalfd in the calling (main) thread, beside an eventfd that
+ * mica_runtime_stop() and exiting workers write to. The first stop request
+ * asks every worker to drain (stop hooks run, coroutines finish); a second
+ * one, or the drain deadline, cancels whatever still waits. Workers are told
+ * through their loop's eventfd: the hot path shares nothing with this file.
+ */
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "runtime/internal.h"
+
+typedef struct hook {
+    mica_worker_cb cb;
+    void *arg;
+} hook_t;
+
+struct mica_runtime {
+    int nworkers;
+    size_t stack_bytes;
+    int64_t drain_ms;
+    bool no_signals;
+
+    hook_t *start_hooks, *stop_hooks;
+    size_t nstart, nstop;
+
+    mica__loop_t *loops;
+    pthread_t *threads;
+    int stopfd; /* eventfd: stop requests and worker exits wake the main thread */
+    atomic_int stop_level;
+    atomic_int exited;
+    atomic_bool cancelled_work;
+};
+
+int mica__env_int(const char *name, int64_t min, int64_t max, int64_t *out)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return 0;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || *end || n < min || n > max) {
+        mica__log_error("invalid environment variable", "name", name, "value", v);
+        return MICA_EINVAL;
+    }
+    *out = n;
+    return 0;
+}
+
+int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
+{
+    mica_runtime_opts_t o = {0};
+    if (opts)
+        o = *opts;
+    int64_t workers = o.workers, drain = o.drain_timeout_ms;
+    if (workers < 0 || drain < 0)
+        return MICA_EINVAL;
+    if (workers == 0) {
+        workers = sysconf(_SC_NPROCESSORS_ONLN);
+        if (workers < 1)
+            workers = 1;
+        if (mica__env_int("MICA_WORKERS", 1, 1024, &workers) != 0)
+            return MICA_EINVAL;
+    }
+    if (drain == 0) {
+        drain = 10000;
+        if (mica__env_int("MICA_DRAIN_TIMEOUT_MS", 0, INT_MAX, &drain) != 0)
+            return MICA_EINVAL;
+    }
+    mica_runtime_t *rt = calloc(1, sizeof(*rt));
+    if (!rt)
+        return MICA_ENOMEM;
+    rt->nworkers = (int)workers;
+    rt->drain_ms = drain;
+    rt->stack_bytes = o.stack_bytes ? o.stack_bytes : 64 * 1024;
+    rt->no_signals = o.no_signals;
+    rt->stopfd = -1;
+    *out = rt;
+    return 0;
+}
+
+int mica_runtime_workers(const mica_runtime_t *rt)
+{
+    return rt->nworkers;
+}
+
+static int add_hook(hook_t **hooks, size_t *n, mica_worker_cb cb, void *arg)
+{
+    hook_t *h = realloc(*hooks, (*n + 1) * sizeof(*h));
+    if (!h)
+        return MICA_ENOMEM;
+    h[*n] = (hook_t){cb, arg};
+    *hooks = h;
+    (*n)++;
+    return 0;
+}
+
+int mica_runtime_on_start(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
+{
+    return add_hook(&rt->start_hooks, &rt->nstart, cb, arg);
+}
+
+int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
+{
+    return add_hook(&rt->stop_hooks, &rt->nstop, cb, arg);
+}
+
+int64_t mica__runtime_drain_ms(const mica_runtime_t *rt)
+{
+    return rt->drain_ms;
+}
+
+int mica__runtime_stop_level(const mica_runtime_t *rt)
+{
+    return atomic_load_explicit(&rt->stop_level, memory_order_acquire);
+}
+
+void mica__runtime_run_stop_hooks(mica_runtime_t *rt, int worker_id)
+{
+    for (size_t i = 0; i < rt->nstop; i++)
+        rt->stop_hooks[i].cb(worker_id, rt->stop_hooks[i].arg);
+}
+
+static void poke(int fd)
+{
+    uint64_t one = 1;
+    ssize_t rc = write(fd, &one, sizeof(one));
+    (void)rc; /* EAGAIN: the counter is already non-zero, the wake-up is pending */
+}
+
+static void raise_stop_level(mica_runtime_t *rt, int level)
+{
+    int cur = atomic_load(&rt->stop_level);
+    while (cur < level && !atomic_compare_exchange_weak(&rt->stop_level, &cur, level))
+        ;
+}
+
+void mica_runtime_stop(mica_runtime_t *rt)
+{
+    raise_stop_level(rt, 1);
+    if (rt->stopfd >= 0)
+        poke(rt->stopfd);
+}
+
+/* ---- workers ----------------------------------------------------------- */
+
+struct start_call {
+    hook_t hook;
+    int worker_id;
+};
+
+static void run_start_hook(void *arg)
+{
+    struct start_call call = *(struct start_call *)arg;
+    free(arg);
+    call.hook.cb(call.worker_id, call.hook.arg);
+}
+
+static void *worker_main(void *arg)
+{
+    mica__loop_t *loop = arg;
+    mica_runtime_t *rt = loop->rt;
+    char name[16];
+    snprintf(name, sizeof(name), "mica-w%d", loop->id);
+    pthread_setname_np(pthread_self(), name);
+
+    for (size_t i = 0; i < rt->nstart; i++) {
+        struct start_call *call = malloc(sizeof(*call));
+        mica__coro_t *co;
+        if (!call || mica__coro_new(loop, run_start_hook, call, &co) != 0) {
+            free(call);
+            mica__log_error("cannot start worker hook: out of memory");
+            continue;
+        }
+        *call = (struct start_call){rt->start_hooks[i], loop->id};
+        mica__loop_wake(loop, co, 0);
+    }
+    /* A stop that raced with thread start-up must still be seen. */
+    if (mica__runtime_stop_level(rt) > 0)
+        poke(loop->wakefd);
+    mica__loop_run(loop);
+    if (loop->cancel_all)
+        atomic_store(&rt->cancelled_work, true);
+    atomic_fetch_add(&rt->exited, 1);
+    poke(rt->stopfd);
+    return NULL;
+}
+
+static void broadcast(mica_runtime_t *rt)
+{
+    for (int i = 0; i < rt->nworkers; i++)
+        poke(rt->loops[i].wakefd);
+}
+
+int mica_runtime_run(mica_runtime_t *rt)
+{
+    int rc = 0;
+    rt->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (rt->stopfd < 0)
+        return -errno;
+    signal(SIGPIPE, SIG_IGN);
+
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sigfd = -1;
+    if (!rt->no_signals) {
+        pthread_sigmask(SIG_BLOCK, &set, &old);
+        sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+        if (sigfd < 0) {
+            rc = -errno;
+            goto out_mask;
+        }
+    }
+
+    rt->loops = calloc((size_t)rt->nworkers, sizeof(*rt->loops));
+    rt->threads = calloc((size_t)rt->nworkers, sizeof(*rt->threads));
+    if (!rt->loops || !rt->threads) {
+        rc = MICA_ENOMEM;
+        goto out_sig;
+    }
+    int started = 0, inited = 0;
+    for (; inited < rt->nworkers; inited++) {
+        rc = mica__loop_init(&rt->loops[inited], inited, rt, rt->stack_bytes);
+        if (rc != 0)
+            goto out_loops;
+    }
+    for (; started < rt->nworkers; started++) {
+        rc = -pthread_create(&rt->threads[started], NULL, worker_main, &rt->loops[started]);
+        if (rc != 0) {
+            mica_runtime_stop(rt);
+            broadcast(rt);
+            break;
+        }
+    }
+
+    struct pollfd pfd[2] = {{.fd = rt->stopfd, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
+    int sent = 0;
+    while (atomic_load(&rt->exited) < started) {
+        poll(pfd, sigfd >= 0 ? 2 : 1, -1);
+        uint64_t n;
+        while (read(rt->stopfd, &n, sizeof(n)) > 0)
+            ;
+        struct signalfd_siginfo si;
+        while (sigfd >= 0 && read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+            raise_stop_level(rt, mica__runtime_stop_level(rt) + 1);
+            mica__log_info(mica__runtime_stop_level(rt) == 1 ? "draining" : "cancelling",
+                           "signal", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        }
+        int level = mica__runtime_stop_level(rt);
+        if (level > sent) {
+            sent = level;
+            broadcast(rt);
+        }
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(rt->threads[i], NULL);
+    if (rc == 0 && atomic_load(&rt->cancelled_work))
+        rc = MICA_ETIMEDOUT;
+
+out_loops:
+    for (int i = 0; i < inited; i++)
+        mica__loop_destroy(&rt->loops[i]);
+out_sig:
+    if (sigfd >= 0)
+        close(sigfd);
+out_mask:
+    if (!rt->no_signals)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(rt->stopfd);
+    rt->stopfd = -1;
+    return rc;
+}
+
+void mica_runtime_free(mica_runtime_t *rt)
+{
+    if (!rt)
+        return;
+    free(rt->loops);
+    free(rt->threads);
+    free(rt->start_hooks);
+    free(rt->stop_hooks);
+    free(rt);
+}
+
+/* ---- coroutine API ------------------------------------------------------- */
+
+int mica_worker_id(void)
+{
+    mica__loop_t *loop = mica__loop_current();
+    return loop ? loop->id : -1;
+}
+
+bool mica_worker_stopping(void)
+{
+    mica__loop_t *loop = mica__loop_current();
+    return loop && loop->stopping;
+}
+
+int mica_go(mica_coro_fn fn, void *arg)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop)
+        return MICA_EINVAL;
+    mica__coro_t *co;
+    int rc = mica__coro_new(loop, fn, arg, &co);
+    if (rc != 0)
+        return rc;
+    mica__loop_wake(loop, co, 0);
+    return 0;
+}
+
+void mica_yield(void)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop || !loop->current)
+        return;
+    mica__loop_wake(loop, loop->current, 0);
+    mica__coro_suspend(loop);
+}
+
+int mica_sleep_ms(int64_t ms)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop || !loop->current)
+        return MICA_EINVAL;
+    int rc = mica__wait(loop, mica_deadline_in(ms < 0 ? 0 : ms));
+    if (rc == MICA_ETIMEDOUT)
+        return 0;
+    return rc;
+}
+
+int64_t mica_now_ms(void)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (loop)
+        return loop->now_ms;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mica_deadline_in(int64_t timeout_ms)
+{
+    if (timeout_ms < 0)
+        return MICA_NO_DEADLINE;
+    int64_t now = mica_now_ms();
+    if (timeout_ms > MICA_NO_DEADLINE - now - 1)
+        return MICA_NO_DEADLINE;
+    return now + timeout_ms;
+}

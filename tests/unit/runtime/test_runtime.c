@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT */
+/* Runtime: coroutines, yield, sleep, sockets, drain and cancel on shutdown. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "mica/net.h"
+#include "mica/runtime.h"
+
+static mica_runtime_t *new_rt(int workers, int drain_ms)
+{
+    mica_runtime_t *rt;
+    mica_runtime_opts_t o = {.workers = workers, .drain_timeout_ms = drain_ms, .no_signals = true};
+    assert_int_equal(mica_runtime_new(&rt, &o), 0);
+    return rt;
+}
+
+/* ---- yield interleaves coroutines in spawn order ---- */
+
+struct order {
+    char log[64];
+    int len;
+    mica_runtime_t *rt;
+    int done;
+};
+
+static void step(void *arg)
+{
+    struct order *o = arg;
+    char me = (char)('a' + o->done++ % 26);
+    for (int i = 0; i < 3; i++) {
+        o->log[o->len++] = me;
+        mica_yield();
+    }
+    if (o->len == 9)
+        mica_runtime_stop(o->rt);
+}
+
+static void spawn_three(int worker, void *arg)
+{
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(mica_go(step, arg), 0);
+}
+
+static void test_yield_round_robins_coroutines_in_spawn_order(void **state)
+{
+    struct order o = {.rt = new_rt(1, 1000)};
+    mica_runtime_on_start(o.rt, spawn_three, &o);
+    assert_int_equal(mica_runtime_run(o.rt), 0);
+    o.log[o.len] = '\0';
+    assert_string_equal(o.log, "abcabcabc");
+    mica_runtime_free(o.rt);
+}
+
+/* ---- sleep waits at least its time, on every worker ---- */
+
+static atomic_int slept_ok;
+
+static void sleeper(int worker, void *arg)
+{
+    int64_t t0 = mica_now_ms();
+    assert_int_equal(mica_sleep_ms(30), 0);
+    if (mica_now_ms() - t0 >= 30)
+        atomic_fetch_add(&slept_ok, 1);
+    if (atomic_load(&slept_ok) == 2)
+        mica_runtime_stop(arg);
+}
+
+static void test_sleep_suspends_for_at_least_the_time_on_each_worker(void **state)
+{
+    mica_runtime_t *rt = new_rt(2, 1000);
+    mica_runtime_on_start(rt, sleeper, rt);
+    assert_int_equal(mica_runtime_run(rt), 0);
+    assert_int_equal(atomic_load(&slept_ok), 2);
+    mica_runtime_free(rt);
+}
+
+/* ---- drain deadline cancels a stuck wait ---- */
+
+static int stuck_rc;
+
+static void stuck(int worker, void *arg)
+{
+    mica_runtime_stop(arg);
+    stuck_rc = mica_sleep_ms(60000);
+}
+
+static void test_drain_deadline_cancels_waits_with_ecanceled(void **state)
+{
+    mica_runtime_t *rt = new_rt(1, 50);
+    mica_runtime_on_start(rt, stuck, rt);
+    assert_int_equal(mica_runtime_run(rt), MICA_ETIMEDOUT);
+    assert_int_equal(stuck_rc, MICA_ECANCELED);
+    mica_runtime_free(rt);
+}
+
+/* ---- sockets: echo over loopback, read deadline ---- */
+
+struct echo {
+    mica_runtime_t *rt;
+    int lfd;
+    char got[16];
+    int read_timeout_rc;
+};
+
+static void echo_server(void *arg)
+{
+    struct echo *e = arg;
+    int c = mica_net_accept(e->lfd, mica_deadline_in(2000));
+    assert_true(c >= 0);
+    char buf[16];
+    ssize_t n = mica_net_read(c, buf, sizeof(buf), mica_deadline_in(2000));
+    assert_true(n > 0);
+    assert_int_equal(mica_net_write(c, buf, (size_t)n, mica_deadline_in(2000)), 0);
+    mica_net_close(c);
+}
+
+static void echo_client(int worker, void *arg)
+{
+    struct echo *e = arg;
+    e->lfd = mica_net_listen("127.0.0.1:0", 16, 0);
+    assert_true(e->lfd >= 0);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    getsockname(e->lfd, (struct sockaddr *)&ss, &len);
+    char addr[64];
+    assert_int_equal(mica_net_format_addr((struct sockaddr *)&ss, addr, sizeof(addr)), 0);
+    assert_int_equal(mica_go(echo_server, e), 0);
+
+    int fd = mica_net_connect(addr, mica_deadline_in(2000));
+    assert_true(fd >= 0);
+    e->read_timeout_rc = (int)mica_net_read(fd, e->got, sizeof(e->got), mica_deadline_in(20));
+    assert_int_equal(mica_net_write(fd, "ping", 4, mica_deadline_in(2000)), 0);
+    ssize_t n = mica_net_read(fd, e->got, sizeof(e->got) - 1, mica_deadline_in(2000));
+    assert_int_equal(n, 4);
+    e->got[n] = '\0';
+    mica_net_close(fd);
+    mica_net_close(e->lfd);
+    mica_runtime_stop(e->rt);
+}
+
+static void test_sockets_echo_over_loopback_and_reads_time_out(void **state)
+{
+    struct echo e = {.rt = new_rt(1, 1000)};
+    mica_runtime_on_start(e.rt, echo_client, &e);
+    assert_int_equal(mica_runtime_run(e.rt), 0);
+    assert_int_equal(e.read_timeout_rc, MICA_ETIMEDOUT);
+    assert_string_equal(e.got, "ping");
+    mica_runtime_free(e.rt);
+}
+
+static void test_bad_addresses_are_einval(void **state)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    assert_int_equal(mica_net_parse_addr("127.0.0.1:99999", &ss, &len), MICA_EINVAL);
+    assert_int_equal(mica_net_parse_addr("nohost:80", &ss, &len), MICA_EINVAL);
+    assert_int_equal(mica_net_parse_addr("[::1:80", &ss, &len), MICA_EINVAL);
+    assert_int_equal(mica_net_parse_addr("127.0.0.1:", &ss, &len), MICA_EINVAL);
+    assert_int_equal(mica_net_parse_addr("[::1]:80", &ss, &len), 0);
+    assert_int_equal(mica_net_parse_addr(":8080", &ss, &len), 0);
+    assert_int_equal(mica_net_parse_addr("8080", &ss, &len), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_yield_round_robins_coroutines_in_spawn_order),
+        cmocka_unit_test(test_sleep_suspends_for_at_least_the_time_on_each_worker),
+        cmocka_unit_test(test_drain_deadline_cancels_waits_with_ecanceled),
+        cmocka_unit_test(test_sockets_echo_over_loopback_and_reads_time_out),
+        cmocka_unit_test(test_bad_addresses_are_einval),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
