@@ -6,10 +6,11 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
+TSAN_BUILD ?= build-tsan
 JOBS       ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test test-release test-asan fuzz valgrind lint bench clean
+.PHONY: all build run test test-release test-asan test-tsan fuzz valgrind lint bench clean
 
 all: build
 
@@ -23,10 +24,10 @@ run: build
 	$(BUILD)/examples/hello
 
 # Everything CI runs: unit + integration tests (release and ASan+UBSan
-# builds), a bounded fuzzing run, valgrind, and the lint.
+# builds), the runtime under TSan, valgrind, a bounded fuzzing run, the lint.
 test:
 	@scripts/deps.sh test
-	@$(MAKE) --no-print-directory lint test-release test-asan valgrind fuzz
+	@$(MAKE) --no-print-directory lint test-release test-asan test-tsan valgrind fuzz
 	@echo "make test: all suites passed"
 
 test-release:
@@ -39,6 +40,14 @@ test-asan:
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
+
+# The runtime's unit and stress tests under ThreadSanitizer (the coroutine
+# switches are annotated as fibers, so TSan follows them).
+test-tsan:
+	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMICA_SANITIZE=thread >/dev/null
+	@cmake --build $(TSAN_BUILD) -j$(JOBS)
+	cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+		ctest --output-on-failure -R '^runtime/'
 
 # Unit tests and one served-and-drained server run under memcheck.
 valgrind:
@@ -61,4 +70,4 @@ bench:
 	bench/run.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mica/ctx.h"
 #include "mica/error.h"
 
 typedef struct mica_runtime mica_runtime_t;
@@ -34,6 +35,8 @@ typedef struct mica_runtime_opts {
     size_t stack_bytes;       /* coroutine stack, 0: 64 KiB; rounded up to pages */
     int drain_timeout_ms;     /* 0: $MICA_DRAIN_TIMEOUT_MS, else 10000 */
     bool no_signals;          /* true: don't handle SIGTERM/SIGINT (embedding, tests) */
+    int offload_threads;      /* 0: $MICA_OFFLOAD_THREADS, else 4 */
+    size_t offload_queue;     /* 0: $MICA_OFFLOAD_QUEUE, else 1024 queued jobs */
 } mica_runtime_opts_t;
 
 /**
@@ -78,6 +81,9 @@ MICA_API void mica_runtime_free(mica_runtime_t *rt);
 /** Returns the current worker's id (0..workers-1), or -1 outside a worker. */
 MICA_API int mica_worker_id(void);
 
+/** Returns the number of workers of the current runtime, or 0 outside a worker. */
+MICA_API int mica_worker_count(void);
+
 /** Returns true while the current worker is shutting down (draining). */
 MICA_API bool mica_worker_stopping(void);
 
@@ -87,6 +93,14 @@ MICA_API bool mica_worker_stopping(void);
  * can be had, or MICA_EINVAL outside a worker.
  */
 MICA_API int mica_go(mica_coro_fn fn, void *arg);
+
+/**
+ * Spawns fn(arg) on worker `worker` (any worker, this one included); `arg`
+ * then belongs to that worker. Returns 0, MICA_EINVAL (no such worker, or
+ * not called on a worker) or MICA_ENOMEM. A spawn on a worker that has
+ * already stopped is dropped.
+ */
+MICA_API int mica_go_on(int worker, mica_coro_fn fn, void *arg);
 
 /** Lets the other runnable coroutines of this worker run, then resumes. */
 MICA_API void mica_yield(void);
@@ -102,5 +116,32 @@ MICA_API int64_t mica_now_ms(void);
 
 /** Returns the deadline `timeout_ms` from now (MICA_NO_DEADLINE for timeout_ms < 0). */
 MICA_API int64_t mica_deadline_in(int64_t timeout_ms);
+
+/* ---- offload: blocking work on a bounded thread pool ------------------- */
+
+typedef struct mica_offload_pool mica_offload_pool_t;
+
+/** Blocking work run on an offload thread; its return value is handed back. */
+typedef int (*mica_offload_fn)(void *arg);
+
+/**
+ * Creates a pool of `threads` threads with room for `queue_len` waiting jobs.
+ * Returns 0, MICA_EINVAL (0 threads or 0 queue) or MICA_ENOMEM.
+ */
+MICA_API int mica_offload_pool_new(mica_offload_pool_t **out, int threads, size_t queue_len);
+
+/** Stops and joins the threads; no job may be pending. NULL is a no-op. */
+MICA_API void mica_offload_pool_free(mica_offload_pool_t *pool);
+
+/**
+ * Runs fn(arg) on one of `pool`'s threads (NULL: the runtime's pool), the
+ * calling coroutine suspended meanwhile; *result gets fn's return value.
+ * Returns 0, MICA_EOVERLOAD at once when the queue is full (load shedding),
+ * or MICA_ETIMEDOUT/MICA_ECANCELED when `ctx` ends while the job is still
+ * queued (it is then never run). A job that has started always finishes
+ * before this returns, so `arg` may live on the caller's stack.
+ */
+MICA_API int mica_offload(mica_offload_pool_t *pool, mica_ctx_t *ctx, mica_offload_fn fn,
+                          void *arg, int *result);
 
 #endif /* MICA_RUNTIME_H */

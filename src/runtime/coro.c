@@ -17,6 +17,7 @@
  * three tools follow the stack changes.
  */
 #include <assert.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -228,8 +229,17 @@ void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
     __sanitizer_finish_switch_fiber(loop->sched_asan_fake_stack, NULL, NULL);
 #endif
     loop->current = NULL;
-    if (co->done)
-        mica__coro_free(loop, co);
+    if (co->done) {
+        if (atomic_load_explicit(&co->remote_refs, memory_order_acquire) == 0) {
+            mica__coro_free(loop, co);
+        } else {
+            /* Another thread still has a wake-up for us in flight; the loop
+             * frees us when it has delivered (dropped) the last one. */
+            co->zombie = true;
+            co->next_ready = loop->zombies;
+            loop->zombies = co;
+        }
+    }
 }
 
 void mica__coro_suspend(mica__loop_t *loop)

@@ -43,6 +43,9 @@ struct mica__coro {
     int64_t deadline_ms;  /* MICA_NO_DEADLINE when not on the timer heap */
     size_t heap_index;    /* position on the loop's timer heap */
     bool waiting;         /* suspended in mica__wait() */
+    uint64_t wait_seq;    /* numbers each wait, so a late wake-up cannot end a later one */
+    _Atomic int remote_refs; /* wake-up messages in flight to this coroutine */
+    bool zombie;          /* finished, kept until remote_refs drops to 0 */
     mica__coro_t *all_prev, *all_next; /* the loop's list of live coroutines */
 
     void *asan_fake_stack;
@@ -108,10 +111,25 @@ struct mica__loop {
     bool cancel_all;     /* drain deadline passed: every wait returns ECANCELED */
     int64_t drain_deadline_ms;
 
+    /* wake-ups and spawns posted by other threads (mica__loop_post) */
+    pthread_mutex_t remote_lock;
+    struct mica__msg *remote_head, *remote_tail;
+    mica__coro_t *zombies;
+
     /* counters (this worker only; readers on other threads get estimates) */
     uint64_t stat_spawned;
     uint64_t stat_spawn_failed;
 };
+
+/* A message from another thread: wake (co, seq) with result, or spawn fn(arg). */
+typedef struct mica__msg {
+    struct mica__msg *next;
+    mica__coro_t *co; /* NULL: spawn */
+    uint64_t seq;
+    int result;
+    mica_coro_fn fn;
+    void *arg;
+} mica__msg_t;
 
 /* Returns the loop of the calling thread, or NULL outside a worker. */
 mica__loop_t *mica__loop_current(void);
@@ -128,8 +146,27 @@ void mica__loop_begin_stop(mica__loop_t *loop);
 /*
  * Suspends the running coroutine until woken (mica__loop_wake) or until
  * `deadline_ms`. Returns the wake result: 0, MICA_ETIMEDOUT or MICA_ECANCELED.
+ * Wakers that may run late (other threads, cancellations) use the _seq form:
+ * mica__wait_prepare() numbers the coming wait before the coroutine
+ * publishes itself as a waiter; mica__wait_seq() then suspends.
  */
 int mica__wait(mica__loop_t *loop, int64_t deadline_ms);
+uint64_t mica__wait_prepare(mica__loop_t *loop);
+int mica__wait_seq(mica__loop_t *loop, int64_t deadline_ms);
+
+/*
+ * Wakes wait `seq` of `co` (on `loop`) with `result`, from any thread: on
+ * the loop's own thread directly, otherwise through the loop's message queue.
+ * A wake for a wait that has already ended is dropped. The caller must know
+ * `co` is alive (it holds the lock of a structure `co` is queued on).
+ */
+void mica__wake_any(mica__loop_t *loop, mica__coro_t *co, uint64_t seq, int result);
+/* Queues fn(arg) to be spawned on `loop` (any thread). Returns 0 or MICA_ENOMEM. */
+int mica__loop_post_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg);
+/* Returns the runtime's offload pool (NULL outside mica_runtime_run()). */
+mica_offload_pool_t *mica__runtime_offload_pool(mica_runtime_t *rt);
+/* Returns worker `id`'s loop, or NULL. */
+mica__loop_t *mica__runtime_loop(mica_runtime_t *rt, int id);
 
 /* Returns the wait slot of `fd`, growing the table; NULL on ENOMEM. */
 mica__io_t *mica__io_get(mica__loop_t *loop, int fd);
@@ -145,6 +182,26 @@ void mica__io_cancel(mica__loop_t *loop, int fd);
  * MICA_ECANCELED, or a -errno from epoll registration.
  */
 int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms);
+
+/* ---- ctx waits (ctx.c) --------------------------------------------------- */
+
+#include "mica/ctx.h"
+
+/* A coroutine waiting with a ctx, registered so that a cancel wakes it. */
+typedef struct mica__ctx_waiter {
+    mica__loop_t *loop;
+    mica__coro_t *co;
+    uint64_t seq;
+    struct mica__ctx_waiter *prev, *next;
+} mica__ctx_waiter_t;
+
+/*
+ * Suspends the running coroutine for wait `seq` (from mica__wait_prepare())
+ * until woken, until `deadline_ms` or the ctx's deadline, or until `ctx` is
+ * cancelled. Returns the wake result: 0, MICA_ETIMEDOUT or MICA_ECANCELED
+ * (at once if `ctx` has already ended).
+ */
+int mica__wait_ctx(mica__loop_t *loop, mica_ctx_t *ctx, int64_t deadline_ms, uint64_t seq);
 
 /* ---- runtime (runtime.c) ----------------------------------------------- */
 

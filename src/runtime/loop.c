@@ -18,6 +18,7 @@
  * disarming a timeout allocates nothing.
  */
 #include <assert.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -64,6 +65,7 @@ int mica__loop_init(mica__loop_t *loop, int id, mica_runtime_t *rt, size_t stack
         close(loop->epfd);
         return rc;
     }
+    pthread_mutex_init(&loop->remote_lock, NULL);
     mica__stack_pool_init(loop, stack_bytes);
     update_time(loop);
     return 0;
@@ -72,6 +74,13 @@ int mica__loop_init(mica__loop_t *loop, int id, mica_runtime_t *rt, size_t stack
 void mica__loop_destroy(mica__loop_t *loop)
 {
     assert(loop->ncoros == 0);
+    /* Spawns posted after this worker stopped are dropped (wake-ups cannot
+     * be left: the loop only exits once no coroutine, zombies included, is left). */
+    for (mica__msg_t *m = loop->remote_head, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    pthread_mutex_destroy(&loop->remote_lock);
     mica__stack_pool_destroy(loop);
     free(loop->heap);
     free(loop->io);
@@ -161,7 +170,18 @@ void mica__loop_wake(mica__loop_t *loop, mica__coro_t *co, int result)
     loop->ready_tail = co;
 }
 
+uint64_t mica__wait_prepare(mica__loop_t *loop)
+{
+    return ++loop->current->wait_seq;
+}
+
 int mica__wait(mica__loop_t *loop, int64_t deadline_ms)
+{
+    mica__wait_prepare(loop);
+    return mica__wait_seq(loop, deadline_ms);
+}
+
+int mica__wait_seq(mica__loop_t *loop, int64_t deadline_ms)
 {
     mica__coro_t *co = loop->current;
     assert(co != NULL);
@@ -199,6 +219,93 @@ static void run_ready(mica__loop_t *loop)
     }
 }
 
+/* ---- messages from other threads ----------------------------------------- */
+
+static void poke(int fd)
+{
+    uint64_t one = 1;
+    ssize_t rc = write(fd, &one, sizeof(one));
+    (void)rc; /* EAGAIN: the counter is non-zero, a wake-up is pending anyway */
+}
+
+static int post(mica__loop_t *loop, mica__msg_t *m)
+{
+    m->next = NULL;
+    pthread_mutex_lock(&loop->remote_lock);
+    bool was_empty = loop->remote_head == NULL;
+    if (loop->remote_tail)
+        loop->remote_tail->next = m;
+    else
+        loop->remote_head = m;
+    loop->remote_tail = m;
+    pthread_mutex_unlock(&loop->remote_lock);
+    if (was_empty)
+        poke(loop->wakefd);
+    return 0;
+}
+
+void mica__wake_any(mica__loop_t *loop, mica__coro_t *co, uint64_t seq, int result)
+{
+    if (loop == tls_loop) {
+        if (co->waiting && co->wait_seq == seq)
+            mica__loop_wake(loop, co, result);
+        return;
+    }
+    mica__msg_t *m = malloc(sizeof(*m));
+    if (!m)
+        abort(); /* losing a wake-up would hang a coroutine forever */
+    *m = (mica__msg_t){.co = co, .seq = seq, .result = result};
+    atomic_fetch_add_explicit(&co->remote_refs, 1, memory_order_relaxed);
+    post(loop, m);
+}
+
+int mica__loop_post_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg)
+{
+    mica__msg_t *m = malloc(sizeof(*m));
+    if (!m)
+        return MICA_ENOMEM;
+    *m = (mica__msg_t){.fn = fn, .arg = arg};
+    return post(loop, m);
+}
+
+static void reap_zombie(mica__loop_t *loop, mica__coro_t *co)
+{
+    mica__coro_t **pp = &loop->zombies;
+    while (*pp && *pp != co)
+        pp = &(*pp)->next_ready;
+    if (*pp)
+        *pp = co->next_ready;
+    co->zombie = false;
+    mica__coro_free(loop, co);
+}
+
+static void drain_messages(mica__loop_t *loop)
+{
+    pthread_mutex_lock(&loop->remote_lock);
+    mica__msg_t *m = loop->remote_head;
+    loop->remote_head = loop->remote_tail = NULL;
+    pthread_mutex_unlock(&loop->remote_lock);
+    while (m) {
+        mica__msg_t *next = m->next;
+        mica__coro_t *co = m->co;
+        if (!co) {
+            mica__coro_t *nco;
+            if (mica__coro_new(loop, m->fn, m->arg, &nco) == 0)
+                mica__loop_wake(loop, nco, 0);
+            else
+                loop->stat_spawn_failed++;
+        } else {
+            if (co->waiting && co->wait_seq == m->seq)
+                mica__loop_wake(loop, co, m->result);
+            if (atomic_fetch_sub_explicit(&co->remote_refs, 1, memory_order_acq_rel) == 1 &&
+                co->zombie)
+                reap_zombie(loop, co);
+        }
+        free(m);
+        m = next;
+    }
+}
+
 static void cancel_everything(mica__loop_t *loop)
 {
     loop->cancel_all = true;
@@ -221,6 +328,7 @@ static void on_wakefd(mica__loop_t *loop)
     uint64_t n;
     while (read(loop->wakefd, &n, sizeof(n)) > 0)
         ;
+    drain_messages(loop);
     int req = mica__runtime_stop_level(loop->rt);
     if (req >= 1)
         mica__loop_begin_stop(loop);

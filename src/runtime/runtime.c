@@ -34,6 +34,9 @@ struct mica_runtime {
     size_t stack_bytes;
     int64_t drain_ms;
     bool no_signals;
+    int offload_threads;
+    size_t offload_queue;
+    mica_offload_pool_t *offload;
 
     hook_t *start_hooks, *stop_hooks;
     size_t nstart, nstop;
@@ -82,6 +85,19 @@ int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
         if (mica__env_int("MICA_DRAIN_TIMEOUT_MS", 0, INT_MAX, &drain) != 0)
             return MICA_EINVAL;
     }
+    int64_t othreads = o.offload_threads, oqueue = (int64_t)o.offload_queue;
+    if (othreads < 0)
+        return MICA_EINVAL;
+    if (othreads == 0) {
+        othreads = 4;
+        if (mica__env_int("MICA_OFFLOAD_THREADS", 1, 1024, &othreads) != 0)
+            return MICA_EINVAL;
+    }
+    if (oqueue == 0) {
+        oqueue = 1024;
+        if (mica__env_int("MICA_OFFLOAD_QUEUE", 1, 1 << 24, &oqueue) != 0)
+            return MICA_EINVAL;
+    }
     mica_runtime_t *rt = calloc(1, sizeof(*rt));
     if (!rt)
         return MICA_ENOMEM;
@@ -89,6 +105,8 @@ int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
     rt->drain_ms = drain;
     rt->stack_bytes = o.stack_bytes ? o.stack_bytes : 64 * 1024;
     rt->no_signals = o.no_signals;
+    rt->offload_threads = (int)othreads;
+    rt->offload_queue = (size_t)oqueue;
     rt->stopfd = -1;
     *out = rt;
     return 0;
@@ -118,6 +136,16 @@ int mica_runtime_on_start(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
 int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
 {
     return add_hook(&rt->stop_hooks, &rt->nstop, cb, arg);
+}
+
+mica_offload_pool_t *mica__runtime_offload_pool(mica_runtime_t *rt)
+{
+    return rt->offload;
+}
+
+mica__loop_t *mica__runtime_loop(mica_runtime_t *rt, int id)
+{
+    return id >= 0 && id < rt->nworkers && rt->loops ? &rt->loops[id] : NULL;
 }
 
 int64_t mica__runtime_drain_ms(const mica_runtime_t *rt)
@@ -229,6 +257,9 @@ int mica_runtime_run(mica_runtime_t *rt)
         }
     }
 
+    rc = mica_offload_pool_new(&rt->offload, rt->offload_threads, rt->offload_queue);
+    if (rc != 0)
+        goto out_sig;
     rt->loops = calloc((size_t)rt->nworkers, sizeof(*rt->loops));
     rt->threads = calloc((size_t)rt->nworkers, sizeof(*rt->threads));
     if (!rt->loops || !rt->threads) {
@@ -278,6 +309,8 @@ out_loops:
     for (int i = 0; i < inited; i++)
         mica__loop_destroy(&rt->loops[i]);
 out_sig:
+    mica_offload_pool_free(rt->offload);
+    rt->offload = NULL;
     if (sigfd >= 0)
         close(sigfd);
 out_mask:
@@ -307,6 +340,12 @@ int mica_worker_id(void)
     return loop ? loop->id : -1;
 }
 
+int mica_worker_count(void)
+{
+    mica__loop_t *loop = mica__loop_current();
+    return loop ? loop->rt->nworkers : 0;
+}
+
 bool mica_worker_stopping(void)
 {
     mica__loop_t *loop = mica__loop_current();
@@ -324,6 +363,19 @@ int mica_go(mica_coro_fn fn, void *arg)
         return rc;
     mica__loop_wake(loop, co, 0);
     return 0;
+}
+
+int mica_go_on(int worker, mica_coro_fn fn, void *arg)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop)
+        return MICA_EINVAL;
+    mica__loop_t *target = mica__runtime_loop(loop->rt, worker);
+    if (!target)
+        return MICA_EINVAL;
+    if (target == loop)
+        return mica_go(fn, arg);
+    return mica__loop_post_spawn(target, fn, arg);
 }
 
 void mica_yield(void)
