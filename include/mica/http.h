@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 
+#include "mica/ctx.h"
 #include "mica/error.h"
 #include "mica/runtime.h"
 
@@ -46,13 +47,15 @@ typedef struct mica_http_server_opts {
     int write_timeout_ms;    /* one response flush: 5000, then the connection closes */
     int idle_timeout_ms;     /* keep-alive wait for the next request: 60000 */
     int max_conns;           /* open connections per worker: 100000; beyond, refused */
+    int request_timeout_ms;  /* deadline of a handler's ctx (mica_http_req_ctx): 30000 */
 } mica_http_server_opts_t;
 
 /**
  * Fills unset (zero) fields of `opts` from MICA_HTTP_MAX_HEAD_BYTES,
  * MICA_HTTP_MAX_TARGET_BYTES, MICA_HTTP_MAX_HEADERS, MICA_HTTP_MAX_BODY_BYTES,
  * MICA_HTTP_HEADER_TIMEOUT_MS, MICA_HTTP_BODY_TIMEOUT_MS,
- * MICA_HTTP_WRITE_TIMEOUT_MS, MICA_HTTP_IDLE_TIMEOUT_MS, MICA_HTTP_MAX_CONNS.
+ * MICA_HTTP_WRITE_TIMEOUT_MS, MICA_HTTP_IDLE_TIMEOUT_MS, MICA_HTTP_MAX_CONNS,
+ * MICA_HTTP_REQUEST_TIMEOUT_MS.
  * Returns 0 or MICA_EINVAL (naming the bad variable in a log line).
  */
 MICA_API int mica_http_server_opts_from_env(mica_http_server_opts_t *opts);
@@ -96,6 +99,13 @@ MICA_API int mica_http_server_port(const mica_http_server_t *srv, size_t i);
 MICA_API void mica_http_server_free(mica_http_server_t *srv);
 
 /* ---- requests: every returned pointer is valid until the request ends ---- */
+
+/**
+ * Returns the request's ctx: its deadline is request_timeout_ms after the
+ * request was read, and it is cancelled when the client disconnects. Pass it
+ * to every call the handler makes that can wait. Owned by the request.
+ */
+MICA_API mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req);
 
 /** Returns the request method ("GET"). */
 MICA_API const char *mica_http_req_method(const mica_http_req_t *req);

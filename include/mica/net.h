@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "mica/ctx.h"
 #include "mica/error.h"
 
 /**
@@ -73,6 +74,13 @@ MICA_API int mica_net_wait(int fd, int events, int64_t deadline_ms);
  * an idle connection from a stop hook. Never suspends.
  */
 MICA_API void mica_net_cancel(int fd);
+
+/**
+ * Cancels `ctx` when the peer of `fd` closes or resets the connection
+ * (EPOLLRDHUP/HUP/ERR), until called again with NULL or fd is closed. Used to
+ * end a request's work when its client goes away. Never suspends.
+ */
+MICA_API void mica_net_cancel_on_hup(int fd, mica_ctx_t *ctx);
 
 /** Stops watching and closes `fd`. Returns 0 or a negative MICA_E* code. */
 MICA_API int mica_net_close(int fd);

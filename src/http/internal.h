@@ -77,6 +77,8 @@ struct mica_http_req {
     size_t body_len;
     mica__route_match_t match;
     const char *params[MICA__HTTP_MAX_PARAMS]; /* decoded lazily */
+    int64_t deadline_ms;
+    mica_ctx_t *ctx; /* created on first mica_http_req_ctx() */
 };
 
 struct mica_http_resp {

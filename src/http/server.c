@@ -82,6 +82,7 @@ int mica_http_server_opts_from_env(mica_http_server_opts_t *o)
     rc |= env_ms("MICA_HTTP_BODY_TIMEOUT_MS", &o->body_timeout_ms);
     rc |= env_ms("MICA_HTTP_WRITE_TIMEOUT_MS", &o->write_timeout_ms);
     rc |= env_ms("MICA_HTTP_IDLE_TIMEOUT_MS", &o->idle_timeout_ms);
+    rc |= env_ms("MICA_HTTP_REQUEST_TIMEOUT_MS", &o->request_timeout_ms);
     size_t conns = (size_t)o->max_conns;
     rc |= env_size("MICA_HTTP_MAX_CONNS", &conns, 1 << 24);
     o->max_conns = (int)conns;
@@ -94,7 +95,7 @@ int mica_http_server_new(mica_http_server_t **out, const mica_http_server_opts_t
     if (opts)
         o = *opts;
     if (o.header_timeout_ms < 0 || o.body_timeout_ms < 0 || o.write_timeout_ms < 0 ||
-        o.idle_timeout_ms < 0 || o.max_conns < 0 || o.max_headers > MICA__HTTP_MAX_HEADERS)
+        o.idle_timeout_ms < 0 || o.request_timeout_ms < 0 || o.max_conns < 0 || o.max_headers > MICA__HTTP_MAX_HEADERS)
         return MICA_EINVAL;
     if (!o.max_head_bytes)
         o.max_head_bytes = 8192;
@@ -114,6 +115,8 @@ int mica_http_server_new(mica_http_server_t **out, const mica_http_server_opts_t
         o.idle_timeout_ms = 60000;
     if (!o.max_conns)
         o.max_conns = 100000;
+    if (!o.request_timeout_ms)
+        o.request_timeout_ms = 30000;
     if (o.max_head_bytes < 64 || o.max_target_bytes < 1)
         return MICA_EINVAL;
 
@@ -500,7 +503,13 @@ static void dispatch(mica__http_conn_t *c)
         mica_http_resp_error(resp, 405, "method not allowed");
         return;
     }
+    req->deadline_ms = mica_deadline_in(c->w->srv->o.request_timeout_ms);
     int rc = req->match.fn(req, resp, req->match.arg);
+    if (req->ctx) {
+        mica_net_cancel_on_hup(c->fd, NULL);
+        mica_ctx_free(req->ctx);
+        req->ctx = NULL;
+    }
     if (resp->sent)
         return;
     if (rc == 0) {
@@ -782,6 +791,16 @@ nomem:
 }
 
 /* ---- request accessors --------------------------------------------------------- */
+
+mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req)
+{
+    if (!req->ctx) {
+        if (mica_ctx_with_deadline(NULL, req->deadline_ms, &req->ctx) != 0)
+            return mica_ctx_background(); /* out of memory: run without a deadline */
+        mica_net_cancel_on_hup(req->conn->fd, req->ctx);
+    }
+    return req->ctx;
+}
 
 const char *mica_http_req_method(const mica_http_req_t *req)
 {

@@ -74,6 +74,7 @@ typedef struct mica__io {
     bool registered; /* added to epoll (edge-triggered, in+out) */
     bool readable;   /* an edge arrived since the last mica__io_clear_* */
     bool writable;
+    struct mica_ctx *hup_ctx; /* cancelled when the peer hangs up */
 } mica__io_t;
 
 struct mica__loop {

@@ -347,6 +347,10 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
         return;
     mica__io_t *io = &loop->io[fd];
     uint32_t e = ev->events;
+    if ((e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && io->hup_ctx) {
+        mica_ctx_cancel(io->hup_ctx);
+        io->hup_ctx = NULL;
+    }
     if (e & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
         io->readable = true;
         if (io->reader)

@@ -239,6 +239,14 @@ int mica_net_wait(int fd, int events, int64_t deadline_ms)
     return mica__io_wait(loop, fd, events & MICA_NET_WRITABLE, deadline_ms);
 }
 
+void mica_net_cancel_on_hup(int fd, mica_ctx_t *ctx)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop || mica__io_watch(loop, fd) != 0)
+        return;
+    loop->io[fd].hup_ctx = ctx;
+}
+
 void mica_net_cancel(int fd)
 {
     mica__loop_t *loop = mica__loop_current();
