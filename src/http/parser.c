@@ -360,20 +360,27 @@ static int on_content_length(mica__http_head_t *h, const char *v, size_t n, unsi
 /*
  * Only a single "chunked" is understood. HTTP/1.0 has no transfer codings, so
  * a 1.0 request carrying one has faulty framing (RFC 9112 §6.1), as has one
- * that also carries Content-Length (§6.3). Anything else (another coding, a
- * list, a second field) is 501 (§6.1).
+ * that also carries Content-Length (§6.3), or a second Transfer-Encoding
+ * field. When chunked is not the final coding the body length cannot be
+ * determined: 400 (§6.3 item 4). A list that does end in chunked names a
+ * coding we do not implement: 501 (§6.1).
  */
 static int on_transfer_encoding(mica__http_head_t *h, const char *v, size_t n, unsigned *seen)
 {
-    if (h->version_minor == 0 || (*seen & SEEN_LENGTH))
+    if (h->version_minor == 0 || (*seen & (SEEN_LENGTH | SEEN_CODING)))
         return -400;
-    if (*seen & SEEN_CODING)
-        return -501;
     *seen |= SEEN_CODING;
-    if (!mica__http_token_eq(v, n, "chunked"))
-        return -501;
-    h->chunked = true;
-    return 0;
+    if (mica__http_token_eq(v, n, "chunked")) {
+        h->chunked = true;
+        return 0;
+    }
+    const char *comma = memrchr(v, ',', n);
+    if (!comma)
+        return -400;
+    const char *last = comma + 1, *end = v + n;
+    while (last < end && (*last == ' ' || *last == '\t'))
+        last++;
+    return mica__http_token_eq(last, (size_t)(end - last), "chunked") ? -501 : -400;
 }
 
 /* RFC 9112 §3.2: more than one Host, or an invalid one, is 400. Empty is valid. */

@@ -74,8 +74,9 @@ typedef struct mica__http_head {
  * (including the final CRLF CRLF) when complete, 0 when more bytes are
  * needed (and no limit is exceeded yet), or a negative HTTP status when the
  * request must be refused: -400 (syntax, smuggling risks, missing Host on
- * 1.1), -414 (target too long), -431 (head too large / too many fields),
- * -501 (a transfer coding other than chunked, or an unknown framing),
+ * 1.1, a Transfer-Encoding whose final coding is not chunked), -414 (target
+ * too long), -431 (head too large / too many fields), -501 (a coding before
+ * the final chunked, which we do not implement),
  * -505 (HTTP version other than 1.0/1.1). After any negative result the
  * connection must be closed: framing can no longer be trusted.
  *
