@@ -16,6 +16,7 @@
 
 #include "mica/ctx.h"
 #include "mica/error.h"
+#include "mica/runtime.h"
 
 /**
  * Parses "host:port", "[v6]:port", ":port" or "port" into `ss` (IPv4 or
@@ -74,6 +75,15 @@ MICA_API int mica_net_wait(int fd, int events, int64_t deadline_ms);
  * an idle connection from a stop hook. Never suspends.
  */
 MICA_API void mica_net_cancel(int fd);
+
+/**
+ * Arranges, once, for fn(arg) to be spawned as a new coroutine on this worker
+ * when `fd` becomes readable or its peer hangs up, so a connection waiting
+ * for its next request needs no coroutine (and no stack) meanwhile. Returns
+ * 0; MICA_EAGAIN when fd is already readable (nothing arranged: read now);
+ * MICA_ENOMEM. Closing fd with mica_net_close() drops the arrangement.
+ */
+MICA_API int mica_net_on_readable(int fd, mica_coro_fn fn, void *arg);
 
 /**
  * Cancels `ctx` when the peer of `fd` closes or resets the connection

@@ -63,6 +63,10 @@ struct mica__http_worker {
     int spare_fd; /* closed and reopened to refuse a connection on EMFILE */
     uint64_t accepted, refused, requests;
     int64_t last_refuse_log_ms;
+    mica__http_conn_t *idle_head, *idle_tail; /* parked connections, oldest first */
+    char *free_bufs; /* pool of MICA__HTTP_BUF_BYTES buffers, linked through their first bytes */
+    size_t nfree_bufs;
+    mica_ctx_t *reaper_ctx; /* cancelled to stop the idle reaper */
     time_t date_sec;
     char date[40]; /* "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" */
     size_t date_len;
@@ -94,6 +98,10 @@ struct mica__http_conn {
     mica__http_worker_t *w;
     mica__http_conn_t *prev, *next;
     bool idle;      /* waiting for the first byte of a request: the drain may close it */
+    bool parked;    /* idle between requests with no coroutine: on the worker's idle list */
+    uint64_t requests;
+    int64_t idle_since_ms;
+    mica__http_conn_t *idle_prev, *idle_next;
     bool must_wait; /* the last read drained the socket: wait before reading again */
     bool close;     /* close after the current response */
     bool head_only; /* HEAD: headers only */
@@ -104,11 +112,18 @@ struct mica__http_conn {
     char *out;
     size_t out_len, out_cap;
 
-    mica__http_head_t head;
+    mica__http_head_t *head; /* on the connection coroutine's stack while it runs */
     mica__arena_t arena;
     mica_http_req_t req;
     mica_http_resp_t resp;
 };
+
+#define MICA__HTTP_BUF_BYTES 4096
+
+/* Takes a MICA__HTTP_BUF_BYTES buffer from the worker's pool (or malloc). NULL on ENOMEM. */
+char *mica__http_buf_get(mica__http_worker_t *w);
+/* Returns a buffer to the pool when it has MICA__HTTP_BUF_BYTES capacity, else frees it. */
+void mica__http_buf_put(mica__http_worker_t *w, char *buf, size_t cap);
 
 /* Appends raw bytes to the connection's output. Returns 0 or MICA_ELIMIT/MICA_ENOMEM. */
 int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len);

@@ -75,12 +75,13 @@ int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len)
     if (len > c->out_cap - c->out_len) {
         if (len > OUT_CAP_BYTES - c->out_len)
             return MICA_ELIMIT;
-        size_t cap = c->out_cap ? c->out_cap : 4096;
+        size_t cap = c->out_cap ? c->out_cap : MICA__HTTP_BUF_BYTES;
         while (cap - c->out_len < len)
             cap *= 2;
         if (cap > OUT_CAP_BYTES)
             cap = OUT_CAP_BYTES;
-        char *out = realloc(c->out, cap);
+        char *out = !c->out && cap == MICA__HTTP_BUF_BYTES ? mica__http_buf_get(c->w)
+                                                            : realloc(c->out, cap);
         if (!out)
             return MICA_ENOMEM;
         c->out = out;

@@ -37,7 +37,8 @@
 #include "http/internal.h"
 #include "mica/net.h"
 
-#define IN_INITIAL_BYTES 4096
+#define IN_INITIAL_BYTES MICA__HTTP_BUF_BYTES
+#define MAX_FREE_BUFS 1024
 #define OUT_FLUSH_BYTES (64 * 1024)  /* flush pipelined responses past this */
 #define OUT_KEEP_BYTES (16 * 1024)   /* shrink the output buffer past this when idle */
 #define LINGER_MS 1000
@@ -193,6 +194,14 @@ void mica_http_server_free(mica_http_server_t *srv)
     free(srv->addrs);
     free(srv->fds);
     free(srv->ports);
+    for (int i = 0; srv->workers && i < srv->nworkers; i++) {
+        mica__http_worker_t *w = &srv->workers[i];
+        while (w->free_bufs) {
+            char *b = w->free_bufs;
+            memcpy(&w->free_bufs, b, sizeof(char *));
+            free(b);
+        }
+    }
     free(srv->workers);
     mica__router_free(srv->router);
     free(srv);
@@ -200,9 +209,58 @@ void mica_http_server_free(mica_http_server_t *srv)
 
 /* ---- connections ---------------------------------------------------------- */
 
+char *mica__http_buf_get(mica__http_worker_t *w)
+{
+    char *b = w->free_bufs;
+    if (!b)
+        return malloc(MICA__HTTP_BUF_BYTES);
+    memcpy(&w->free_bufs, b, sizeof(char *));
+    w->nfree_bufs--;
+    return b;
+}
+
+void mica__http_buf_put(mica__http_worker_t *w, char *buf, size_t cap)
+{
+    if (!buf)
+        return;
+    if (cap != MICA__HTTP_BUF_BYTES || w->nfree_bufs >= MAX_FREE_BUFS) {
+        free(buf);
+        return;
+    }
+    memcpy(buf, &w->free_bufs, sizeof(char *));
+    w->free_bufs = buf;
+    w->nfree_bufs++;
+}
+
+static void release_buffers(mica__http_conn_t *c)
+{
+    mica__http_buf_put(c->w, c->in, c->in_cap);
+    mica__http_buf_put(c->w, c->out, c->out_cap);
+    c->in = c->out = NULL;
+    c->in_cap = c->in_len = c->out_cap = c->out_len = 0;
+    mica__arena_destroy(&c->arena);
+}
+
+static void idle_unlink(mica__http_conn_t *c)
+{
+    mica__http_worker_t *w = c->w;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        w->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        w->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->parked = false;
+}
+
 static void conn_close(mica__http_conn_t *c)
 {
     mica__http_worker_t *w = c->w;
+    if (c->parked)
+        idle_unlink(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -211,9 +269,7 @@ static void conn_close(mica__http_conn_t *c)
         c->next->prev = c->prev;
     w->nconns--;
     mica_net_close(c->fd);
-    mica__arena_destroy(&c->arena);
-    free(c->in);
-    free(c->out);
+    release_buffers(c);
     free(c);
 }
 
@@ -253,7 +309,7 @@ static int conn_flush(mica__http_conn_t *c)
                             mica_deadline_in(c->w->srv->o.write_timeout_ms));
     c->out_len = 0;
     if (c->out_cap > OUT_KEEP_BYTES) {
-        free(c->out);
+        mica__http_buf_put(c->w, c->out, c->out_cap);
         c->out = NULL;
         c->out_cap = 0;
     }
@@ -267,7 +323,7 @@ static int grow_in(mica__http_conn_t *c, size_t need)
     size_t cap = c->in_cap ? c->in_cap : IN_INITIAL_BYTES;
     while (cap < need)
         cap *= 2;
-    char *in = realloc(c->in, cap);
+    char *in = !c->in && cap == IN_INITIAL_BYTES ? mica__http_buf_get(c->w) : realloc(c->in, cap);
     if (!in)
         return MICA_ENOMEM;
     c->in = in;
@@ -293,18 +349,19 @@ static void conn_linger_close(mica__http_conn_t *c)
 }
 
 /* Result of reading one request's head: the parser's length, or why not. */
-enum { READ_EOF = -1, READ_QUIET = -2 };
+enum { READ_EOF = -1, READ_QUIET = -2, READ_PARK = -3 };
 
 /*
  * Buffers a complete head. Returns its length (> 0), READ_EOF / READ_QUIET
- * (close without answering), or a negative HTTP status to answer with.
+ * (close without answering), READ_PARK (idle between requests with the
+ * socket drained: wait without a coroutine), or a negative HTTP status.
  */
 static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
 {
     mica_http_server_t *srv = c->w->srv;
     for (;;) {
         if (c->in_len) {
-            int r = mica__http_parse_head(c->in, c->in_len, &srv->limits, &c->head);
+            int r = mica__http_parse_head(c->in, c->in_len, &srv->limits, c->head);
             if (r != 0)
                 return r;
             if (c->in_len >= c->in_cap) {
@@ -319,6 +376,8 @@ static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
         if (c->in_len == 0) {
             if (mica_worker_stopping())
                 return READ_QUIET;
+            if (c->requests > 0 && c->must_wait)
+                return READ_PARK;
             c->idle = true;
             deadline = mica_deadline_in(srv->o.idle_timeout_ms);
             if (*head_deadline < deadline)
@@ -348,7 +407,7 @@ static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
 static int read_body(mica__http_conn_t *c, size_t head_len, size_t *consumed, bool *moved)
 {
     mica_http_server_t *srv = c->w->srv;
-    mica__http_head_t *h = &c->head;
+    mica__http_head_t *h = c->head;
     mica_http_req_t *req = &c->req;
     char *before = c->in;
     *moved = false;
@@ -436,7 +495,7 @@ static int read_body(mica__http_conn_t *c, size_t head_len, size_t *consumed, bo
 /* NUL-terminates the head's strings in place (their delimiters are no longer needed). */
 static void terminate_strings(mica__http_conn_t *c)
 {
-    mica__http_head_t *h = &c->head;
+    mica__http_head_t *h = c->head;
     ((char *)h->method_str)[h->method_len] = '\0';
     ((char *)h->target)[h->target_len] = '\0';
     if (h->query)
@@ -463,7 +522,7 @@ static const char *error_message(int status)
 
 static void dispatch(mica__http_conn_t *c)
 {
-    mica__http_head_t *h = &c->head;
+    mica__http_head_t *h = c->head;
     mica_http_req_t *req = &c->req;
     mica_http_resp_t *resp = &c->resp;
 
@@ -522,24 +581,67 @@ static void dispatch(mica__http_conn_t *c)
         mica__http_send_error(c, 500, "internal error");
 }
 
+static void conn_main(void *arg);
+
+/*
+ * Parks an idle keep-alive connection: its coroutine ends and its buffers go
+ * back to the pool; the next readable edge spawns conn_main() again. Returns
+ * false when data is already there (keep going in this coroutine).
+ */
+static bool park(mica__http_conn_t *c)
+{
+    release_buffers(c);
+    int rc = mica_net_on_readable(c->fd, conn_main, c);
+    if (rc == MICA_EAGAIN) {
+        c->must_wait = false;
+        return false;
+    }
+    if (rc != 0)
+        return false; /* cannot arm: wait in this coroutine instead */
+    mica__http_worker_t *w = c->w;
+    c->parked = true;
+    c->idle_since_ms = mica_now_ms();
+    c->idle_prev = w->idle_tail;
+    c->idle_next = NULL;
+    if (w->idle_tail)
+        w->idle_tail->idle_next = c;
+    else
+        w->idle_head = c;
+    w->idle_tail = c;
+    return true;
+}
+
 static void conn_main(void *arg)
 {
     mica__http_conn_t *c = arg;
     mica_http_server_t *srv = c->w->srv;
+    mica__http_head_t head;
+    c->head = &head;
+    if (c->parked) { /* woken by data (or a hang-up) on a parked connection */
+        idle_unlink(c);
+        c->must_wait = false;
+    }
     int64_t head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
 
-    if (grow_in(c, IN_INITIAL_BYTES) != 0) {
-        conn_close(c);
-        return;
-    }
     for (;;) {
+        if (!c->in && grow_in(c, IN_INITIAL_BYTES) != 0) {
+            conn_close(c);
+            return;
+        }
         int r = read_head(c, &head_deadline);
+        if (r == READ_PARK) {
+            if (park(c))
+                return;
+            if (c->must_wait)
+                c->requests = 0; /* could not arm: wait in this coroutine for once */
+            continue;
+        }
         if (r == READ_EOF || r == READ_QUIET) {
             conn_flush(c);
             conn_close(c);
             return;
         }
-        c->version_minor = r > 0 ? c->head.version_minor : 1;
+        c->version_minor = r > 0 ? c->head->version_minor : 1;
         c->head_only = false;
         c->resp = (mica_http_resp_t){.conn = c};
         if (r < 0) {
@@ -548,7 +650,7 @@ static void conn_main(void *arg)
             return;
         }
         size_t head_len = (size_t)r, consumed = 0;
-        mica__http_head_t *h = &c->head;
+        mica__http_head_t *h = c->head;
         c->close = !h->keep_alive;
         c->head_only = h->method == MICA__HTTP_HEAD;
         c->req = (mica_http_req_t){.conn = c};
@@ -575,11 +677,12 @@ static void conn_main(void *arg)
         }
         if (moved) { /* the buffer moved: the head's pointers must be re-derived */
             size_t body_off = (size_t)(c->req.body - c->in);
-            mica__http_parse_head(c->in, head_len, &srv->limits, &c->head);
+            mica__http_parse_head(c->in, head_len, &srv->limits, c->head);
             c->req.body = c->in + body_off;
         }
         terminate_strings(c);
         c->w->requests++;
+        c->requests++;
         dispatch(c);
         mica__arena_reset(&c->arena);
 
@@ -588,8 +691,10 @@ static void conn_main(void *arg)
         if (c->in_len)
             memmove(c->in, c->in + consumed, c->in_len);
         if (c->in_cap > IN_INITIAL_BYTES * 4 && c->in_len <= IN_INITIAL_BYTES) {
-            char *in = realloc(c->in, IN_INITIAL_BYTES);
+            char *in = mica__http_buf_get(c->w);
             if (in) {
+                memcpy(in, c->in, c->in_len);
+                free(c->in);
                 c->in = in;
                 c->in_cap = IN_INITIAL_BYTES;
             }
@@ -690,11 +795,34 @@ static void accept_main(void *arg)
     mica_net_close(a.fd);
 }
 
+/*
+ * Closes parked connections idle for longer than idle_timeout_ms. The idle
+ * list is in parking order, so only expired entries are ever looked at.
+ */
+static void reaper_main(void *arg)
+{
+    mica__http_worker_t *w = arg;
+    int64_t timeout = w->srv->o.idle_timeout_ms;
+    int64_t every = timeout / 4 < 5 ? 5 : timeout / 4 > 1000 ? 1000 : timeout / 4;
+    while (mica_ctx_sleep(w->reaper_ctx, every) == 0) {
+        int64_t now = mica_now_ms();
+        while (w->idle_head && now - w->idle_head->idle_since_ms >= timeout)
+            conn_close(w->idle_head);
+    }
+    mica_ctx_free(w->reaper_ctx);
+    w->reaper_ctx = NULL;
+}
+
 static void worker_start(int id, void *arg)
 {
     mica_http_server_t *srv = arg;
     mica__http_worker_t *w = &srv->workers[id];
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (mica_ctx_with_cancel(NULL, &w->reaper_ctx) != 0 || mica_go(reaper_main, w) != 0) {
+        mica_ctx_free(w->reaper_ctx);
+        w->reaper_ctx = NULL;
+        mica__log_error("cannot start idle reaper: out of memory");
+    }
     for (size_t i = 0; i < srv->naddrs; i++) {
         struct acceptor *a = malloc(sizeof(*a));
         int fd = srv->fds[(size_t)id * srv->naddrs + i];
@@ -716,6 +844,9 @@ static void worker_stop(int id, void *arg)
     for (mica__http_conn_t *c = w->conns; c; c = c->next)
         if (c->idle)
             mica_net_cancel(c->fd);
+    while (w->idle_head)
+        conn_close(w->idle_head);
+    mica_ctx_cancel(w->reaper_ctx);
     if (w->spare_fd >= 0) {
         close(w->spare_fd);
         w->spare_fd = -1;
@@ -819,7 +950,7 @@ const char *mica_http_req_query(const mica_http_req_t *req)
 
 const char *mica_http_req_header(const mica_http_req_t *req, const char *name)
 {
-    const mica__http_head_t *h = &req->conn->head;
+    const mica__http_head_t *h = req->conn->head;
     size_t len = strlen(name);
     for (size_t i = 0; i < h->num_headers; i++)
         if (h->headers[i].name_len == len && strncasecmp(h->headers[i].name, name, len) == 0)

@@ -75,6 +75,8 @@ typedef struct mica__io {
     bool readable;   /* an edge arrived since the last mica__io_clear_* */
     bool writable;
     struct mica_ctx *hup_ctx; /* cancelled when the peer hangs up */
+    mica_coro_fn on_read;     /* spawned on the next readable edge (one-shot) */
+    void *on_read_arg;
 } mica__io_t;
 
 struct mica__loop {

@@ -353,8 +353,16 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
     }
     if (e & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
         io->readable = true;
-        if (io->reader)
+        if (io->reader) {
             mica__loop_wake(loop, io->reader, 0);
+        } else if (io->on_read) {
+            mica__coro_t *co;
+            if (mica__coro_new(loop, io->on_read, io->on_read_arg, &co) == 0) {
+                io->on_read = NULL;
+                io->readable = false; /* the spawned coroutine consumes this edge */
+                mica__loop_wake(loop, co, 0);
+            } /* else: no stack now; the next edge (or the owner's timeout) retries */
+        }
     }
     if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
         io->writable = true;

@@ -239,6 +239,24 @@ int mica_net_wait(int fd, int events, int64_t deadline_ms)
     return mica__io_wait(loop, fd, events & MICA_NET_WRITABLE, deadline_ms);
 }
 
+int mica_net_on_readable(int fd, mica_coro_fn fn, void *arg)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop)
+        return MICA_EINVAL;
+    int rc = mica__io_watch(loop, fd);
+    if (rc != 0)
+        return rc;
+    mica__io_t *io = &loop->io[fd];
+    if (io->readable) {
+        io->readable = false;
+        return MICA_EAGAIN;
+    }
+    io->on_read = fn;
+    io->on_read_arg = arg;
+    return 0;
+}
+
 void mica_net_cancel_on_hup(int fd, mica_ctx_t *ctx)
 {
     mica__loop_t *loop = mica__loop_current();

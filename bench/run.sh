@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# `make bench`: every benchmark in one run, so ratios compare like with like.
+#   1. coroutine micro-benchmark (bench_coro), pinned to CPU 0
+#   2. channels/select/spawn/offload vs Go (bench/micro/chan.sh)
+#   3. HTTP /health: Gin, nginx and mica under wrk (bench/load/http.sh)
+# Results are printed and collected in <build>/bench/results.md.
+# Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "$1" && pwd)
+secs=${2:-10}
+runs=${3:-3}
+out="$build/bench/results.md"
+mkdir -p "$build/bench"
+{
+    echo "# mica benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+    echo
+} >"$out"
+
+echo "== coroutines (taskset -c 0 $build/bench/bench_coro), 3 runs"
+{
+    echo '## Coroutines'
+    echo
+    echo '```'
+    for _ in 1 2 3; do taskset -c 0 "$build/bench/bench_coro"; done
+    echo '```'
+    echo
+} | tee -a "$out"
+
+if [ -x "$root/bench/micro/chan.sh" ]; then
+    echo "== channels vs Go"
+    "$root/bench/micro/chan.sh" "$build" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/http.sh" ]; then
+    echo "== HTTP /health vs Gin and nginx"
+    "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+echo "bench: results in $out"
