@@ -73,7 +73,11 @@ struct mica__http_worker {
 };
 
 struct mica_http_req {
-    mica__http_conn_t *conn;
+    mica__http_conn_t *conn; /* HTTP/1.1 connection, or NULL on HTTP/2 */
+    int fd;
+    const mica__http_field_t *headers;
+    size_t nheaders;
+    mica__arena_t *arena;
     const char *method;
     const char *path;
     const char *query;
@@ -85,8 +89,12 @@ struct mica_http_req {
     mica_ctx_t *ctx; /* created on first mica_http_req_ctx() */
 };
 
+typedef struct mica__h2_stream mica__h2_stream_t;
+
 struct mica_http_resp {
-    mica__http_conn_t *conn;
+    mica__http_conn_t *conn; /* HTTP/1.1 connection, or NULL on HTTP/2 */
+    mica__h2_stream_t *h2;   /* HTTP/2 stream, or NULL */
+    mica_http_req_t *req;
     bool sent;
     int status;
     char *headers; /* extra "Name: value\r\n" lines, in the arena */
@@ -129,5 +137,25 @@ void mica__http_buf_put(mica__http_worker_t *w, char *buf, size_t cap);
 int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len);
 /* Sends a server-generated {"error": msg} response and marks the connection to close. */
 int mica__http_send_error(mica__http_conn_t *c, int status, const char *msg);
+/*
+ * Routes req (method and path set) and runs its handler, answering 404/405/
+ * OPTIONS itself and mapping a handler's error to a status; used by HTTP/1.1
+ * and HTTP/2 alike.
+ */
+void mica__http_call(mica_http_server_t *srv, mica_http_req_t *req, mica_http_resp_t *resp,
+                     size_t method_len, size_t path_len);
+
+/* ---- HTTP/2 (h2.c) ---- */
+
+/* The client connection preface (RFC 9113 §3.4) that marks an h2c connection. */
+#define MICA__H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define MICA__H2_PREFACE_LEN 24
+
+/* Serves connection `c` as HTTP/2 until it ends; c->in holds what was read so far. */
+void mica__h2_serve(mica__http_conn_t *c);
+/* mica_http_resp_send() for a response on an HTTP/2 stream. */
+int mica__h2_respond(mica_http_resp_t *resp, int status, const char *content_type,
+                     const void *body, size_t len);
+
 /* Maps a handler's MICA_E* code to an HTTP status. */
 int mica__http_status_of(int err);

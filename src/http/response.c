@@ -135,7 +135,7 @@ int mica_http_resp_header(mica_http_resp_t *resp, const char *name, const char *
         size_t cap = resp->headers_cap ? resp->headers_cap * 2 : 512;
         while (cap - resp->headers_len < need)
             cap *= 2;
-        char *h = mica_http_req_alloc(&resp->conn->req, cap);
+        char *h = mica_http_req_alloc(resp->req, cap);
         if (!h)
             return MICA_ENOMEM;
         if (resp->headers_len)
@@ -160,6 +160,8 @@ int mica_http_resp_send(mica_http_resp_t *resp, int status, const char *content_
         return MICA_EINVAL;
     if (content_type && (strchr(content_type, '\r') || strchr(content_type, '\n')))
         return MICA_EINVAL;
+    if (resp->h2)
+        return mica__h2_respond(resp, status, content_type, body, len);
     refresh_date(c->w);
 
     /* Fixed-size part: status line, Date, Content-Length, Connection. */
@@ -239,7 +241,7 @@ int mica_http_resp_json(mica_http_resp_t *resp, int status, const json_t *value)
         return MICA_EINVAL;
     const char *buf = stack;
     if (need > sizeof(stack)) {
-        char *big = mica_http_req_alloc(&resp->conn->req, need);
+        char *big = mica_http_req_alloc(resp->req, need);
         if (!big)
             return MICA_ENOMEM;
         if (json_dumpb(value, big, need, JSON_COMPACT | JSON_ENCODE_ANY) != need)

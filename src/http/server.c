@@ -349,7 +349,7 @@ static void conn_linger_close(mica__http_conn_t *c)
 }
 
 /* Result of reading one request's head: the parser's length, or why not. */
-enum { READ_EOF = -1, READ_QUIET = -2, READ_PARK = -3 };
+enum { READ_EOF = -1, READ_QUIET = -2, READ_PARK = -3, READ_H2 = -4 };
 
 /*
  * Buffers a complete head. Returns its length (> 0), READ_EOF / READ_QUIET
@@ -361,6 +361,15 @@ static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
     mica_http_server_t *srv = c->w->srv;
     for (;;) {
         if (c->in_len) {
+            /* A new connection that opens with the HTTP/2 preface is h2c. */
+            if (c->requests == 0 && c->in[0] == 'P') {
+                size_t n = c->in_len < MICA__H2_PREFACE_LEN ? c->in_len : MICA__H2_PREFACE_LEN;
+                if (memcmp(c->in, MICA__H2_PREFACE, n) == 0) {
+                    if (n == MICA__H2_PREFACE_LEN)
+                        return READ_H2;
+                    goto more;
+                }
+            }
             int r = mica__http_parse_head(c->in, c->in_len, &srv->limits, c->head);
             if (r != 0)
                 return r;
@@ -370,6 +379,7 @@ static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
                     return -503;
             }
         }
+    more:
         if (c->out_len && conn_flush(c) != 0)
             return READ_QUIET;
         int64_t deadline;
@@ -545,15 +555,20 @@ static void dispatch(mica__http_conn_t *c)
     req->method = h->method_str;
     req->path = path;
     req->query = h->query;
+    mica__http_call(c->w->srv, req, resp, h->method_len, path_len);
+}
 
-    int r = mica__router_match(c->w->srv->router, h->method_str, h->method_len, path, path_len,
+void mica__http_call(mica_http_server_t *srv, mica_http_req_t *req, mica_http_resp_t *resp,
+                     size_t method_len, size_t path_len)
+{
+    int r = mica__router_match(srv->router, req->method, method_len, req->path, path_len,
                                &req->match);
     if (r == -404) {
         mica_http_resp_error(resp, 404, "not found");
         return;
     }
     if (r == -405) {
-        if (h->method == MICA__HTTP_OPTIONS) {
+        if (method_len == 7 && memcmp(req->method, "OPTIONS", 7) == 0) {
             mica_http_resp_header(resp, "Allow", req->match.allow);
             mica_http_resp_send(resp, 204, NULL, NULL, 0);
             return;
@@ -562,10 +577,11 @@ static void dispatch(mica__http_conn_t *c)
         mica_http_resp_error(resp, 405, "method not allowed");
         return;
     }
-    req->deadline_ms = mica_deadline_in(c->w->srv->o.request_timeout_ms);
+    req->deadline_ms = mica_deadline_in(srv->o.request_timeout_ms);
     int rc = req->match.fn(req, resp, req->match.arg);
     if (req->ctx) {
-        mica_net_cancel_on_hup(c->fd, NULL);
+        if (req->fd >= 0)
+            mica_net_cancel_on_hup(req->fd, NULL);
         mica_ctx_free(req->ctx);
         req->ctx = NULL;
     }
@@ -577,8 +593,10 @@ static void dispatch(mica__http_conn_t *c)
     }
     resp->headers_len = 0;
     int status = mica__http_status_of(rc);
-    if (mica_http_resp_error(resp, status, mica_strerror(rc)) != 0)
-        mica__http_send_error(c, 500, "internal error");
+    if (mica_http_resp_error(resp, status, mica_strerror(rc)) != 0) {
+        resp->headers_len = 0;
+        mica_http_resp_send(resp, 500, NULL, NULL, 0);
+    }
 }
 
 static void conn_main(void *arg);
@@ -629,6 +647,11 @@ static void conn_main(void *arg)
             return;
         }
         int r = read_head(c, &head_deadline);
+        if (r == READ_H2) {
+            mica__h2_serve(c);
+            conn_close(c);
+            return;
+        }
         if (r == READ_PARK) {
             if (park(c))
                 return;
@@ -643,7 +666,7 @@ static void conn_main(void *arg)
         }
         c->version_minor = r > 0 ? c->head->version_minor : 1;
         c->head_only = false;
-        c->resp = (mica_http_resp_t){.conn = c};
+        c->resp = (mica_http_resp_t){.conn = c, .req = &c->req};
         if (r < 0) {
             mica__http_send_error(c, -r, error_message(-r));
             conn_linger_close(c);
@@ -653,7 +676,7 @@ static void conn_main(void *arg)
         mica__http_head_t *h = c->head;
         c->close = !h->keep_alive;
         c->head_only = h->method == MICA__HTTP_HEAD;
-        c->req = (mica_http_req_t){.conn = c};
+        c->req = (mica_http_req_t){.conn = c, .fd = c->fd, .arena = &c->arena};
 
         /* An expectation other than 100-continue cannot be met (RFC 9110 §10.1.1). */
         if (!h->expect_continue && c->version_minor == 1) {
@@ -681,6 +704,8 @@ static void conn_main(void *arg)
             c->req.body = c->in + body_off;
         }
         terminate_strings(c);
+        c->req.headers = c->head->headers;
+        c->req.nheaders = c->head->num_headers;
         c->w->requests++;
         c->requests++;
         dispatch(c);
@@ -928,7 +953,8 @@ mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req)
     if (!req->ctx) {
         if (mica_ctx_with_deadline(NULL, req->deadline_ms, &req->ctx) != 0)
             return mica_ctx_background(); /* out of memory: run without a deadline */
-        mica_net_cancel_on_hup(req->conn->fd, req->ctx);
+        if (req->fd >= 0) /* HTTP/2 streams are cancelled by their connection */
+            mica_net_cancel_on_hup(req->fd, req->ctx);
     }
     return req->ctx;
 }
@@ -950,11 +976,10 @@ const char *mica_http_req_query(const mica_http_req_t *req)
 
 const char *mica_http_req_header(const mica_http_req_t *req, const char *name)
 {
-    const mica__http_head_t *h = req->conn->head;
     size_t len = strlen(name);
-    for (size_t i = 0; i < h->num_headers; i++)
-        if (h->headers[i].name_len == len && strncasecmp(h->headers[i].name, name, len) == 0)
-            return h->headers[i].value;
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (req->headers[i].name_len == len && strncasecmp(req->headers[i].name, name, len) == 0)
+            return req->headers[i].value;
     return NULL;
 }
 
@@ -1025,5 +1050,5 @@ const char *mica_http_req_body(const mica_http_req_t *req, size_t *len)
 
 void *mica_http_req_alloc(mica_http_req_t *req, size_t size)
 {
-    return mica__arena_alloc(&req->conn->arena, size);
+    return mica__arena_alloc(req->arena, size);
 }

@@ -417,6 +417,8 @@ void mica__loop_run(mica__loop_t *loop)
 
 mica__io_t *mica__io_get(mica__loop_t *loop, int fd)
 {
+    if (fd < 0)
+        return NULL;
     if ((size_t)fd >= loop->io_cap) {
         size_t cap = loop->io_cap ? loop->io_cap : 1024;
         while (cap <= (size_t)fd)
@@ -435,7 +437,7 @@ int mica__io_watch(mica__loop_t *loop, int fd)
 {
     mica__io_t *io = mica__io_get(loop, fd);
     if (!io)
-        return MICA_ENOMEM;
+        return fd < 0 ? MICA_EBADF : MICA_ENOMEM;
     if (io->registered)
         return 0;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.fd = fd};
@@ -477,14 +479,18 @@ int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms)
     mica__coro_t **slot = write ? &io->writer : &io->reader;
     *slot = loop->current;
     rc = mica__wait(loop, deadline_ms);
-    /* The table may have been reallocated while we slept. */
+    /* The table may have been reallocated while we slept. Only a wake by
+     * the edge itself consumes it: one that arrived while we were being
+     * cancelled or timed out must stay for the next wait to see. */
     io = &loop->io[fd];
     if (write) {
         io->writer = NULL;
-        io->writable = false;
+        if (rc == 0)
+            io->writable = false;
     } else {
         io->reader = NULL;
-        io->readable = false;
+        if (rc == 0)
+            io->readable = false;
     }
     return rc;
 }
