@@ -165,14 +165,7 @@ static ssize_t read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t
 
 static size_t dec(char *buf, size_t v)
 {
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = tmp[n - 1 - i];
+    size_t n = mica__http_u64_dec(buf, v);
     buf[n] = '\0';
     return n;
 }

@@ -157,5 +157,8 @@ void mica__h2_serve(mica__http_conn_t *c);
 int mica__h2_respond(mica_http_resp_t *resp, int status, const char *content_type,
                      const void *body, size_t len);
 
+/* Writes v in decimal at buf (no NUL; room for 20 digits). Returns the length. */
+size_t mica__http_u64_dec(char *buf, uint64_t v);
+
 /* Maps a handler's MICA_E* code to an HTTP status. */
 int mica__http_status_of(int err);

@@ -92,7 +92,7 @@ int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len)
     return 0;
 }
 
-static size_t u64_dec(char *buf, uint64_t v)
+size_t mica__http_u64_dec(char *buf, uint64_t v)
 {
     char tmp[20];
     size_t n = 0;
@@ -169,7 +169,7 @@ int mica_http_resp_send(mica_http_resp_t *resp, int status, const char *content_
     size_t n = 0;
     memcpy(head, "HTTP/1.1 ", 9);
     n = 9;
-    n += u64_dec(head + n, (uint64_t)status);
+    n += mica__http_u64_dec(head + n, (uint64_t)status);
     head[n++] = ' ';
     const char *reason = mica_http_status_reason(status);
     size_t rl = strlen(reason);
@@ -193,7 +193,7 @@ int mica_http_resp_send(mica_http_resp_t *resp, int status, const char *content_
     n = 0;
     if (status != 204) {
         memcpy(head, "Content-Length: ", 16);
-        n = 16 + u64_dec(head + 16, no_body ? 0 : len);
+        n = 16 + mica__http_u64_dec(head + 16, no_body ? 0 : len);
         memcpy(head + n, "\r\n", 2);
         n += 2;
     }

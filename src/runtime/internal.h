@@ -119,6 +119,11 @@ struct mica__loop {
     struct mica__msg *remote_head, *remote_tail;
     mica__coro_t *zombies;
 
+    /* on_read spawns of this iteration, run one after the other so that
+     * each returns its stack to the pool before the next takes one */
+    struct mica__spawn { mica_coro_fn fn; void *arg; } *spawns;
+    size_t nspawns, spawns_cap;
+
     /* counters (this worker only; readers on other threads get estimates) */
     uint64_t stat_spawned;
     uint64_t stat_spawn_failed;

@@ -81,6 +81,7 @@ void mica__loop_destroy(mica__loop_t *loop)
         free(m);
     }
     pthread_mutex_destroy(&loop->remote_lock);
+    free(loop->spawns);
     mica__stack_pool_destroy(loop);
     free(loop->heap);
     free(loop->io);
@@ -336,6 +337,35 @@ static void on_wakefd(mica__loop_t *loop)
         cancel_everything(loop);
 }
 
+static int defer_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg)
+{
+    if (loop->nspawns == loop->spawns_cap) {
+        size_t cap = loop->spawns_cap ? loop->spawns_cap * 2 : 64;
+        struct mica__spawn *s = realloc(loop->spawns, cap * sizeof(*s));
+        if (!s)
+            return MICA_ENOMEM;
+        loop->spawns = s;
+        loop->spawns_cap = cap;
+    }
+    loop->spawns[loop->nspawns++] = (struct mica__spawn){fn, arg};
+    return 0;
+}
+
+/* Runs the deferred spawns: create, run until the coroutine first suspends
+ * or ends, then the next, so a batch of short-lived coroutines (parked
+ * connections answering one request) shares one cache-hot stack. */
+static void run_spawns(mica__loop_t *loop)
+{
+    for (size_t i = 0; i < loop->nspawns; i++) {
+        mica__coro_t *co;
+        if (mica__coro_new(loop, loop->spawns[i].fn, loop->spawns[i].arg, &co) == 0)
+            mica__coro_resume(loop, co);
+        else
+            loop->stat_spawn_failed++; /* the connection's idle timeout closes it */
+    }
+    loop->nspawns = 0;
+}
+
 static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
 {
     int fd = ev->data.fd;
@@ -355,14 +385,10 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
         io->readable = true;
         if (io->reader) {
             mica__loop_wake(loop, io->reader, 0);
-        } else if (io->on_read) {
-            mica__coro_t *co;
-            if (mica__coro_new(loop, io->on_read, io->on_read_arg, &co) == 0) {
-                io->on_read = NULL;
-                io->readable = false; /* the spawned coroutine consumes this edge */
-                mica__loop_wake(loop, co, 0);
-            } /* else: no stack now; the next edge (or the owner's timeout) retries */
-        }
+        } else if (io->on_read && defer_spawn(loop, io->on_read, io->on_read_arg) == 0) {
+            io->on_read = NULL;
+            io->readable = false; /* the spawned coroutine consumes this edge */
+        } /* else: no memory now; the next edge (or the owner's timeout) retries */
     }
     if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
         io->writable = true;
@@ -402,6 +428,7 @@ void mica__loop_run(mica__loop_t *loop)
         update_time(loop);
         for (int i = 0; i < n; i++)
             dispatch(loop, &events[i]);
+        run_spawns(loop);
         while (loop->heap_len && loop->heap[0]->deadline_ms <= loop->now_ms) {
             mica__coro_t *co = loop->heap[0];
             heap_remove(loop, co);
