@@ -121,7 +121,7 @@ struct mica__loop {
 
     /* on_read spawns of this iteration, run one after the other so that
      * each returns its stack to the pool before the next takes one */
-    struct mica__spawn { mica_coro_fn fn; void *arg; } *spawns;
+    struct mica__spawn { mica_coro_fn fn; void *arg; int fd; } *spawns;
     size_t nspawns, spawns_cap;
 
     /* counters (this worker only; readers on other threads get estimates) */

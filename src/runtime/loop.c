@@ -337,7 +337,7 @@ static void on_wakefd(mica__loop_t *loop)
         cancel_everything(loop);
 }
 
-static int defer_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg)
+static int defer_spawn(mica__loop_t *loop, int fd, mica_coro_fn fn, void *arg)
 {
     if (loop->nspawns == loop->spawns_cap) {
         size_t cap = loop->spawns_cap ? loop->spawns_cap * 2 : 64;
@@ -347,7 +347,7 @@ static int defer_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg)
         loop->spawns = s;
         loop->spawns_cap = cap;
     }
-    loop->spawns[loop->nspawns++] = (struct mica__spawn){fn, arg};
+    loop->spawns[loop->nspawns++] = (struct mica__spawn){fn, arg, fd};
     return 0;
 }
 
@@ -358,6 +358,8 @@ static void run_spawns(mica__loop_t *loop)
 {
     for (size_t i = 0; i < loop->nspawns; i++) {
         mica__coro_t *co;
+        if (!loop->spawns[i].fn)
+            continue; /* its fd was closed meanwhile (mica__io_forget) */
         if (mica__coro_new(loop, loop->spawns[i].fn, loop->spawns[i].arg, &co) == 0)
             mica__coro_resume(loop, co);
         else
@@ -385,7 +387,7 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
         io->readable = true;
         if (io->reader) {
             mica__loop_wake(loop, io->reader, 0);
-        } else if (io->on_read && defer_spawn(loop, io->on_read, io->on_read_arg) == 0) {
+        } else if (io->on_read && defer_spawn(loop, fd, io->on_read, io->on_read_arg) == 0) {
             io->on_read = NULL;
             io->readable = false; /* the spawned coroutine consumes this edge */
         } /* else: no memory now; the next edge (or the owner's timeout) retries */
@@ -477,8 +479,14 @@ int mica__io_watch(mica__loop_t *loop, int fd)
 
 void mica__io_forget(mica__loop_t *loop, int fd)
 {
-    if ((size_t)fd < loop->io_cap)
-        memset(&loop->io[fd], 0, sizeof(loop->io[fd]));
+    if (fd < 0 || (size_t)fd >= loop->io_cap)
+        return;
+    memset(&loop->io[fd], 0, sizeof(loop->io[fd]));
+    /* A spawn this fd's edge scheduled must not run on a closed owner:
+     * e.g. the drain closes a parked connection in the same iteration. */
+    for (size_t i = 0; i < loop->nspawns; i++)
+        if (loop->spawns[i].fd == fd)
+            loop->spawns[i].fn = NULL;
 }
 
 void mica__io_cancel(mica__loop_t *loop, int fd)
