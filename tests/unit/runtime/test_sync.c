@@ -313,16 +313,18 @@ static void cancel_queued_body(void *arg)
     mica_offload_pool_new(&s.pool, 1, 4);
     mica_wg_new(&s.wg);
     mica_wg_add(s.wg, 1);
-    mica_go(submitter, &s); /* occupies the only thread for 20 ms */
-    mica_yield();
+    atomic_store(&release_blocker, 0);
+    mica_go(block_pool, &s);
+    mica_sleep_ms(20); /* the only thread is now busy with the blocker */
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5, &ctx);
     int v = 5, result = 0;
     int64_t t0 = mica_now_ms();
     assert_int_equal(mica_offload(s.pool, ctx, slow_square, &v, &result), MICA_ETIMEDOUT);
-    assert_true(mica_now_ms() - t0 < 20);
+    assert_true(mica_now_ms() - t0 < 1000); /* withdrawn, not run after the blocker */
     assert_int_equal(result, 0);
     mica_ctx_free(ctx);
+    atomic_store(&release_blocker, 1);
     mica_wg_wait(s.wg, NULL);
     mica_wg_free(s.wg);
     mica_offload_pool_free(s.pool);
