@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# memcheck over every unit test binary, then one server run that serves
+# memcheck over every unit test binary and the concurrency examples, then one server run that serves
 # requests and drains (tests/integration/valgrind_server.py): no leak, no
 # invalid access. Usage: scripts/valgrind.sh <build-dir>
 set -euo pipefail
@@ -13,6 +13,13 @@ for t in "$build"/tests/unit_*; do
     echo "valgrind: $(basename "$t")"
     "${vg[@]}" "$t" >"$build/valgrind-$(basename "$t").log" 2>&1 ||
         { tail -60 "$build/valgrind-$(basename "$t").log"; echo "valgrind: $(basename "$t") FAILED" >&2; exit 1; }
+done
+for e in producer_consumer fan_out_fan_in worker_pool select; do
+    t="$build/examples/$e"
+    [ -x "$t" ] || continue
+    echo "valgrind: examples/$e"
+    "${vg[@]}" "$t" >"$build/valgrind-example-$e.log" 2>&1 ||
+        { tail -60 "$build/valgrind-example-$e.log"; echo "valgrind: examples/$e FAILED" >&2; exit 1; }
 done
 if [ -f "$root/tests/integration/valgrind_server.py" ]; then
     MICA_BUILD_DIR="$build" python3 "$root/tests/integration/valgrind_server.py"

@@ -15,7 +15,8 @@
  * the element straight into (or out of) the waiter's buffer, then wakes it
  * with mica__wake_any(): directly on the same worker, by message otherwise.
  * The woken coroutine retakes the locks to unlink its other cases, which is
- * also what keeps its stack alive while a claimer still touches it.
+ * also what keeps its stack alive while a claimer still touches it (a plain
+ * send or receive woken by its own worker skips that: the claimer is done).
  *
  * Select locks its channels in address order (no deadlock between two
  * selects) and starts its scan at a random case, so no case starves.
@@ -33,6 +34,7 @@
 typedef struct sel {
     atomic_int state; /* 0 waiting, 1 claimed, 2 gave up */
     int fired;        /* index of the claimed case */
+    bool single;      /* one case: every transition happens under its one lock */
 } sel_t;
 
 typedef struct waiter {
@@ -44,6 +46,7 @@ typedef struct waiter {
     void *elem; /* receive: destination (may be NULL); send: source */
     bool closed;
     bool queued;
+    bool local_wake; /* claimed and woken by a coroutine of the waiter's own worker */
     struct waiter *prev, *next;
 } waiter_t;
 
@@ -105,7 +108,14 @@ static waiter_t *claim(waitq_t *q)
     while ((w = q->head)) {
         unlink_waiter(q, w);
         int expected = 0;
-        if (atomic_compare_exchange_strong(&w->sel->state, &expected, 1)) {
+        if (w->sel->single) {
+            /* No other channel can claim it and its give-up needs our lock. */
+            if (atomic_load_explicit(&w->sel->state, memory_order_relaxed) == 0) {
+                atomic_store_explicit(&w->sel->state, 1, memory_order_relaxed);
+                w->sel->fired = w->index;
+                return w;
+            }
+        } else if (atomic_compare_exchange_strong(&w->sel->state, &expected, 1)) {
             w->sel->fired = w->index;
             return w;
         }
@@ -115,6 +125,7 @@ static waiter_t *claim(waitq_t *q)
 
 static void wake(waiter_t *w)
 {
+    w->local_wake = w->loop == mica__loop_current();
     mica__wake_any(w->loop, w->co, w->seq, 0);
 }
 
@@ -239,13 +250,22 @@ static int park(mica_chan_t *ch, waitq_t *q, void *elem, mica_ctx_t *ctx, bool *
         unlock(ch);
         return MICA_EINVAL;
     }
-    sel_t sel = {.state = 0};
+    sel_t sel = {.state = 0, .single = true};
     waiter_t me = {.loop = loop, .co = loop->current, .sel = &sel, .elem = elem};
     me.seq = mica__wait_prepare(loop);
     enqueue(q, &me);
     unlock(ch);
     for (;;) {
         int rc = mica__wait_ctx(loop, ctx, MICA_NO_DEADLINE, me.seq);
+        /* Woken by a claimer of this worker: it has finished with the channel
+         * and with `me` (it ran until it yielded), so skip the lock. A claimer
+         * on another worker may still hold the lock: retake it below before
+         * returning, so the caller may free the channel. */
+        if (rc == 0 && me.local_wake &&
+            atomic_load_explicit(&sel.state, memory_order_relaxed) == 1) {
+            *closed = me.closed;
+            return 0;
+        }
         lock(ch);
         int expected = 0;
         if (rc != 0 && atomic_compare_exchange_strong(&sel.state, &expected, 2)) {

@@ -142,8 +142,16 @@ static void coro_main(mica__coro_t *co)
 {
     mica__loop_t *loop = co->loop;
 #ifdef MICA_ASAN
-    /* First entry: learn the scheduler's (thread) stack bounds for the way back. */
-    __sanitizer_finish_switch_fiber(NULL, &loop->sched_stack_bottom, &loop->sched_stack_size);
+    /* First entry: learn the scheduler's (thread) stack bounds for the way
+     * back. The very first coroutine is entered from the scheduler; later
+     * ones may be entered from another coroutine (direct hand-off). */
+    const void *from_bottom;
+    size_t from_size;
+    __sanitizer_finish_switch_fiber(NULL, &from_bottom, &from_size);
+    if (!loop->sched_stack_bottom) {
+        loop->sched_stack_bottom = from_bottom;
+        loop->sched_stack_size = from_size;
+    }
 #endif
     co->fn(co->arg);
     co->done = true;
@@ -216,6 +224,7 @@ void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
 {
     assert(loop->current == NULL);
     loop->current = co;
+    loop->handoff_budget = MICA__HANDOFF_BUDGET;
 #ifdef MICA_TSAN_FIBERS
     if (!loop->sched_tsan_fiber)
         loop->sched_tsan_fiber = __tsan_get_current_fiber();
@@ -228,6 +237,7 @@ void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
 #ifdef MICA_ASAN
     __sanitizer_finish_switch_fiber(loop->sched_asan_fake_stack, NULL, NULL);
 #endif
+    co = loop->current; /* the one that switched back: `co` may have handed off */
     loop->current = NULL;
     if (co->done) {
         if (atomic_load_explicit(&co->remote_refs, memory_order_acquire) == 0) {
@@ -242,19 +252,43 @@ void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
     }
 }
 
+/* Takes the next ready coroutine for a direct hand-off, or NULL: only when
+ * the caller waits (not finished: the scheduler frees those; not yielding)
+ * and has budget left. */
+static mica__coro_t *take_handoff(mica__loop_t *loop, mica__coro_t *co)
+{
+    mica__coro_t *next = loop->ready_head;
+    if (!next || co->done || co->queued || loop->handoff_budget == 0)
+        return NULL; /* queued: a yield, which goes behind the whole round */
+    loop->handoff_budget--;
+    loop->ready_head = next->next_ready;
+    if (!loop->ready_head)
+        loop->ready_tail = NULL;
+    next->queued = false;
+    return next;
+}
+
 void mica__coro_suspend(mica__loop_t *loop)
 {
     mica__coro_t *co = loop->current;
     assert(co != NULL);
+    /* A coroutine that waits hands the CPU straight to the next runnable one
+     * (one switch instead of two through the scheduler), as Go's runnext;
+     * the budget returns to the scheduler for I/O and timers now and then. */
+    mica__coro_t *next = take_handoff(loop, co);
+    void *to_sp = next ? next->sp : loop->sched_sp;
 #ifdef MICA_TSAN_FIBERS
-    __tsan_switch_to_fiber(loop->sched_tsan_fiber, 0);
+    __tsan_switch_to_fiber(next ? next->tsan_fiber : loop->sched_tsan_fiber, 0);
 #endif
 #ifdef MICA_ASAN
     /* A finished coroutine passes NULL so ASan frees its fake stack. */
     __sanitizer_start_switch_fiber(co->done ? NULL : &co->asan_fake_stack,
-                                   loop->sched_stack_bottom, loop->sched_stack_size);
+                                   next ? next->stack->base : loop->sched_stack_bottom,
+                                   next ? next->stack->size : loop->sched_stack_size);
 #endif
-    mica__ctx_switch(&co->sp, loop->sched_sp);
+    if (next)
+        loop->current = next;
+    mica__ctx_switch(&co->sp, to_sp);
 #ifdef MICA_ASAN
     __sanitizer_finish_switch_fiber(co->asan_fake_stack, NULL, NULL);
 #endif

@@ -6,6 +6,9 @@
 #ifndef MICA_RUNTIME_INTERNAL_H
 #define MICA_RUNTIME_INTERNAL_H
 
+/* Direct hand-offs a coroutine chain may make before the scheduler runs again. */
+#define MICA__HANDOFF_BUDGET 16
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -86,6 +89,7 @@ struct mica__loop {
     mica_runtime_t *rt;
 
     void *sched_sp; /* the scheduler's saved context */
+    unsigned handoff_budget; /* direct coroutine-to-coroutine switches left */
     mica__coro_t *current;
     void *sched_asan_fake_stack;
     void *sched_tsan_fiber;
