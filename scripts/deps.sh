@@ -4,7 +4,7 @@
 # Usage: scripts/deps.sh build|test|bench|run   (idempotent; prints what it installs)
 set -euo pipefail
 
-build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev)
+build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler)
 test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl python3 nghttp2-client)
 bench=(wrk nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)
 

@@ -48,6 +48,7 @@ typedef struct mica_http_server_opts {
     int idle_timeout_ms;     /* keep-alive wait for the next request: 60000 */
     int max_conns;           /* open connections per worker: 100000; beyond, refused */
     int request_timeout_ms;  /* deadline of a handler's ctx (mica_http_req_ctx): 30000 */
+    size_t max_message_bytes; /* gRPC message, either way: 4 MiB, beyond -> RESOURCE_EXHAUSTED */
 } mica_http_server_opts_t;
 
 /**
@@ -55,7 +56,7 @@ typedef struct mica_http_server_opts {
  * MICA_HTTP_MAX_TARGET_BYTES, MICA_HTTP_MAX_HEADERS, MICA_HTTP_MAX_BODY_BYTES,
  * MICA_HTTP_HEADER_TIMEOUT_MS, MICA_HTTP_BODY_TIMEOUT_MS,
  * MICA_HTTP_WRITE_TIMEOUT_MS, MICA_HTTP_IDLE_TIMEOUT_MS, MICA_HTTP_MAX_CONNS,
- * MICA_HTTP_REQUEST_TIMEOUT_MS.
+ * MICA_HTTP_REQUEST_TIMEOUT_MS, MICA_GRPC_MAX_MESSAGE_BYTES.
  * Returns 0 or MICA_EINVAL (naming the bad variable in a log line).
  */
 MICA_API int mica_http_server_opts_from_env(mica_http_server_opts_t *opts);

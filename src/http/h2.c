@@ -28,6 +28,7 @@
 
 #include "common/log.h"
 #include "http/internal.h"
+#include "runtime/internal.h"
 #include "mica/net.h"
 #include "mica/sync.h"
 
@@ -63,7 +64,22 @@ struct mica__h2_stream {
     mica_http_req_t req;
     mica_http_resp_t resp;
     char *out; /* response body being sent */
-    size_t out_len, out_off;
+    size_t out_len, out_off, out_cap;
+
+    /* Streaming (gRPC) streams: the handler runs from the end of the headers
+     * and reads the body as it arrives (body[in_off..body_len)). */
+    bool grpc;          /* content-type application/grpc* */
+    bool streaming;     /* served by srv->stream_fn */
+    bool in_eof;        /* the client ended its side */
+    size_t in_off;      /* bytes of body already taken by the reader */
+    size_t unconsumed;  /* received bytes not yet returned to the stream window */
+    bool out_started;   /* response headers submitted */
+    bool out_eof;       /* the handler has finished writing */
+    bool out_deferred;  /* the data provider is waiting for bytes */
+    mica__http_field_t *trailers;
+    size_t ntrailers;
+    mica__coro_t *in_waiter, *out_waiter;
+    uint64_t in_seq, out_seq;
 };
 
 /* ---- streams ------------------------------------------------------------------- */
@@ -149,6 +165,15 @@ static void stream_main(void *arg)
     mica_wg_done(hc->running);
 }
 
+static void wake(mica__coro_t **w, uint64_t seq)
+{
+    if (*w) {
+        mica__coro_t *co = *w;
+        *w = NULL;
+        mica__wake_any(co->loop, co, seq, 0);
+    }
+}
+
 static ssize_t read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
                          uint32_t *flags, nghttp2_data_source *src, void *user)
 {
@@ -158,6 +183,34 @@ static ssize_t read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t
         n = len;
     memcpy(buf, s->out + s->out_off, n);
     s->out_off += n;
+    if (s->streaming) {
+        if (s->out_off == s->out_len)
+            s->out_off = s->out_len = 0;
+        if (s->out_len - s->out_off < MICA__H2_OUT_LOW_WATER)
+            wake(&s->out_waiter, s->out_seq);
+        if (s->out_len == 0 && !s->out_eof) {
+            if (n == 0) {
+                s->out_deferred = true;
+                return NGHTTP2_ERR_DEFERRED;
+            }
+            return (ssize_t)n;
+        }
+        if (s->out_len == 0 && s->out_eof) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (s->ntrailers) {
+                nghttp2_nv nva[MICA__HTTP_MAX_HEADERS];
+                size_t k = 0;
+                for (size_t i = 0; i < s->ntrailers && k < MICA__HTTP_MAX_HEADERS; i++)
+                    nva[k++] = (nghttp2_nv){(uint8_t *)s->trailers[i].name,
+                                            (uint8_t *)s->trailers[i].value,
+                                            s->trailers[i].name_len, s->trailers[i].value_len,
+                                            NGHTTP2_NV_FLAG_NONE};
+                if (nghttp2_submit_trailer(sess, id, nva, k) == 0)
+                    *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            }
+        }
+        return (ssize_t)n;
+    }
     if (s->out_off == s->out_len)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
@@ -271,10 +324,55 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, const uint8_
     }
     if (s->nheaders >= hc->srv->o.max_headers)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (namelen == 12 && memcmp(name, "content-type", 12) == 0 && valuelen >= 16 &&
+        memcmp(value, "application/grpc", 16) == 0 && (valuelen == 16 || value[16] == '+' ||
+                                                          value[16] == ';'))
+        s->grpc = true;
     char *n = arena_strndup(&s->arena, name, namelen);
     if (!n)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     s->headers[s->nheaders++] = (mica__http_field_t){n, namelen, v, valuelen};
+    return 0;
+}
+
+/* Returns `n` received bytes of stream `id` to the peer's flow-control
+ * windows (automatic WINDOW_UPDATE is off so that streaming readers can
+ * hold back their stream's window). */
+static void give_back(h2conn_t *hc, int32_t id, size_t n)
+{
+    if (n) {
+        nghttp2_session_consume_connection(hc->sess, n);
+        if (id)
+            nghttp2_session_consume_stream(hc->sess, id, n);
+    }
+}
+
+/* The connection window always flows; a streaming stream's own window is
+ * returned while what it has buffered fits one message, so a reader that
+ * stops reading stops its sender after one window. */
+static void give_back_streaming(h2conn_t *hc, mica__h2_stream_t *s)
+{
+    size_t buffered = s->body_len - s->in_off;
+    if (s->unconsumed && buffered <= hc->srv->stream_max_buffer) {
+        nghttp2_session_consume_stream(hc->sess, s->id, s->unconsumed);
+        s->unconsumed = 0;
+    }
+}
+
+static int grow_body(mica__h2_stream_t *s, size_t need, size_t max)
+{
+    if (need <= s->body_cap)
+        return 0;
+    size_t cap = s->body_cap ? s->body_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (cap > max)
+        cap = max;
+    char *b = realloc(s->body, cap);
+    if (!b)
+        return MICA_ENOMEM;
+    s->body = b;
+    s->body_cap = cap;
     return 0;
 }
 
@@ -283,6 +381,26 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
 {
     h2conn_t *hc = user;
     mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    if (s && s->streaming) {
+        nghttp2_session_consume_connection(sess, len);
+        if (s->in_off && s->in_off == s->body_len)
+            s->in_off = s->body_len = 0; /* all taken: start over */
+        if (s->in_off > s->body_cap / 2) { /* compact before growing */
+            memmove(s->body, s->body + s->in_off, s->body_len - s->in_off);
+            s->body_len -= s->in_off;
+            s->in_off = 0;
+        }
+        size_t max = hc->srv->stream_max_buffer + WINDOW_BYTES;
+        if (s->body_len + len > max || grow_body(s, s->body_len + len, max) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets this stream */
+        memcpy(s->body + s->body_len, data, len);
+        s->body_len += len;
+        s->unconsumed += len;
+        give_back_streaming(hc, s);
+        wake(&s->in_waiter, s->in_seq);
+        return 0;
+    }
+    give_back(hc, id, len);
     if (!s || s->too_large)
         return 0;
     size_t max = hc->srv->o.max_body_bytes;
@@ -290,19 +408,36 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
         s->too_large = true; /* answered with 413 once the request ends */
         return 0;
     }
-    if (s->body_len + len > s->body_cap) {
-        size_t cap = s->body_cap ? s->body_cap : 4096;
-        while (cap < s->body_len + len)
-            cap *= 2;
-        char *b = realloc(s->body, cap > max ? max : cap);
-        if (!b)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        s->body = b;
-        s->body_cap = cap > max ? max : cap;
-    }
+    if (grow_body(s, s->body_len + len, max) != 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     memcpy(s->body + s->body_len, data, len);
     s->body_len += len;
     return 0;
+}
+
+static void stream_fn_main(void *arg)
+{
+    mica__h2_stream_t *s = arg;
+    h2conn_t *hc = s->hc;
+    hc->c->w->requests++;
+    s->req.method = s->method;
+    s->req.path = s->path;
+    s->req.headers = s->headers;
+    s->req.nheaders = s->nheaders;
+    s->req.deadline_ms = MICA_NO_DEADLINE;
+    hc->srv->stream_fn(s, hc->srv->stream_arg);
+    if (!s->out_eof) /* the layer above must finish; make sure the stream ends */
+        mica__h2_out_finish(s, 500, NULL, 0);
+    if (s->req.ctx) {
+        mica_ctx_free(s->req.ctx);
+        s->req.ctx = NULL;
+    }
+    s->running = false;
+    if (s->closed)
+        stream_free(s);
+    else
+        nudge(hc);
+    mica_wg_done(hc->running);
 }
 
 static void dispatch(h2conn_t *hc, mica__h2_stream_t *s)
@@ -314,9 +449,11 @@ static void dispatch(h2conn_t *hc, mica__h2_stream_t *s)
     s->req = (mica_http_req_t){.fd = -1, .arena = &s->arena};
     s->resp = (mica_http_resp_t){.h2 = s, .req = &s->req};
     s->running = true;
+    s->streaming = s->grpc && !s->bad && hc->srv->stream_fn;
     mica_wg_add(hc->running, 1);
-    if (mica_go(stream_main, s) != 0) {
+    if (mica_go(s->streaming ? stream_fn_main : stream_main, s) != 0) {
         s->running = false;
+        s->streaming = false;
         mica_wg_done(hc->running);
         nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
     }
@@ -340,11 +477,21 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *us
         }
         return 0;
     }
-    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
-        (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-        mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-        if (s)
-            dispatch(hc, s);
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (!s)
+        return 0;
+    bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    /* gRPC streams start at the end of their headers, others once complete. */
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST && s->grpc &&
+        hc->srv->stream_fn)
+        dispatch(hc, s);
+    if (end && s->streaming) {
+        s->in_eof = true;
+        wake(&s->in_waiter, s->in_seq);
+    } else if (end) {
+        dispatch(hc, s);
     }
     return 0;
 }
@@ -359,9 +506,175 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_cod
     if (s->running) {
         if (s->req.ctx)
             mica_ctx_cancel(s->req.ctx); /* reset: the handler's work is moot */
+        wake(&s->in_waiter, s->in_seq);
+        wake(&s->out_waiter, s->out_seq);
     } else {
         stream_free(s);
     }
+    return 0;
+}
+
+/* ---- streaming streams (the gRPC layer) ---------------------------------------- */
+
+mica_http_req_t *mica__h2_req(mica__h2_stream_t *s)
+{
+    return &s->req;
+}
+
+static int wait_on(mica__coro_t **slot, uint64_t *seq, mica_ctx_t *ctx, int64_t deadline_ms)
+{
+    mica__loop_t *loop = mica__loop_current();
+    *seq = mica__wait_prepare(loop);
+    *slot = loop->current;
+    int rc = mica__wait_ctx(loop, ctx, deadline_ms, *seq);
+    *slot = NULL;
+    return rc;
+}
+
+int mica__h2_in_wait(mica__h2_stream_t *s, size_t want, mica_ctx_t *ctx, int64_t deadline_ms)
+{
+    for (;;) {
+        if (s->body_len - s->in_off >= want)
+            return 0;
+        if (s->closed)
+            return MICA_ECANCELED;
+        if (s->in_eof)
+            return MICA_ECLOSED;
+        int rc = wait_on(&s->in_waiter, &s->in_seq, ctx, deadline_ms);
+        if (rc != 0)
+            return rc;
+    }
+}
+
+const char *mica__h2_in_data(const mica__h2_stream_t *s, size_t *len)
+{
+    *len = s->body_len - s->in_off;
+    return s->body ? s->body + s->in_off : "";
+}
+
+void mica__h2_in_consume(mica__h2_stream_t *s, size_t n)
+{
+    s->in_off += n;
+    if (s->closed)
+        return;
+    size_t before = s->unconsumed;
+    give_back_streaming(s->hc, s);
+    if (s->unconsumed != before)
+        nudge(s->hc); /* a WINDOW_UPDATE to send */
+}
+
+static void out_kick(mica__h2_stream_t *s)
+{
+    if (s->out_deferred) {
+        s->out_deferred = false;
+        nghttp2_session_resume_data(s->hc->sess, s->id);
+    }
+    nudge(s->hc);
+}
+
+char *mica__h2_out_reserve(mica__h2_stream_t *s, size_t n)
+{
+    if (s->out_off && s->out_off >= s->out_cap / 2) {
+        memmove(s->out, s->out + s->out_off, s->out_len - s->out_off);
+        s->out_len -= s->out_off;
+        s->out_off = 0;
+    }
+    if (n > SIZE_MAX / 2 - s->out_len)
+        return NULL;
+    if (s->out_len + n > s->out_cap) {
+        size_t cap = s->out_cap ? s->out_cap : 1024;
+        while (cap < s->out_len + n)
+            cap *= 2;
+        char *b = realloc(s->out, cap);
+        if (!b)
+            return NULL;
+        s->out = b;
+        s->out_cap = cap;
+    }
+    return s->out + s->out_len;
+}
+
+int mica__h2_out_commit(mica__h2_stream_t *s, size_t n)
+{
+    if (s->closed || s->out_eof)
+        return MICA_ECANCELED;
+    s->out_len += n;
+    out_kick(s);
+    return 0;
+}
+
+int mica__h2_out_wait(mica__h2_stream_t *s, mica_ctx_t *ctx, int64_t deadline_ms)
+{
+    while (!s->closed && s->out_len - s->out_off > MICA__H2_OUT_HIGH_WATER) {
+        int rc = wait_on(&s->out_waiter, &s->out_seq, ctx, deadline_ms);
+        if (rc != 0)
+            return rc;
+    }
+    return s->closed ? MICA_ECANCELED : 0;
+}
+
+static size_t fields_nv(nghttp2_nv *nva, size_t k, size_t max, const mica__http_field_t *f,
+                        size_t n)
+{
+    for (size_t i = 0; i < n && k < max; i++)
+        nva[k++] = (nghttp2_nv){(uint8_t *)f[i].name, (uint8_t *)f[i].value, f[i].name_len,
+                                f[i].value_len, NGHTTP2_NV_FLAG_NONE};
+    return k;
+}
+
+int mica__h2_out_headers(mica__h2_stream_t *s, int status, const mica__http_field_t *f, size_t n)
+{
+    if (s->closed)
+        return MICA_ECANCELED;
+    if (s->out_started)
+        return MICA_EINVAL;
+    nghttp2_nv nva[MICA__HTTP_MAX_HEADERS + 1];
+    char st[4];
+    dec(st, (size_t)status);
+    nva[0] = nv(":status", st, 3);
+    size_t k = fields_nv(nva, 1, MICA__HTTP_MAX_HEADERS + 1, f, n);
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+    if (nghttp2_submit_response(s->hc->sess, s->id, nva, k, &prd) != 0)
+        return MICA_ENOMEM;
+    s->out_started = true;
+    nudge(s->hc);
+    return 0;
+}
+
+int mica__h2_out_finish(mica__h2_stream_t *s, int status, const mica__http_field_t *f, size_t n)
+{
+    if (s->out_eof)
+        return MICA_EINVAL;
+    s->out_eof = true;
+    if (s->closed)
+        return MICA_ECANCELED;
+    if (!s->out_started) { /* one HEADERS frame that ends the stream */
+        nghttp2_nv nva[MICA__HTTP_MAX_HEADERS + 1];
+        char st[4];
+        dec(st, (size_t)status);
+        nva[0] = nv(":status", st, 3);
+        size_t k = fields_nv(nva, 1, MICA__HTTP_MAX_HEADERS + 1, f, n);
+        s->out_started = true;
+        int rv = nghttp2_submit_response(s->hc->sess, s->id, nva, k, NULL);
+        nudge(s->hc);
+        return rv == 0 ? 0 : MICA_ENOMEM;
+    }
+    if (n) { /* copied: the data provider submits them after the last byte */
+        if (n > MICA__HTTP_MAX_HEADERS)
+            n = MICA__HTTP_MAX_HEADERS;
+        s->trailers = mica__arena_alloc(&s->arena, n * sizeof(*f));
+        if (!s->trailers)
+            return MICA_ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            char *name = arena_strndup(&s->arena, (const uint8_t *)f[i].name, f[i].name_len);
+            char *value = arena_strndup(&s->arena, (const uint8_t *)f[i].value, f[i].value_len);
+            if (!name || !value)
+                return MICA_ENOMEM;
+            s->trailers[i] = (mica__http_field_t){name, f[i].name_len, value, f[i].value_len};
+        }
+        s->ntrailers = n;
+    }
+    out_kick(s);
     return 0;
 }
 
@@ -411,6 +724,7 @@ static int session_new(h2conn_t *hc)
         return MICA_ENOMEM;
     }
     nghttp2_option_set_max_outbound_ack(opt, 1000); /* PING/SETTINGS floods */
+    nghttp2_option_set_no_auto_window_update(opt, 1); /* see give_back() */
     nghttp2_option_set_max_settings(opt, 32);
     int rv = nghttp2_session_server_new2(&hc->sess, cb, hc, opt);
     nghttp2_option_del(opt);

@@ -42,6 +42,7 @@ int mica__router_match(const mica__router_t *r, const char *method, size_t metho
 
 typedef struct mica__http_worker mica__http_worker_t;
 typedef struct mica__http_conn mica__http_conn_t;
+typedef struct mica__h2_stream mica__h2_stream_t;
 
 struct mica_http_server {
     mica_http_server_opts_t o;
@@ -53,6 +54,14 @@ struct mica_http_server {
     int *ports;
     int nworkers;
     mica__http_worker_t *workers;
+
+    /* HTTP/2 requests with content-type application/grpc* go to stream_fn,
+     * in a coroutine of their own, as soon as their headers are in (set by
+     * the gRPC layer, which owns stream_arg and frees it with stream_free). */
+    void (*stream_fn)(mica__h2_stream_t *s, void *arg);
+    void *stream_arg;
+    void (*stream_free)(void *arg);
+    size_t stream_max_buffer; /* request bytes a stream may buffer unread */
 };
 
 struct mica__http_worker {
@@ -88,8 +97,6 @@ struct mica_http_req {
     int64_t deadline_ms;
     mica_ctx_t *ctx; /* created on first mica_http_req_ctx() */
 };
-
-typedef struct mica__h2_stream mica__h2_stream_t;
 
 struct mica_http_resp {
     mica__http_conn_t *conn; /* HTTP/1.1 connection, or NULL on HTTP/2 */
@@ -156,6 +163,41 @@ void mica__h2_serve(mica__http_conn_t *c);
 /* mica_http_resp_send() for a response on an HTTP/2 stream. */
 int mica__h2_respond(mica_http_resp_t *resp, int status, const char *content_type,
                      const void *body, size_t len);
+
+/*
+ * Streaming streams (srv->stream_fn). All calls run on the stream's worker.
+ * Request bytes arrive in a buffer the reader takes from; response headers,
+ * bytes and trailers are queued to the connection, which sends them.
+ */
+#define MICA__H2_OUT_HIGH_WATER (256 * 1024) /* mica__h2_out_wait() above this */
+#define MICA__H2_OUT_LOW_WATER (64 * 1024)
+
+/* The stream's request: method, path, headers, arena and ctx (owned by the stream). */
+mica_http_req_t *mica__h2_req(mica__h2_stream_t *s);
+/*
+ * Waits until `want` request bytes are buffered. Returns 0, MICA_ECLOSED (the
+ * client ended the request first), MICA_ECANCELED (stream reset or worker
+ * stopping), MICA_ETIMEDOUT (deadline_ms) or ctx's error.
+ */
+int mica__h2_in_wait(mica__h2_stream_t *s, size_t want, mica_ctx_t *ctx, int64_t deadline_ms);
+/* Returns the buffered request bytes (*len of them); valid until the next wait. */
+const char *mica__h2_in_data(const mica__h2_stream_t *s, size_t *len);
+/* Takes n buffered bytes, returning window to the client. */
+void mica__h2_in_consume(mica__h2_stream_t *s, size_t n);
+/* Returns room for n more response bytes (NULL: ENOMEM); commit what was written. */
+char *mica__h2_out_reserve(mica__h2_stream_t *s, size_t n);
+/* Queues n reserved bytes after the headers. Returns 0 or MICA_ECANCELED (reset/finished). */
+int mica__h2_out_commit(mica__h2_stream_t *s, size_t n);
+/* Waits while more than MICA__H2_OUT_HIGH_WATER bytes are queued. Errors as in_wait. */
+int mica__h2_out_wait(mica__h2_stream_t *s, mica_ctx_t *ctx, int64_t deadline_ms);
+/* Submits the response headers: :status and `f` (copied). 0, MICA_EINVAL (twice), MICA_ECANCELED. */
+int mica__h2_out_headers(mica__h2_stream_t *s, int status, const mica__http_field_t *f, size_t n);
+/*
+ * Ends the response: after the queued bytes, `f` goes as trailers (copied);
+ * if no headers were submitted, one HEADERS frame with :status and `f` ends
+ * the stream instead. Returns 0, MICA_EINVAL (twice), MICA_ECANCELED, MICA_ENOMEM.
+ */
+int mica__h2_out_finish(mica__h2_stream_t *s, int status, const mica__http_field_t *f, size_t n);
 
 /* Writes v in decimal at buf (no NUL; room for 20 digits). Returns the length. */
 size_t mica__http_u64_dec(char *buf, uint64_t v);

@@ -84,6 +84,7 @@ int mica_http_server_opts_from_env(mica_http_server_opts_t *o)
     rc |= env_ms("MICA_HTTP_WRITE_TIMEOUT_MS", &o->write_timeout_ms);
     rc |= env_ms("MICA_HTTP_IDLE_TIMEOUT_MS", &o->idle_timeout_ms);
     rc |= env_ms("MICA_HTTP_REQUEST_TIMEOUT_MS", &o->request_timeout_ms);
+    rc |= env_size("MICA_GRPC_MAX_MESSAGE_BYTES", &o->max_message_bytes, (int64_t)1 << 30);
     size_t conns = (size_t)o->max_conns;
     rc |= env_size("MICA_HTTP_MAX_CONNS", &conns, 1 << 24);
     o->max_conns = (int)conns;
@@ -118,6 +119,8 @@ int mica_http_server_new(mica_http_server_t **out, const mica_http_server_opts_t
         o.max_conns = 100000;
     if (!o.request_timeout_ms)
         o.request_timeout_ms = 30000;
+    if (!o.max_message_bytes)
+        o.max_message_bytes = 4 << 20;
     if (o.max_head_bytes < 64 || o.max_target_bytes < 1)
         return MICA_EINVAL;
 
@@ -126,6 +129,7 @@ int mica_http_server_new(mica_http_server_t **out, const mica_http_server_opts_t
         return MICA_ENOMEM;
     srv->o = o;
     srv->limits = (mica__http_limits_t){o.max_head_bytes, o.max_target_bytes, o.max_headers};
+    srv->stream_max_buffer = o.max_message_bytes + 5; /* one gRPC message and its prefix */
     int rc = mica__router_new(&srv->router);
     if (rc != 0) {
         free(srv);
@@ -204,6 +208,8 @@ void mica_http_server_free(mica_http_server_t *srv)
     }
     free(srv->workers);
     mica__router_free(srv->router);
+    if (srv->stream_free)
+        srv->stream_free(srv->stream_arg);
     free(srv);
 }
 
