@@ -814,6 +814,8 @@ out:
         s->closed = true;
         if (s->running && s->req.ctx)
             mica_ctx_cancel(s->req.ctx);
+        wake(&s->in_waiter, s->in_seq);
+        wake(&s->out_waiter, s->out_seq);
     }
     mica_wg_wait(hc.running, NULL);
     nghttp2_session_del(hc.sess);

@@ -77,6 +77,7 @@ typedef struct mica__io {
     bool registered; /* added to epoll (edge-triggered, in+out) */
     bool readable;   /* an edge arrived since the last mica__io_clear_* */
     bool writable;
+    bool hup;        /* the peer shut down or the socket failed: readable for good */
     struct mica_ctx *hup_ctx; /* cancelled when the peer hangs up */
     mica_coro_fn on_read;     /* spawned on the next readable edge (one-shot) */
     void *on_read_arg;

@@ -379,9 +379,14 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
         return;
     mica__io_t *io = &loop->io[fd];
     uint32_t e = ev->events;
-    if ((e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && io->hup_ctx) {
-        mica_ctx_cancel(io->hup_ctx);
-        io->hup_ctx = NULL;
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        /* No further edge will come: a reader that stopped short of the EOF
+         * (a short read) must still find the fd readable. */
+        io->hup = true;
+        if (io->hup_ctx) {
+            mica_ctx_cancel(io->hup_ctx);
+            io->hup_ctx = NULL;
+        }
     }
     if (e & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
         io->readable = true;
@@ -473,7 +478,7 @@ int mica__io_watch(mica__loop_t *loop, int fd)
     if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
         return -errno;
     io->registered = true;
-    io->readable = io->writable = false;
+    io->readable = io->writable = io->hup = false;
     return 0;
 }
 
@@ -507,7 +512,7 @@ int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms)
         return rc;
     mica__io_t *io = &loop->io[fd];
     bool *flag = write ? &io->writable : &io->readable;
-    if (*flag) {
+    if (*flag || (!write && io->hup)) {
         *flag = false;
         return loop->cancel_all ? MICA_ECANCELED : 0;
     }

@@ -248,7 +248,7 @@ int mica_net_on_readable(int fd, mica_coro_fn fn, void *arg)
     if (rc != 0)
         return rc;
     mica__io_t *io = &loop->io[fd];
-    if (io->readable) {
+    if (io->readable || io->hup) {
         io->readable = false;
         return MICA_EAGAIN;
     }

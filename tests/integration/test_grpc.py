@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""gRPC on mica, from the outside.
+
+- examples/user (the seed's UserService) and tests/interop/echo_server.c
+  run on loopback ports;
+- nghttp (nghttp2-client) sends hand-built gRPC frames: good calls, and the
+  bad ones no real client sends (unknown methods, undecodable or truncated
+  messages, compressed flags, oversized messages, bad grpc-timeout), each
+  answered with its grpc-status while the server keeps serving;
+- h2load puts many concurrent calls on one connection;
+- raw frames reset calls mid-flight;
+- the interop matrix: the grpc-go and @grpc/grpc-js clients of
+  tests/interop drive every call kind, deadline, cancellation, metadata,
+  status and size case against mica's Echo server.
+"""
+import os, re, signal, socket, struct, subprocess, sys, tempfile, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(ROOT, "build"))
+SLOW = 10 if os.environ.get("MICA_SANITIZE") else 1
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+results = {"passed": 0, "failed": 0}
+
+
+class Server:
+    def __init__(self, binary, **env):
+        self.log = tempfile.TemporaryFile(mode="w+")
+        e = dict(os.environ, **{"MICA_LISTEN": "127.0.0.1:0", "MICA_WORKERS": "2", **env})
+        self.p = subprocess.Popen([os.path.join(BUILD, binary)], env=e, stderr=self.log,
+                                  stdout=subprocess.DEVNULL)
+        deadline = time.time() + 10 * SLOW
+        self.port = None
+        while self.port is None and time.time() < deadline:
+            m = re.search(r'"msg":"listening","addr":"127\.0\.0\.1:(\d+)"', self.stderr())
+            if m:
+                self.port = int(m.group(1))
+            elif self.p.poll() is not None:
+                break
+            else:
+                time.sleep(0.02)
+        assert self.port, "server did not start: " + self.stderr()
+
+    def stderr(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        return self.p.wait(timeout=20 * SLOW)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+# ---- protobuf and gRPC framing by hand ----------------------------------------
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def pb_string(field, s):
+    s = s.encode() if isinstance(s, str) else s
+    return varint(field << 3 | 2) + varint(len(s)) + s
+
+
+def pb_int(field, v):
+    return varint(field << 3) + varint(v)
+
+
+def grpc_frame(msg, compressed=0, length=None):
+    return bytes([compressed]) + struct.pack(">I", len(msg) if length is None else length) + msg
+
+
+def call(srv, path, body, headers=(), timeout=20):
+    """One call with nghttp: returns (response headers and trailers, body bytes)."""
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(body)
+        f.flush()
+        cmd = ["nghttp", "-v", "-d", f.name, "-H", "content-type: application/grpc",
+               "-H", "te: trailers"]
+        for h in headers:
+            cmd += ["-H", h]
+        r = subprocess.run(cmd + [srv.url(path)], capture_output=True, timeout=timeout * SLOW)
+    out = r.stdout.decode("latin-1")
+    fields = dict(re.findall(r"recv \(stream_id=\d+\) ([^:\s][^:]*|:status): (.*)", out))
+    return fields, r.stdout
+
+
+def get_user(srv, user_id, **kw):
+    return call(srv, "/user.UserService/GetUser", grpc_frame(pb_string(1, user_id)), **kw)
+
+
+def still_serves(srv):
+    f, out = get_user(srv, "1001")
+    assert f.get("grpc-status") == "0" and b"Alice" in out, f
+
+
+def test(binary, **env):
+    def wrap(fn):
+        srv = Server(binary, **env)
+        try:
+            fn(srv)
+            code = srv.stop()
+            assert code == 0, f"server exit code {code}"
+            print(f"PASS {fn.__name__}")
+            results["passed"] += 1
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            srv.p.kill()
+            print(f"FAIL {fn.__name__}: {e!r}\n{srv.stderr()[-2000:]}")
+            results["failed"] += 1
+        return fn
+    return wrap
+
+
+# ---- the seed's UserService ---------------------------------------------------
+
+@test("examples/user")
+def test_get_user_answers_ok_not_found_and_invalid_argument(srv):
+    f, out = get_user(srv, "1001")
+    assert f.get(":status") == "200" and f.get("grpc-status") == "0", f
+    assert f.get("content-type") == "application/grpc", f
+    # UserResponse{name: "Alice", age: 30}, length-prefixed
+    assert grpc_frame(pb_string(1, "Alice") + pb_int(2, 30)) in out, out
+    f, _ = get_user(srv, "9999")
+    assert f.get("grpc-status") == "5" and "9999" in f.get("grpc-message", ""), f
+    f, _ = get_user(srv, "")
+    assert f.get("grpc-status") == "3", f
+
+
+@test("examples/user")
+def test_rest_and_grpc_share_the_port(srv):
+    r = subprocess.run(["curl", "-sS", srv.url("/users/1002")], capture_output=True, text=True)
+    assert r.stdout == '{"id":"1002","name":"Bob","age":25}', r.stdout
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                        "%{http_code}", srv.url("/users/nobody")], capture_output=True, text=True)
+    assert r.stdout == "404", r.stdout
+    still_serves(srv)
+
+
+@test("examples/user")
+def test_unknown_service_and_method_are_unimplemented(srv):
+    f, _ = call(srv, "/user.UserService/DeleteUser", grpc_frame(b""))
+    assert f.get("grpc-status") == "12", f
+    f, _ = call(srv, "/no.Such/Thing", grpc_frame(b""))
+    assert f.get("grpc-status") == "12", f
+    still_serves(srv)
+
+
+@test("examples/user")
+def test_bad_messages_get_their_status_and_the_server_keeps_serving(srv):
+    cases = [
+        (grpc_frame(b"\x0a\xff\xff\xff\xff\x0f"), "13"),         # protobuf: length past the end
+        (grpc_frame(b"\x0a\x04ab"), "13"),                      # protobuf: truncated string
+        (grpc_frame(pb_string(1, "1001"), length=100), "13"),   # frame: shorter than its prefix
+        (b"\x00\x00\x00", "13"),                                # frame: prefix cut short
+        (grpc_frame(pb_string(1, "1001"), compressed=1), "12"),  # compression never offered
+        (grpc_frame(pb_string(1, "1001"), compressed=7), "13"),  # flag byte out of range
+        (b"", "12"),                                            # no request message at all
+    ]
+    for body, want in cases:
+        f, _ = call(srv, "/user.UserService/GetUser", body)
+        assert f.get("grpc-status") == want, (body, f)
+    still_serves(srv)
+
+
+@test("examples/user", MICA_GRPC_MAX_MESSAGE_BYTES="1000")
+def test_messages_over_the_limit_are_resource_exhausted(srv):
+    f, _ = get_user(srv, "x" * 2000)
+    assert f.get("grpc-status") == "8", f
+    f, _ = get_user(srv, "x" * 900)
+    assert f.get("grpc-status") == "5", f  # under the limit: looked up, not found
+    still_serves(srv)
+
+
+@test("examples/user")
+def test_grpc_timeout_is_parsed_and_malformed_ones_rejected(srv):
+    f, _ = get_user(srv, "1001", headers=["grpc-timeout: 5S"])
+    assert f.get("grpc-status") == "0", f
+    f, _ = get_user(srv, "1001", headers=["grpc-timeout: 100000000S"])  # 9 digits: too long
+    assert f.get("grpc-status") == "13", f
+    f, _ = get_user(srv, "1001", headers=["grpc-timeout: 5x"])
+    assert f.get("grpc-status") == "13", f
+
+
+@test("examples/user")
+def test_health_service_reports_serving(srv):
+    f, out = call(srv, "/grpc.health.v1.Health/Check", grpc_frame(b""))
+    assert f.get("grpc-status") == "0" and grpc_frame(pb_int(1, 1)) in out, (f, out)
+    f, out = call(srv, "/grpc.health.v1.Health/Check", grpc_frame(pb_string(1, "user.UserService")))
+    assert f.get("grpc-status") == "0" and grpc_frame(pb_int(1, 1)) in out, (f, out)
+    f, _ = call(srv, "/grpc.health.v1.Health/Check", grpc_frame(pb_string(1, "nope.Nope")))
+    assert f.get("grpc-status") == "5", f
+
+
+@test("examples/user")
+def test_h2load_many_calls_on_few_connections_all_ok(srv):
+    with tempfile.NamedTemporaryFile() as body:
+        body.write(grpc_frame(pb_string(1, "1001")))
+        body.flush()
+        r = subprocess.run(["h2load", "-n", "20000", "-c", "4", "-m", "100", "-d", body.name,
+                            "-H", "content-type: application/grpc", "-H", "te: trailers",
+                            srv.url("/user.UserService/GetUser")],
+                           capture_output=True, text=True, timeout=60 * SLOW)
+    assert "20000 succeeded, 0 failed" in r.stdout, r.stdout
+    still_serves(srv)
+
+
+def hpack_literal(name, value):
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def frame(ftype, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
+
+
+@test("tests/interop_echo_server")
+def test_calls_reset_mid_flight_leave_the_server_serving(srv):
+    """Streams that start a call and reset it (before, during and after
+    their messages), and connections dropped mid-message."""
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(PREFACE + frame(4, 0, 0))
+    block = (hpack_literal(b":method", b"POST") + hpack_literal(b":scheme", b"http") +
+             hpack_literal(b":path", b"/mica.interop.Echo/Bidi") +
+             hpack_literal(b":authority", b"t") + hpack_literal(b"content-type", b"application/grpc"))
+    for i in range(50):
+        sid = 2 * i + 1
+        s.sendall(frame(1, 4, sid, block))                        # HEADERS, END_HEADERS
+        if i % 3:
+            s.sendall(frame(0, 0, sid, grpc_frame(pb_string(1, "hi"))[:3 + i % 5]))
+        s.sendall(frame(3, 0, sid, struct.pack(">I", 8)))         # RST_STREAM CANCEL
+    s.close()
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 4, 1, block) +
+              frame(0, 0, 1, grpc_frame(pb_string(1, "x" * 100))[:50]))
+    s.close()
+    f, out = call(srv, "/mica.interop.Echo/Unary", grpc_frame(pb_string(1, "still here")))
+    assert f.get("grpc-status") == "0" and b"still here" in out, f
+
+
+# ---- interop with grpc-go and grpc-js -------------------------------------------
+
+def interop(srv, cmd):
+    r = subprocess.run(cmd + ["-addr", f"127.0.0.1:{srv.port}"], capture_output=True, text=True,
+                       timeout=120 * SLOW)
+    out = r.stdout + r.stderr
+    fails = [l for l in out.splitlines() if l.startswith("FAIL")]
+    assert r.returncode == 0 and not fails and "PASS" in out, out[-3000:]
+
+
+def go_peers():
+    out = os.path.join(BUILD, "interop")
+    subprocess.run(["bash", os.path.join(ROOT, "tests/interop/go/build.sh"), out], check=True,
+                   timeout=600)
+    return out
+
+
+def js_peers():
+    subprocess.run(["bash", os.path.join(ROOT, "tests/interop/js/setup.sh")], check=True,
+                   timeout=600)
+    return os.path.join(ROOT, "tests/interop/js")
+
+
+if os.path.exists(os.path.join(ROOT, "tests/interop/go/build.sh")):
+    @test("tests/interop_echo_server")
+    def test_grpc_go_client_matrix_against_mica(srv):
+        interop(srv, [os.path.join(go_peers(), "echo-client")])
+
+if os.path.exists(os.path.join(ROOT, "tests/interop/js/setup.sh")):
+    @test("tests/interop_echo_server")
+    def test_grpc_js_client_matrix_against_mica(srv):
+        interop(srv, ["node", os.path.join(js_peers(), "client.js")])
+
+
+if __name__ == "__main__":
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
