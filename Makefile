@@ -19,9 +19,10 @@ build:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
 
-# The main job: the seed's service in the foreground (Ctrl-C drains and exits).
+# The main job: the seed's UserService in the foreground, REST on :8080 and
+# gRPC on :50051 (both answer on either port; Ctrl-C drains and exits).
 run: build
-	$(BUILD)/examples/hello
+	$(BUILD)/examples/user
 
 # Everything CI runs: unit + integration tests (release and ASan+UBSan
 # builds), the runtime under TSan, valgrind, a bounded fuzzing run, the lint.
