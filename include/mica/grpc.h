@@ -150,4 +150,96 @@ MICA_API int mica_grpc_status(mica_grpc_call_t *call, int code, const char *fmt,
 /** Returns the canonical name of a status code ("NOT_FOUND"), or "UNKNOWN". */
 MICA_API const char *mica_grpc_code_name(int code);
 
+/* ---- client ---------------------------------------------------------------- */
+
+typedef struct mica_grpc_client mica_grpc_client_t;
+typedef struct mica_grpc_stream mica_grpc_stream_t;
+
+/* Client settings; 0 picks the default shown. */
+typedef struct mica_grpc_client_opts {
+    int conns_per_worker;     /* HTTP/2 connections a worker opens to the target: 2 */
+    int connect_timeout_ms;   /* per connection attempt: 5000 */
+    size_t max_message_bytes; /* a message either way: 4 MiB (RESOURCE_EXHAUSTED) */
+} mica_grpc_client_opts_t;
+
+/* Metadata sent with a call. */
+typedef struct mica_grpc_md {
+    const char *key; /* lower-case; "-bin" keys take base64 values */
+    const char *value;
+} mica_grpc_md_t;
+
+/* How a call ended: its code and grpc-message (truncated to fit). */
+typedef struct mica_grpc_result {
+    int code;
+    char message[256];
+} mica_grpc_result_t;
+
+/**
+ * Creates a client of the gRPC server at `target` ("127.0.0.1:50051",
+ * "[::1]:50051") for coroutines of `rt`'s workers. Each worker keeps its own
+ * connections (opened on first use, reopened after failures) and multiplexes
+ * calls over them. Returns 0, MICA_EINVAL or MICA_ENOMEM.
+ */
+MICA_API int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const char *target,
+                                  const mica_grpc_client_opts_t *opts);
+
+/** Frees the client once no call is in flight and its runtime has stopped. NULL is a no-op. */
+MICA_API void mica_grpc_client_free(mica_grpc_client_t *c);
+
+/**
+ * Starts a call of `method` of `service` from a coroutine. `ctx` (NULL:
+ * none) bounds the whole call: its deadline goes out as grpc-timeout, and
+ * its end resets the stream. `md` (n entries, copied) is sent as metadata.
+ * Returns 0 with *out set, or a negative MICA_E* code (MICA_ENOTFOUND: no
+ * such method; MICA_ECONNREFUSED and friends: no connection; ctx errors).
+ */
+MICA_API int mica_grpc_stream_open(mica_grpc_client_t *c, mica_ctx_t *ctx,
+                                   const ProtobufCServiceDescriptor *service, const char *method,
+                                   const mica_grpc_md_t *md, size_t n, mica_grpc_stream_t **out);
+
+/**
+ * Sends one request message (borrowed). Returns 0, MICA_ELIMIT (too big),
+ * MICA_EINVAL (after close_send), MICA_ECLOSED (the call already ended:
+ * see finish), ctx errors or MICA_ENOMEM.
+ */
+MICA_API int mica_grpc_stream_send(mica_grpc_stream_t *st, const ProtobufCMessage *msg);
+
+/** Half-closes: no more requests. Returns 0 or MICA_ECLOSED. */
+MICA_API int mica_grpc_stream_close_send(mica_grpc_stream_t *st);
+
+/**
+ * Receives the next response message into *out (free it with
+ * protobuf_c_message_free_unpacked(*out, NULL)). Returns 0, MICA_ECLOSED
+ * when the call has ended (the status comes from finish), or ctx errors.
+ */
+MICA_API int mica_grpc_stream_recv(mica_grpc_stream_t *st, ProtobufCMessage **out);
+
+/**
+ * Returns response header (initial metadata) `key`, or NULL: valid once a
+ * message or the end has been received, until finish.
+ */
+MICA_API const char *mica_grpc_stream_header(const mica_grpc_stream_t *st, const char *key);
+
+/** Returns trailer `key`, or NULL: valid after recv returned MICA_ECLOSED, until finish. */
+MICA_API const char *mica_grpc_stream_trailer(const mica_grpc_stream_t *st, const char *key);
+
+/**
+ * Waits for the call's end (resetting it if responses are still unread),
+ * fills `res` (may be NULL) and frees the stream. Returns the call's
+ * mica_grpc_code_t: the server's grpc-status, or DEADLINE_EXCEEDED,
+ * CANCELLED, UNAVAILABLE (connection lost), RESOURCE_EXHAUSTED (a response
+ * too big), INTERNAL (a malformed response) as the client saw it.
+ */
+MICA_API int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res);
+
+/**
+ * A unary call: sends `req`, receives *resp (free it with
+ * protobuf_c_message_free_unpacked(*resp, NULL); NULL unless OK). Returns
+ * the call's mica_grpc_code_t, as finish; `res` (may be NULL) gets the message.
+ */
+MICA_API int mica_grpc_unary(mica_grpc_client_t *c, mica_ctx_t *ctx,
+                             const ProtobufCServiceDescriptor *service, const char *method,
+                             const ProtobufCMessage *req, ProtobufCMessage **resp,
+                             mica_grpc_result_t *res);
+
 #endif /* MICA_GRPC_H */

@@ -268,7 +268,49 @@ def js_peers():
     return os.path.join(ROOT, "tests/interop/js")
 
 
+@test("tests/interop_echo_server")
+def test_mica_client_matrix_against_mica(srv):
+    interop(srv, [os.path.join(BUILD, "tests/interop_echo_client")])
+
+
+class Peer:
+    """A peer's Echo server (grpc-go or grpc-js) on a free loopback port."""
+
+    def __init__(self, cmd):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.p = subprocess.Popen(cmd + ["-addr", f"127.0.0.1:{self.port}"], stdout=self.log,
+                                  stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            self.log.seek(0)
+            if "listening on" in self.log.read():
+                return
+            assert self.p.poll() is None, "peer server exited"
+            time.sleep(0.05)
+        raise AssertionError("peer server did not start")
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(timeout=10)
+
+
+def mica_client_against(cmd):
+    peer = Peer(cmd)
+    try:
+        interop(peer, [os.path.join(BUILD, "tests/interop_echo_client")])
+    finally:
+        peer.stop()
+
+
 if os.path.exists(os.path.join(ROOT, "tests/interop/go/build.sh")):
+    @test("examples/user")
+    def test_mica_client_matrix_against_grpc_go(srv):
+        mica_client_against([os.path.join(go_peers(), "echo-server")])
+
     @test("tests/interop_echo_server")
     def test_grpc_go_client_matrix_against_mica(srv):
         interop(srv, [os.path.join(go_peers(), "echo-client")])
@@ -277,6 +319,10 @@ if os.path.exists(os.path.join(ROOT, "tests/interop/js/setup.sh")):
     @test("tests/interop_echo_server")
     def test_grpc_js_client_matrix_against_mica(srv):
         interop(srv, ["node", os.path.join(js_peers(), "client.js")])
+
+    @test("examples/user")
+    def test_mica_client_matrix_against_grpc_js(srv):
+        mica_client_against(["node", os.path.join(js_peers(), "server.js")])
 
 
 if __name__ == "__main__":
