@@ -188,7 +188,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, const uint8_
     if (!st || f->hd.type != NGHTTP2_HEADERS)
         return 0;
     if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
-        st->http_status = atoi((const char *)value);
+        st->http_status = (int)strtol((const char *)value, NULL, 10);
         return 0;
     }
     char *n = dup_n(&st->arena, name, namelen), *v = dup_n(&st->arena, value, valuelen);
@@ -750,7 +750,7 @@ int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res)
               : code == MICA_GRPC_DEADLINE_EXCEEDED ? "deadline exceeded"
                                                     : "cancelled";
     } else if (st->grpc_status) {
-        code = atoi(st->grpc_status);
+        code = (int)strtol(st->grpc_status, NULL, 10);
         msg = st->grpc_message;
     } else if (st->http_status && st->http_status != 200) {
         code = http_code(st->http_status);
