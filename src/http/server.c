@@ -780,10 +780,21 @@ static void accept_main(void *arg)
                 if (w->spare_fd >= 0) {
                     close(w->spare_fd);
                     int c = accept4(a.fd, NULL, NULL, SOCK_CLOEXEC);
+                    int cerr = errno;
                     if (c >= 0)
                         close(c);
                     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                    note_refused(w, "out of file descriptors");
+                    if (c >= 0) {
+                        note_refused(w, "out of file descriptors");
+                        mica_yield(); /* let the connections we have run (and free fds) */
+                    } else if (cerr == EAGAIN) {
+                        /* accept(2) reports EMFILE before it looks at the queue:
+                         * with the queue empty, wait for a connection instead
+                         * of spinning (the edge may be gone: poll now and then). */
+                        if (mica_net_wait(a.fd, MICA_NET_READABLE, mica_deadline_in(100)) ==
+                            MICA_ECANCELED)
+                            break;
+                    }
                 } else {
                     note_refused(w, "out of file descriptors");
                     mica_sleep_ms(10);

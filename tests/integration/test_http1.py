@@ -230,9 +230,30 @@ def test_over_the_connection_limit_new_connections_are_refused_and_old_ones_serv
     with_server(body, MICA_WORKERS="1", MICA_HTTP_MAX_CONNS="5")
 
 
-# TODO(#2): out-of-descriptor refusal works and is logged, but after the
-# descriptors are released new connections were seen reset and the drain
-# hung; a test belongs here once that is fixed.
+def test_out_of_descriptors_new_connections_are_refused_then_served_again():
+    def body(srv):
+        held = []
+        for _ in range(80):  # well past the 48 descriptors the process may have
+            s = srv.connect()
+            held.append(s)
+        time.sleep(0.3)
+        assert '"reason":"out of file descriptors"' in srv.stderr(), srv.stderr()[-2000:]
+        served = 0
+        for s in held:  # the ones that were accepted are still served
+            try:
+                s.sendall(HEALTH)
+                r = read_response(s)
+                served += bool(r) and r[0] == 200
+            except OSError:
+                pass  # refused: closed by the server
+        assert served >= 10, served
+        for s in held:
+            s.sock.close()
+        time.sleep(0.3)
+        for _ in range(20):  # descriptors are back: new connections work again
+            st, _, _ = exchange(srv, HEALTH)
+            assert st == 200
+    with_server(body, nofile=48, MICA_WORKERS="1", MICA_DRAIN_TIMEOUT_MS="3000")
 
 
 # ---- graceful shutdown ----------------------------------------------------------
