@@ -5,7 +5,8 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler)
-test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl python3 nghttp2-client)
+test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl python3 nghttp2-client
+      nodejs golang-go golang-google-grpc-dev golang-google-protobuf-dev)
 bench=(wrk nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)
 
 want=("${build[@]}")
@@ -22,6 +23,11 @@ missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# The grpc-js peers need npm; some nodejs builds (NodeSource) bundle it and
+# conflict with Debian's npm package, so ask for it only when it is absent.
+if [[ " ${want[*]} " == *" nodejs "* ]] && ! command -v npm >/dev/null; then
+    missing+=(npm)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "deps.sh: installing ${missing[*]}"
