@@ -288,12 +288,16 @@ run_wrk() {
     w_err=$err
 }
 
+# CPU time (clock ticks, all threads) of process $1 so far.
+proc_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hz=$(getconf CLK_TCK)
+
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
     if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # --- the run -----------------------------------------------------------------
 
-declare -A rps=() p50=() p99=() runs_rps=() errs=() cmd_srv=() cmd_wrk=() note=()
+declare -A rps=() p50=() p99=() runs_rps=() errs=() cmd_srv=() cmd_wrk=() note=() busy=() per_core=()
 failed=0
 have=()
 for s in "${servers[@]}"; do
@@ -344,18 +348,28 @@ for s in "${have[@]}"; do
             run_bg /dev/null timeout -k 5 $((warmup + 30)) taskset -c "$load_cpu" \
                 wrk -t1 -c"$c" -d"${warmup}s" "http://127.0.0.1:$port/health" || true
         fi
-        r_rps=() r_p50=() r_p99=()
+        r_rps=() r_p50=() r_p99=() r_busy=() r_core=()
         e_sum=0
+        # The process doing the serving: nginx's worker, else the server itself.
+        cpu_pid=$srv_pid
+        [ "$s" != nginx ] || cpu_pid=$(pgrep -P "$srv_pid" | head -1)
         for ((i = 1; i <= runs; i++)); do
+            t0=$(proc_ticks "$cpu_pid")
             if ! run_wrk "$c" "$secs" "$port"; then
                 failed=1
                 break
             fi
+            t1=$(proc_ticks "$cpu_pid")
+            # Server CPU busy (%) and requests per CPU-second it used: what a
+            # core would serve if the load generator could saturate it.
+            read -r w_busy w_core < <(awk -v r="$w_rps" -v d="$secs" -v t="$((t1 - t0))" -v hz="$hz" \
+                'BEGIN { cs = t / hz; if (cs > 0) printf "%.1f %.0f\n", 100 * cs / d, r * d / cs; else print "nan nan" }')
+            r_busy+=("$w_busy") r_core+=("$w_core")
             r_rps+=("$w_rps") r_p50+=("$w_p50") r_p99+=("$w_p99")
             e_sum=$((e_sum + w_err))
             extra=""
             [ "$w_err" -eq 0 ] || extra=", wrk errors/non-2xx $w_err"
-            log "$s c=$c run $i/$runs: $w_rps req/s, p50 $w_p50 ms, p99 $w_p99 ms$extra"
+            log "$s c=$c run $i/$runs: $w_rps req/s, p50 $w_p50 ms, p99 $w_p99 ms, server CPU $w_busy%, $w_core req per CPU-second$extra"
             alive "$srv_pid" || { log "$s died during the run"; failed=1; break; }
         done
         stop_server
@@ -363,6 +377,8 @@ for s in "${have[@]}"; do
             rps[$k]=$(median "${r_rps[@]}")
             p50[$k]=$(median "${r_p50[@]}")
             p99[$k]=$(median "${r_p99[@]}")
+            busy[$k]=$(median "${r_busy[@]}")
+            per_core[$k]=$(median "${r_core[@]}")
             runs_rps[$k]=$(printf '%.0f ' "${r_rps[@]}")
             errs[$k]=$e_sum
         else
@@ -401,6 +417,22 @@ gin_ver=$(sed -n 's/^const Version = "v\{0,1\}\(.*\)"/\1/p' /usr/share/gocode/sr
             else
                 printf '| %s | %s | %s | | | | |\n' "$s" "$c" "${note[$s]:-not run}"
             fi
+        done
+    done
+    echo
+    echo "Per core: requests per CPU-second the server process used (its utime + stime over"
+    echo "the run), i.e. what one core would serve if the load generator could saturate it."
+    echo
+    echo "| server | conns | server CPU busy | req per CPU-second | vs gin |"
+    echo "|---|---:|---:|---:|---:|"
+    for s in "${servers[@]}"; do
+        for c in "${conns[@]}"; do
+            k="$s,$c"
+            [ -n "${per_core[$k]:-}" ] || continue
+            g=${per_core[gin,$c]:-}
+            r="-"
+            [ -z "$g" ] || r=$(awk -v a="${per_core[$k]}" -v b="$g" 'BEGIN {printf "%.2fx", a / b}')
+            printf '| %s | %s | %.0f%% | %.0f | %s |\n' "$s" "$c" "${busy[$k]}" "${per_core[$k]}" "$r"
         done
     done
     echo

@@ -5,7 +5,7 @@
 # <build-dir>/bench/, runs bench_chan (1-worker figures pinned to CPU 0,
 # cross-worker figures on 2 unpinned workers) and the Go peer with
 # GOMAXPROCS=1 (pinned to CPU 0) and GOMAXPROCS=2, 3 runs each, and prints
-# the medians as a markdown table, also written to <build-dir>/bench/chan.md.
+# the medians as a markdown table (BENCH_RUNS=5 for 5 runs), also written to <build-dir>/bench/chan.md.
 #
 # Usage: bench/micro/chan.sh <build-dir> [scale]
 #   scale multiplies every loop count (default 1: about 25 s in all)
@@ -18,7 +18,7 @@ fi
 build=$(cd "$1" && pwd)
 scale=${2:-1}
 src=$(cd "$(dirname "$0")/../.." && pwd)
-runs=3
+runs=${BENCH_RUNS:-3}
 limit=60 # seconds per process, so a hang cannot stall the script
 
 mkdir -p "$build/bench"
@@ -40,10 +40,10 @@ for i in $(seq "$runs"); do
     GOMAXPROCS=2 timeout "$limit" "$build/bench/gochan-peer" "$scale" >>"$tmp/go2"
 done
 
-python3 - "$tmp" "$(nproc)" "$(go version | cut -d' ' -f3)" >"$build/bench/chan.md" <<'EOF'
+python3 - "$tmp" "$(nproc)" "$(go version | cut -d' ' -f3)" "$runs" >"$build/bench/chan.md" <<'EOF'
 import re, statistics, sys
 
-tmp, ncpu, gover = sys.argv[1:4]
+tmp, ncpu, gover, nruns = sys.argv[1:5]
 
 def medians(path):
     vals, order = {}, []
@@ -69,7 +69,7 @@ order += [k for k in o1 + o2 if k not in order]
 def fmt(v):
     return "–" if v is None else f"{v:.1f}"
 
-print(f"Channel micro-benchmarks, ns per operation, median of 3 runs "
+print(f"Channel micro-benchmarks, ns per operation, median of {nruns} runs "
       f"({ncpu} CPUs, {gover}; mica 1-worker figures and Go GOMAXPROCS=1 pinned to CPU 0).")
 print()
 print("| figure | mica (median ns) | Go GOMAXPROCS=1 | Go GOMAXPROCS=2 | ratio Go1/mica |")

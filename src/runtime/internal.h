@@ -9,6 +9,7 @@
 /* Direct hand-offs a coroutine chain may make before the scheduler runs again. */
 #define MICA__HANDOFF_BUDGET 16
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -122,6 +123,8 @@ struct mica__loop {
     /* wake-ups and spawns posted by other threads (mica__loop_post) */
     pthread_mutex_t remote_lock;
     struct mica__msg *remote_head, *remote_tail;
+    atomic_bool remote_posted; /* set by post(): a spinning loop looks here */
+    int64_t last_remote_ms;    /* when messages last came: spin before sleeping soon after */
     mica__coro_t *zombies;
 
     /* on_read spawns of this iteration, run one after the other so that
