@@ -63,7 +63,7 @@ start() { # name port
     pid=$!
     for _ in $(seq 100); do
         if out=$(nghttp -v -d "$tmp/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-            "http://127.0.0.1:$2/user.UserService/GetUser" 2>/dev/null) &&
+            "http://127.0.0.1:$2/user.UserService/GetUser" 2>/dev/null | tr -d '\000') &&
             grep -aq 'grpc-status: 0' <<<"$out" && grep -aq 'Alice' <<<"$out"; then
             return 0
         fi
@@ -72,6 +72,9 @@ start() { # name port
     log "$1 did not answer GetUser with grpc-status 0"; cat "$tmp/$1.log" >&2; exit 1
 }
 
+# CPU time (clock ticks, all threads) the server has used so far.
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 stop() {
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -79,7 +82,7 @@ stop() {
 }
 
 load() { # port conns streams seconds logfile
-    taskset -c "$load_cpu" h2load -t 1 -c "$2" -m "$3" -D "$4" --warm-up-time=1 \
+    taskset -c "$load_cpu" h2load -t 1 -c "$2" -m "$3" -D "$4" \
         -d "$tmp/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
         ${5:+--log-file="$5"} "http://127.0.0.1:$1/user.UserService/GetUser"
 }
@@ -95,11 +98,16 @@ for l in "${loads[@]}"; do
             start "$name" "$port"
             load "$port" "$c" "$m" "$warmup" >/dev/null
             log "$name c=$c m=$m run $r/$runs"
+            t0=$(ticks "$pid")
             load "$port" "$c" "$m" "$secs" "$tmp/lat" >"$tmp/out"
+            t1=$(ticks "$pid")
             stop
-            python3 - "$tmp/out" "$tmp/lat" "$name" "$c" "$m" "$resp_frame_bytes" >>"$results" <<'EOF'
+            python3 - "$tmp/out" "$tmp/lat" "$name" "$c" "$m" "$resp_frame_bytes" \
+                "$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" 'BEGIN {print t / hz}')" \
+                >>"$results" <<'EOF'
 import re, sys
 out, lat, name, c, m, frame = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+cpu_s = float(sys.argv[7])
 text = open(out).read()
 rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
 ok = int(re.search(r"(\d+) succeeded", text).group(1))
@@ -112,7 +120,7 @@ pct = lambda p: us[min(len(us) - 1, int(len(us) * p))] / 1000 if us else float("
 if failed or (data is not None and data != ok * frame):
     print(f"BAD {name} c={c} m={m}: failed={failed} data={data} ok={ok}", file=sys.stderr)
     sys.exit(1)
-print(f"{name} {c} {m} {rps:.0f} {pct(0.5):.2f} {pct(0.99):.2f} {ok}")
+print(f"{name} {c} {m} {rps:.0f} {pct(0.5):.2f} {pct(0.99):.2f} {ok} {ok / cpu_s if cpu_s else 0:.0f}")
 EOF
         done
     done
@@ -125,16 +133,19 @@ runs = sys.argv[2]
 print(f"gRPC unary GetUser, h2load -t1 on CPU 1, server alone on CPU 0; median of {runs} runs; "
       "every call checked: grpc-status 0 before the run, one UserResponse frame per call after.")
 print()
-print("| load (conns x streams) | server | calls/s | p50 ms | p99 ms | vs grpc-go |")
-print("|---|---|---:|---:|---:|---:|")
+print("Per CPU-second: calls divided by the CPU time (utime + stime) the server used during the run.")
+print()
+print("| load (conns x streams) | server | calls/s | p50 ms | p99 ms | vs grpc-go | calls per CPU-second | vs grpc-go |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 loads = dict.fromkeys((r[1], r[2]) for r in rows)
 for c, m in loads:
     med = {}
     for name in ("grpc-go", "mica"):
         sel = [r for r in rows if r[0] == name and r[1] == c and r[2] == m]
         if sel:
-            med[name] = [statistics.median(float(r[i]) for r in sel) for i in (3, 4, 5)]
-    for name, (rps, p50, p99) in med.items():
+            med[name] = [statistics.median(float(r[i]) for r in sel) for i in (3, 4, 5, 7)]
+    for name, (rps, p50, p99, per_cpu) in med.items():
         ratio = f"{rps / med['grpc-go'][0]:.2f}x" if "grpc-go" in med else "-"
-        print(f"| {c} x {m} | {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} |")
+        ratio_cpu = f"{per_cpu / med['grpc-go'][3]:.2f}x" if "grpc-go" in med else "-"
+        print(f"| {c} x {m} | {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} | {per_cpu:,.0f} | {ratio_cpu} |")
 EOF

@@ -397,8 +397,8 @@ static void finish(mica_grpc_call_t *call, int code)
 {
     mica__http_field_t f[MAX_MD * 2 + 3];
     size_t n = 0;
-    char st[12];
-    snprintf(st, sizeof(st), "%d", code);
+    char st[24];
+    st[mica__http_u64_dec(st, (uint64_t)code)] = '\0';
     if (!call->headers_sent) { /* trailers-only: one HEADERS frame carries it all */
         f[n++] = field("content-type", "application/grpc");
         memcpy(f + n, call->hdrs, call->nhdrs * sizeof(*f));

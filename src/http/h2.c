@@ -21,6 +21,7 @@
  * the streams in flight finish, then closes.
  */
 #include <nghttp2/nghttp2.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@ typedef struct h2conn {
     mica_http_server_t *srv;
     nghttp2_session *sess;
     mica__h2_stream_t *streams; /* every stream not yet freed */
+    mica__h2_stream_t *spare;   /* freed streams kept for reuse, with their buffers */
+    int nspare;
     mica_wg_t *running;         /* stream coroutines still running */
     bool reading;               /* the connection coroutine waits to read */
     bool goaway;
@@ -84,11 +87,29 @@ struct mica__h2_stream {
 
 /* ---- streams ------------------------------------------------------------------- */
 
+#define MAX_SPARE 64              /* streams a connection keeps for reuse */
+#define SPARE_BUF_BYTES (64 * 1024) /* larger body/out buffers are not kept */
+
+/* A stream for `id`: a spare one (arena block and buffers kept, all else zeroed) or a new one. */
 static mica__h2_stream_t *stream_new(h2conn_t *hc, int32_t id)
 {
-    mica__h2_stream_t *s = calloc(1, sizeof(*s));
-    if (!s)
+    mica__h2_stream_t *s = hc->spare;
+    if (s) {
+        hc->spare = s->next;
+        hc->nspare--;
+        mica__arena_t arena = s->arena;
+        char *body = s->body, *out = s->out;
+        size_t body_cap = s->body_cap, out_cap = s->out_cap;
+        memset(s, 0, offsetof(mica__h2_stream_t, headers));
+        memset(&s->nheaders, 0, sizeof(*s) - offsetof(mica__h2_stream_t, nheaders));
+        s->arena = arena;
+        s->body = body;
+        s->body_cap = body_cap;
+        s->out = out;
+        s->out_cap = out_cap;
+    } else if (!(s = calloc(1, sizeof(*s)))) {
         return NULL;
+    }
     s->hc = hc;
     s->id = id;
     s->next = hc->streams;
@@ -96,6 +117,14 @@ static mica__h2_stream_t *stream_new(h2conn_t *hc, int32_t id)
         hc->streams->prev = s;
     hc->streams = s;
     return s;
+}
+
+static void stream_destroy(mica__h2_stream_t *s)
+{
+    mica__arena_destroy(&s->arena);
+    free(s->body);
+    free(s->out);
+    free(s);
 }
 
 static void stream_free(mica__h2_stream_t *s)
@@ -107,10 +136,14 @@ static void stream_free(mica__h2_stream_t *s)
         hc->streams = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    mica__arena_destroy(&s->arena);
-    free(s->body);
-    free(s->out);
-    free(s);
+    if (hc->nspare >= MAX_SPARE || s->body_cap > SPARE_BUF_BYTES || s->out_cap > SPARE_BUF_BYTES) {
+        stream_destroy(s);
+        return;
+    }
+    mica__arena_reset(&s->arena);
+    s->next = hc->spare;
+    hc->spare = s;
+    hc->nspare++;
 }
 
 static char *arena_strndup(mica__arena_t *a, const uint8_t *p, size_t n)
@@ -268,13 +301,20 @@ int mica__h2_respond(mica_http_resp_t *resp, int status, const char *content_typ
     }
     bool head = s->method_len == 4 && memcmp(s->method, "HEAD", 4) == 0;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
-    if (len && !no_body && !head) {
-        if (!(s->out = malloc(len)))
-            return MICA_ENOMEM;
+    bool with_body = len && !no_body && !head;
+    if (with_body) {
+        if (len > s->out_cap) { /* a reused stream may have a buffer already */
+            free(s->out);
+            if (!(s->out = malloc(len))) {
+                s->out_cap = 0;
+                return MICA_ENOMEM;
+            }
+            s->out_cap = len;
+        }
         memcpy(s->out, body, len);
         s->out_len = len;
     }
-    int rv = nghttp2_submit_response(hc->sess, s->id, nva, n, s->out ? &prd : NULL);
+    int rv = nghttp2_submit_response(hc->sess, s->id, nva, n, with_body ? &prd : NULL);
     if (rv != 0)
         return rv == NGHTTP2_ERR_NOMEM ? MICA_ENOMEM : MICA_EPROTO;
     resp->sent = true;
@@ -821,5 +861,10 @@ out:
     nghttp2_session_del(hc.sess);
     while (hc.streams)
         stream_free(hc.streams);
+    while (hc.spare) {
+        mica__h2_stream_t *s = hc.spare;
+        hc.spare = s->next;
+        stream_destroy(s);
+    }
     mica_wg_free(hc.running);
 }
