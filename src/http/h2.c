@@ -42,8 +42,6 @@ typedef struct h2conn {
     mica_http_server_t *srv;
     nghttp2_session *sess;
     mica__h2_stream_t *streams; /* every stream not yet freed */
-    mica__h2_stream_t *spare;   /* freed streams kept for reuse, with their buffers */
-    int nspare;
     mica_wg_t *running;         /* stream coroutines still running */
     bool reading;               /* the connection coroutine waits to read */
     bool goaway;
@@ -87,16 +85,20 @@ struct mica__h2_stream {
 
 /* ---- streams ------------------------------------------------------------------- */
 
-#define MAX_SPARE 64              /* streams a connection keeps for reuse */
+/* Freed streams go to a LIFO pool of the worker's, shared by its
+ * connections, so a burst of requests reuses the same few cache-hot streams
+ * whichever connection they came on. */
+#define MAX_SPARE 256               /* streams a worker keeps for reuse */
 #define SPARE_BUF_BYTES (64 * 1024) /* larger body/out buffers are not kept */
 
 /* A stream for `id`: a spare one (arena block and buffers kept, all else zeroed) or a new one. */
 static mica__h2_stream_t *stream_new(h2conn_t *hc, int32_t id)
 {
-    mica__h2_stream_t *s = hc->spare;
+    mica__http_worker_t *w = hc->c->w;
+    mica__h2_stream_t *s = w->h2_spare;
     if (s) {
-        hc->spare = s->next;
-        hc->nspare--;
+        w->h2_spare = s->next;
+        w->nh2_spare--;
         mica__arena_t arena = s->arena;
         char *body = s->body, *out = s->out;
         size_t body_cap = s->body_cap, out_cap = s->out_cap;
@@ -136,14 +138,25 @@ static void stream_free(mica__h2_stream_t *s)
         hc->streams = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    if (hc->nspare >= MAX_SPARE || s->body_cap > SPARE_BUF_BYTES || s->out_cap > SPARE_BUF_BYTES) {
+    mica__http_worker_t *w = hc->c->w;
+    if (w->nh2_spare >= MAX_SPARE || s->body_cap > SPARE_BUF_BYTES || s->out_cap > SPARE_BUF_BYTES) {
         stream_destroy(s);
         return;
     }
     mica__arena_reset(&s->arena);
-    s->next = hc->spare;
-    hc->spare = s;
-    hc->nspare++;
+    s->next = w->h2_spare;
+    w->h2_spare = s;
+    w->nh2_spare++;
+}
+
+void mica__h2_worker_free(mica__http_worker_t *w)
+{
+    while (w->h2_spare) {
+        mica__h2_stream_t *s = w->h2_spare;
+        w->h2_spare = s->next;
+        stream_destroy(s);
+    }
+    w->nh2_spare = 0;
 }
 
 static char *arena_strndup(mica__arena_t *a, const uint8_t *p, size_t n)
@@ -861,10 +874,5 @@ out:
     nghttp2_session_del(hc.sess);
     while (hc.streams)
         stream_free(hc.streams);
-    while (hc.spare) {
-        mica__h2_stream_t *s = hc.spare;
-        hc.spare = s->next;
-        stream_destroy(s);
-    }
     mica_wg_free(hc.running);
 }

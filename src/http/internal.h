@@ -75,6 +75,8 @@ struct mica__http_worker {
     mica__http_conn_t *idle_head, *idle_tail; /* parked connections, oldest first */
     char *free_bufs; /* pool of MICA__HTTP_BUF_BYTES buffers, linked through their first bytes */
     size_t nfree_bufs;
+    mica__h2_stream_t *h2_spare; /* freed HTTP/2 streams kept for reuse, with their buffers */
+    size_t nh2_spare;
     mica_ctx_t *reaper_ctx; /* cancelled to stop the idle reaper */
     time_t date_sec;
     char date[40]; /* "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" */
@@ -160,6 +162,8 @@ void mica__http_call(mica_http_server_t *srv, mica_http_req_t *req, mica_http_re
 
 /* Serves connection `c` as HTTP/2 until it ends; c->in holds what was read so far. */
 void mica__h2_serve(mica__http_conn_t *c);
+/* Frees the worker's pool of spare HTTP/2 streams (at server free). */
+void mica__h2_worker_free(mica__http_worker_t *w);
 /* mica_http_resp_send() for a response on an HTTP/2 stream. */
 int mica__h2_respond(mica_http_resp_t *resp, int status, const char *content_type,
                      const void *body, size_t len);

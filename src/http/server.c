@@ -205,6 +205,7 @@ void mica_http_server_free(mica_http_server_t *srv)
             memcpy(&w->free_bufs, b, sizeof(char *));
             free(b);
         }
+        mica__h2_worker_free(w);
     }
     free(srv->workers);
     mica__router_free(srv->router);
