@@ -3,12 +3,18 @@
  * Stackful coroutines: stacks, creation and the switch to and from the
  * scheduler.
  *
- * A coroutine lives at the top of its own stack: one mmap holds a guard page
- * (PROT_NONE, so an overflow faults instead of corrupting a neighbour), the
- * stack, and the mica__coro_t itself. Stacks go back to a per-loop free list,
- * so spawning is a pointer pop and a few stores in the common case. Pages
- * are touched lazily by the kernel, so an idle coroutine costs only what its
+ * Each stack is one mmap: a guard page (PROT_NONE, so an overflow faults
+ * instead of corrupting a neighbour), the stack, and a small header at the
+ * top. Stacks and coroutine structs go back to per-loop LIFO free lists, so
+ * spawning is a pointer pop and a few stores in the common case. Pages are
+ * touched lazily by the kernel, so an idle coroutine costs only what its
  * deepest call used.
+ *
+ * A coroutine takes its stack when it first runs, not when it is spawned:
+ * a burst of spawns (one per request of a batch of HTTP/2 frames) then runs
+ * one after the other on the same cache-hot stack instead of on as many cold
+ * ones. The spawn still reserves a stack (mapping one if the free list has
+ * none to spare), so running never fails for want of memory.
  *
  * Coroutines only ever switch to and from their loop's scheduler context
  * (asymmetric coroutines, as in lwan). That keeps the sanitizer protocol
@@ -87,17 +93,17 @@ void mica__stack_pool_destroy(mica__loop_t *loop)
         stack_unmap(loop, st);
     }
     loop->nfree_stacks = 0;
+    while (loop->free_coros) {
+        mica__coro_t *co = loop->free_coros;
+        loop->free_coros = co->next_ready;
+        free(co);
+    }
+    loop->nfree_coros = 0;
 }
 
 /* The stack header sits at the very top of the mapping, the coroutine below it. */
-static mica__stack_t *stack_get(mica__loop_t *loop)
+static mica__stack_t *stack_map(mica__loop_t *loop)
 {
-    mica__stack_t *st = loop->free_stacks;
-    if (st) {
-        loop->free_stacks = st->next_free;
-        loop->nfree_stacks--;
-        return st;
-    }
     size_t total = loop->stack_bytes + loop->page;
     char *map = mmap(NULL, total, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
@@ -108,7 +114,7 @@ static mica__stack_t *stack_get(mica__loop_t *loop)
         return NULL;
     }
     char *top = map + total;
-    st = (mica__stack_t *)(top - sizeof(mica__stack_t));
+    mica__stack_t *st = (mica__stack_t *)(top - sizeof(mica__stack_t));
     st->base = map + loop->page;
     st->size = loop->stack_bytes;
     st->next_free = NULL;
@@ -127,13 +133,22 @@ static void stack_put(mica__loop_t *loop, mica__stack_t *st)
      * redzones are still poisoned; clear them before the stack is reused. */
     ASAN_UNPOISON_MEMORY_REGION(st->base, st->size);
 #endif
-    if (loop->nfree_stacks >= loop->max_free_stacks || loop->stopping) {
-        stack_unmap(loop, st);
-        return;
-    }
     st->next_free = loop->free_stacks;
     loop->free_stacks = st;
     loop->nfree_stacks++;
+    /* Over the cap (the stacks promised to coroutines that have not run yet
+     * do not count), unmap the coldest-but-one: not this cache-hot one. */
+    size_t keep = loop->stacks_reserved + (loop->stopping ? 0 : loop->max_free_stacks);
+    if (loop->nfree_stacks > keep && keep > 0) {
+        mica__stack_t *victim = st->next_free;
+        st->next_free = victim->next_free;
+        loop->nfree_stacks--;
+        stack_unmap(loop, victim);
+    } else if (loop->nfree_stacks > keep) {
+        loop->free_stacks = st->next_free;
+        loop->nfree_stacks--;
+        stack_unmap(loop, st);
+    }
 }
 
 /* ---- coroutines ------------------------------------------------------------ */
@@ -161,36 +176,30 @@ static void coro_main(mica__coro_t *co)
 
 int mica__coro_new(mica__loop_t *loop, mica_coro_fn fn, void *arg, mica__coro_t **out)
 {
-    mica__stack_t *st = stack_get(loop);
-    if (!st) {
+    if (loop->nfree_stacks <= loop->stacks_reserved) {
+        mica__stack_t *st = stack_map(loop);
+        if (!st) {
+            loop->stat_spawn_failed++;
+            return MICA_ENOMEM;
+        }
+        st->next_free = loop->free_stacks;
+        loop->free_stacks = st;
+        loop->nfree_stacks++;
+    }
+    mica__coro_t *co = loop->free_coros;
+    if (co) {
+        loop->free_coros = co->next_ready;
+        loop->nfree_coros--;
+    } else if (!(co = malloc(sizeof(*co)))) {
         loop->stat_spawn_failed++;
         return MICA_ENOMEM;
     }
-    uintptr_t top = (uintptr_t)st;
-    top = (top - sizeof(mica__coro_t)) & ~(uintptr_t)63;
-    mica__coro_t *co = (mica__coro_t *)top;
     memset(co, 0, sizeof(*co));
-    co->stack = st;
     co->fn = fn;
     co->arg = arg;
     co->loop = loop;
     co->deadline_ms = MICA_NO_DEADLINE;
-
-    /* Initial frame popped by mica__ctx_switch: r15 r14 r13 r12 rbx rbp, then
-     * the return address. See switch_x86_64.S for the alignment argument. */
-    uintptr_t sp = (top & ~(uintptr_t)15) - 72;
-    uint64_t *frame = (uint64_t *)sp;
-    frame[0] = 0;                         /* r15 */
-    frame[1] = 0;                         /* r14 */
-    frame[2] = (uint64_t)(uintptr_t)coro_main; /* r13 */
-    frame[3] = (uint64_t)(uintptr_t)co;   /* r12 */
-    frame[4] = 0;                         /* rbx */
-    frame[5] = 0;                         /* rbp */
-    frame[6] = (uint64_t)(uintptr_t)mica__ctx_entry;
-    frame[7] = 0;
-    frame[8] = 0;
-    co->sp = (void *)sp;
-
+    loop->stacks_reserved++;
 #ifdef MICA_TSAN_FIBERS
     co->tsan_fiber = __tsan_create_fiber(0);
 #endif
@@ -205,6 +214,35 @@ int mica__coro_new(mica__loop_t *loop, mica_coro_fn fn, void *arg, mica__coro_t 
     return 0;
 }
 
+/* Gives a coroutine that is about to run for the first time the most
+ * recently freed stack (reserved for it at spawn) and its first frame. */
+static inline void coro_attach(mica__loop_t *loop, mica__coro_t *co)
+{
+    if (co->stack)
+        return;
+    mica__stack_t *st = loop->free_stacks;
+    assert(st && loop->stacks_reserved > 0);
+    loop->free_stacks = st->next_free;
+    loop->nfree_stacks--;
+    loop->stacks_reserved--;
+    co->stack = st;
+
+    /* Initial frame popped by mica__ctx_switch: r15 r14 r13 r12 rbx rbp, then
+     * the return address. See switch_x86_64.S for the alignment argument. */
+    uintptr_t sp = ((uintptr_t)st & ~(uintptr_t)15) - 72;
+    uint64_t *frame = (uint64_t *)sp;
+    frame[0] = 0;                              /* r15 */
+    frame[1] = 0;                              /* r14 */
+    frame[2] = (uint64_t)(uintptr_t)coro_main; /* r13 */
+    frame[3] = (uint64_t)(uintptr_t)co;        /* r12 */
+    frame[4] = 0;                              /* rbx */
+    frame[5] = 0;                              /* rbp */
+    frame[6] = (uint64_t)(uintptr_t)mica__ctx_entry;
+    frame[7] = 0;
+    frame[8] = 0;
+    co->sp = (void *)sp;
+}
+
 void mica__coro_free(mica__loop_t *loop, mica__coro_t *co)
 {
     if (co->all_prev)
@@ -217,12 +255,23 @@ void mica__coro_free(mica__loop_t *loop, mica__coro_t *co)
 #ifdef MICA_TSAN_FIBERS
     __tsan_destroy_fiber(co->tsan_fiber);
 #endif
-    stack_put(loop, co->stack);
+    if (co->stack)
+        stack_put(loop, co->stack);
+    else
+        loop->stacks_reserved--; /* never ran */
+    if (loop->nfree_coros < loop->max_free_stacks && !loop->stopping) {
+        co->next_ready = loop->free_coros;
+        loop->free_coros = co;
+        loop->nfree_coros++;
+    } else {
+        free(co);
+    }
 }
 
 void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
 {
     assert(loop->current == NULL);
+    coro_attach(loop, co);
     loop->current = co;
     loop->handoff_budget = MICA__HANDOFF_BUDGET;
 #ifdef MICA_TSAN_FIBERS
@@ -276,6 +325,8 @@ void mica__coro_suspend(mica__loop_t *loop)
      * (one switch instead of two through the scheduler), as Go's runnext;
      * the budget returns to the scheduler for I/O and timers now and then. */
     mica__coro_t *next = take_handoff(loop, co);
+    if (next)
+        coro_attach(loop, next);
     void *to_sp = next ? next->sp : loop->sched_sp;
 #ifdef MICA_TSAN_FIBERS
     __tsan_switch_to_fiber(next ? next->tsan_fiber : loop->sched_tsan_fiber, 0);

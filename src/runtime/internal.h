@@ -32,7 +32,7 @@ struct mica__stack {
 
 struct mica__coro {
     void *sp; /* saved stack pointer while suspended */
-    mica__stack_t *stack;
+    mica__stack_t *stack; /* NULL until the coroutine first runs */
     mica_coro_fn fn;
     void *arg;
     mica__loop_t *loop;
@@ -99,6 +99,7 @@ struct mica__loop {
     size_t sched_stack_size;
 
     mica__coro_t *ready_head, *ready_tail;
+    mica__coro_t *yield_head, *yield_tail; /* yielded: run in the next round */
     mica__coro_t **heap; /* timer min-heap on deadline_ms */
     size_t heap_len, heap_cap;
     mica__coro_t *all; /* every live coroutine */
@@ -111,9 +112,14 @@ struct mica__loop {
     unsigned busy_rounds;
     int64_t now_sec_wall; /* wall-clock second, for Date caches */
 
-    /* stack pool */
+    /* stack pool; a coroutine takes its stack when it first runs, and
+     * stacks_reserved counts the free stacks promised to coroutines that
+     * have not run yet */
     mica__stack_t *free_stacks;
     size_t nfree_stacks, max_free_stacks, stack_bytes, page;
+    size_t stacks_reserved;
+    mica__coro_t *free_coros; /* finished coroutines' structs, linked by next_ready */
+    size_t nfree_coros;
 
     /* shutdown */
     bool stopping;       /* drain started */
@@ -146,6 +152,9 @@ typedef struct mica__msg {
     mica_coro_fn fn;
     void *arg;
 } mica__msg_t;
+
+/* Queues the running coroutine behind everything runnable now and suspends it. */
+void mica__loop_yield(mica__loop_t *loop);
 
 /* Returns the loop of the calling thread, or NULL outside a worker. */
 mica__loop_t *mica__loop_current(void);

@@ -383,8 +383,7 @@ void mica_yield(void)
     mica__loop_t *loop = mica__loop_current();
     if (!loop || !loop->current)
         return;
-    mica__loop_wake(loop, loop->current, 0);
-    mica__coro_suspend(loop);
+    mica__loop_yield(loop);
 }
 
 int mica_sleep_ms(int64_t ms)

@@ -12,6 +12,8 @@
 #include "mica/net.h"
 #include "mica/runtime.h"
 
+#include "helpers.h"
+
 static mica_runtime_t *new_rt(int workers, int drain_ms)
 {
     mica_runtime_t *rt;
@@ -55,6 +57,98 @@ static void test_yield_round_robins_coroutines_in_spawn_order(void **state)
     o.log[o.len] = '\0';
     assert_string_equal(o.log, "abcabcabc");
     mica_runtime_free(o.rt);
+}
+
+/* ---- what a coroutine spawns runs right after it; a yield waits a round ---- */
+
+static struct order spawn_order;
+
+static void log_char(char c)
+{
+    spawn_order.log[spawn_order.len++] = c;
+}
+
+static void child_a(void *arg)
+{
+    (void)arg;
+    log_char('a');
+    mica_yield(); /* behind everything runnable: Q first */
+    log_char('A');
+    mica_runtime_stop(spawn_order.rt);
+}
+
+static void child_b(void *arg)
+{
+    (void)arg;
+    log_char('b');
+}
+
+static void parent_p(int worker, void *arg)
+{
+    (void)worker;
+    (void)arg;
+    log_char('p');
+    assert_int_equal(mica_go(child_a, NULL), 0);
+    assert_int_equal(mica_go(child_b, NULL), 0);
+}
+
+static void other_q(int worker, void *arg)
+{
+    (void)worker;
+    (void)arg;
+    log_char('q');
+}
+
+static void test_spawned_coroutines_run_before_the_rest_of_the_round(void **state)
+{
+    memset(&spawn_order, 0, sizeof(spawn_order));
+    spawn_order.rt = new_rt(1, 1000);
+    /* P and Q are both runnable when the first round starts. */
+    mica_runtime_on_start(spawn_order.rt, parent_p, NULL);
+    mica_runtime_on_start(spawn_order.rt, other_q, NULL);
+    assert_int_equal(mica_runtime_run(spawn_order.rt), 0);
+    assert_string_equal(spawn_order.log, "pabqA");
+    mica_runtime_free(spawn_order.rt);
+}
+
+/* ---- a burst of spawns shares one stack: each takes it when it first runs ---- */
+
+#define BURST 6000 /* more than the 4096 free stacks a loop keeps */
+
+static uintptr_t burst_stack[8];
+static int burst_distinct, burst_ran;
+
+static void burst_child(void *arg)
+{
+    (void)arg;
+    char here;
+    uintptr_t page = (uintptr_t)&here >> 16; /* the 64 KiB stack it runs on */
+    int i;
+    for (i = 0; i < burst_distinct; i++)
+        if (burst_stack[i] == page)
+            break;
+    if (i == burst_distinct && burst_distinct < 8)
+        burst_stack[burst_distinct++] = page;
+    burst_ran++;
+}
+
+static void burst_parent(void *arg)
+{
+    (void)arg;
+    /* Each spawn reserves a stack, but none is taken before it runs: they
+     * run one after the other on the one most recently freed. */
+    for (int i = 0; i < BURST; i++)
+        assert_int_equal(mica_go(burst_child, NULL), 0);
+    while (burst_ran < BURST) /* before the stop, which unmaps freed stacks */
+        mica_yield();
+}
+
+static void test_a_burst_of_spawns_runs_on_one_reused_stack(void **state)
+{
+    burst_distinct = burst_ran = 0;
+    assert_int_equal(run_in_coroutine(1, burst_parent, NULL), 0);
+    assert_int_equal(burst_ran, BURST);
+    assert_true(burst_distinct <= 2); /* a page boundary may split one stack */
 }
 
 /* ---- sleep waits at least its time, on every worker ---- */
@@ -171,6 +265,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_yield_round_robins_coroutines_in_spawn_order),
+        cmocka_unit_test(test_spawned_coroutines_run_before_the_rest_of_the_round),
+        cmocka_unit_test(test_a_burst_of_spawns_runs_on_one_reused_stack),
         cmocka_unit_test(test_sleep_suspends_for_at_least_the_time_on_each_worker),
         cmocka_unit_test(test_drain_deadline_cancels_waits_with_ecanceled),
         cmocka_unit_test(test_sockets_echo_over_loopback_and_reads_time_out),
