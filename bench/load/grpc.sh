@@ -15,7 +15,7 @@
 # run with it.
 #
 # Usage: bench/load/grpc.sh <build-dir> [duration_s, default 10] [runs, default 3]
-# Knobs: BENCH_GRPC_LOADS="10x10 50x100" (connections x streams per connection),
+# Knobs: BENCH_GRPC_LOADS="50x10 10x10 50x100" (connections x streams per connection),
 # BENCH_SERVER_CPU=0, BENCH_LOAD_CPU=1, BENCH_WARMUP_S=2.
 # Results (markdown) go to stdout and <build-dir>/bench/grpc.md.
 set -euo pipefail
@@ -29,7 +29,7 @@ warmup=${BENCH_WARMUP_S:-2}
 lat_secs=$(( secs / 2 > 1 ? secs / 2 : 1 )) # the latency run (with h2load's log)
 srv_cpu=${BENCH_SERVER_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
-read -r -a loads <<<"${BENCH_GRPC_LOADS:-10x10 50x100}"
+read -r -a loads <<<"${BENCH_GRPC_LOADS:-50x10 10x10 50x100}"
 log() { echo "grpc.sh: $*" >&2; }
 
 for tool in h2load nghttp taskset; do

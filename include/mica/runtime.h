@@ -89,8 +89,8 @@ MICA_API bool mica_worker_stopping(void);
 
 /**
  * Spawns a coroutine running fn(arg) on the current worker. It starts after
- * the caller next suspends or yields. Returns 0, MICA_ENOMEM when no stack
- * can be had, or MICA_EINVAL outside a worker.
+ * the caller next suspends or yields, ahead of coroutines already runnable.
+ * Returns 0, MICA_ENOMEM when no stack can be had, or MICA_EINVAL outside a worker.
  */
 MICA_API int mica_go(mica_coro_fn fn, void *arg);
 
