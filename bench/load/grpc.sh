@@ -107,6 +107,7 @@ for l in "${loads[@]}"; do
             t0=$(ticks "$pid")
             load "$port" "$c" "$m" "$secs" >"$tmp/out"
             t1=$(ticks "$pid")
+            rm -f "$tmp/lat" # h2load appends to an existing log
             load "$port" "$c" "$m" "$lat_secs" "$tmp/lat" >"$tmp/out-lat"
             stop
             python3 - "$tmp/out" "$tmp/lat" "$name" "$c" "$m" "$resp_frame_bytes" \
