@@ -273,6 +273,7 @@ void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
     assert(loop->current == NULL);
     coro_attach(loop, co);
     loop->current = co;
+    loop->runs++;
     loop->handoff_budget = MICA__HANDOFF_BUDGET;
 #ifdef MICA_TSAN_FIBERS
     if (!loop->sched_tsan_fiber)
@@ -310,6 +311,7 @@ static mica__coro_t *take_handoff(mica__loop_t *loop, mica__coro_t *co)
     if (!next || co->done || co->queued || loop->handoff_budget == 0)
         return NULL; /* queued: a yield, which goes behind the whole round */
     loop->handoff_budget--;
+    loop->runs++;
     loop->ready_head = next->next_ready;
     if (!loop->ready_head)
         loop->ready_tail = NULL;

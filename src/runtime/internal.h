@@ -92,6 +92,8 @@ struct mica__loop {
 
     void *sched_sp; /* the scheduler's saved context */
     unsigned handoff_budget; /* direct coroutine-to-coroutine switches left */
+    uint64_t runs;           /* coroutine switch-ins (resumes and hand-offs), ever */
+    uint64_t runs_at_poll;   /* `runs` at the last epoll_wait */
     mica__coro_t *current;
     void *sched_asan_fake_stack;
     void *sched_tsan_fiber;

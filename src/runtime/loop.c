@@ -220,7 +220,8 @@ void mica__loop_yield(mica__loop_t *loop)
     mica__coro_suspend(loop);
 }
 
-#define DEPTH_BUDGET 1024 /* newly ready coroutines run after one of the round */
+#define DEPTH_BUDGET 256 /* runs (hand-offs included) after one of the round */
+#define POLL_EVERY_RUNS 256 /* with work left, poll for I/O and timers this often */
 
 static mica__coro_t *pop_ready(mica__loop_t *loop)
 {
@@ -257,7 +258,8 @@ static void run_ready(mica__loop_t *loop)
         mica__coro_t *next = co->next_ready;
         co->queued = false;
         mica__coro_resume(loop, co); /* may free co */
-        for (unsigned k = 0; loop->ready_head && k < DEPTH_BUDGET; k++)
+        uint64_t until = loop->runs + DEPTH_BUDGET;
+        while (loop->ready_head && loop->runs < until)
             mica__coro_resume(loop, pop_ready(loop));
         if (co == last)
             break;
@@ -487,9 +489,11 @@ void mica__loop_run(mica__loop_t *loop)
 
         int timeout = -1;
         if (loop->ready_head || loop->yield_head) {
-            /* Runnable work left: poll for I/O only every 64th busy round, so
-             * a yield does not cost a system call, yet I/O is never starved. */
-            if ((++loop->busy_rounds & 63) != 0)
+            /* Runnable work left: poll for I/O and timers only every
+             * POLL_EVERY_RUNS coroutine runs or 64th busy round, so a yield
+             * does not cost a system call, yet neither is ever starved. */
+            if ((++loop->busy_rounds & 63) != 0 &&
+                loop->runs - loop->runs_at_poll < POLL_EVERY_RUNS)
                 continue;
             timeout = 0;
         } else {
@@ -505,6 +509,7 @@ void mica__loop_run(mica__loop_t *loop)
         }
         if (timeout != 0 && loop->now_ms - loop->last_remote_ms <= SPIN_AFTER_MS && spin(loop))
             timeout = 0; /* a message came while spinning: take it without sleeping */
+        loop->runs_at_poll = loop->runs;
         int n = epoll_wait(loop->epfd, events, 256, timeout);
         update_time(loop);
         for (int i = 0; i < n; i++)
