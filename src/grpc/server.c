@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "common/log.h"
 #include "grpc/internal.h"
@@ -26,6 +27,10 @@
 
 #define MAX_MD 16 /* custom metadata entries each way */
 
+/* Request messages may come gzip-compressed (RFC 1952, as grpc-go and
+ * grpc-js send them); responses always go uncompressed ("identity"). */
+#define ACCEPT_ENCODING "identity,gzip"
+
 struct mica_grpc_call {
     mica__h2_stream_t *s;
     mica_http_req_t *req;
@@ -33,6 +38,7 @@ struct mica_grpc_call {
     size_t max_msg;
     bool headers_sent;
     bool replied;
+    bool gzip; /* grpc-encoding: gzip, so compressed messages are inflated */
     const char *message; /* grpc-message, or NULL */
     mica__http_field_t hdrs[MAX_MD], trls[MAX_MD];
     size_t nhdrs, ntrls;
@@ -290,9 +296,64 @@ static void arena_free(void *data, void *p)
 }
 
 /*
- * Reads one length-prefixed message and unpacks it with `a` (NULL: malloc).
- * Returns 0, MICA_ECLOSED (clean end of the request), MICA_ELIMIT, MICA_EPROTO
- * (truncated, compressed or undecodable), or a wait's error.
+ * Inflates a gzip message of n bytes into a malloc'ed buffer of at most max
+ * bytes (a small message that inflates past the limit is refused as soon as
+ * it does, not after). Returns 0, MICA_ELIMIT, MICA_EPROTO (not gzip, or
+ * cut short) or MICA_ENOMEM.
+ */
+static int gunzip(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t *out_len)
+{
+    z_stream z = {0};
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) /* 16: gzip wrapper only */
+        return MICA_ENOMEM;
+    size_t cap = n * 4 < 4096 ? 4096 : n * 4;
+    if (cap > max + 1)
+        cap = max + 1; /* one byte over the limit tells "too large" */
+    uint8_t *buf = malloc(cap);
+    int rc = buf ? 0 : MICA_ENOMEM;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    while (rc == 0) {
+        z.next_out = buf + z.total_out;
+        z.avail_out = (uInt)(cap - z.total_out);
+        int zr = inflate(&z, Z_FINISH);
+        if (zr == Z_STREAM_END && z.avail_in == 0) {
+            break;
+        } else if (zr == Z_STREAM_END || zr == Z_NEED_DICT || zr == Z_DATA_ERROR ||
+                   (zr == Z_BUF_ERROR && z.avail_out != 0)) {
+            rc = MICA_EPROTO; /* trailing bytes, corrupt, or cut short */
+        } else if (z.avail_out == 0) {
+            if (z.total_out > max) {
+                rc = MICA_ELIMIT;
+            } else {
+                size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+                uint8_t *nb = realloc(buf, ncap);
+                if (!nb)
+                    rc = MICA_ENOMEM;
+                else
+                    buf = nb, cap = ncap;
+            }
+        } else if (zr != Z_OK && zr != Z_BUF_ERROR) {
+            rc = MICA_EPROTO;
+        }
+    }
+    if (rc == 0 && z.total_out > max)
+        rc = MICA_ELIMIT;
+    *out_len = z.total_out;
+    inflateEnd(&z);
+    if (rc != 0) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    return 0;
+}
+
+/*
+ * Reads one length-prefixed message, inflating it if it is compressed, and
+ * unpacks it with `a` (NULL: malloc). Returns 0, MICA_ECLOSED (clean end of
+ * the request), MICA_ELIMIT, MICA_EPROTO (truncated, compressed without an
+ * encoding, or undecodable), MICA_ENOMEM, or a wait's error.
  */
 static int read_message(mica_grpc_call_t *call, ProtobufCAllocator *a, ProtobufCMessage **out)
 {
@@ -304,10 +365,9 @@ static int read_message(mica_grpc_call_t *call, ProtobufCAllocator *a, ProtobufC
         return len == 0 ? MICA_ECLOSED : MICA_EPROTO;
     if (rc != 0)
         return rc;
-    if (p[0] > 1)
-        return MICA_EPROTO;
-    if (p[0] == 1)
-        return MICA_ENOSYS; /* compressed: we never advertise an encoding */
+    bool compressed = p[0] == 1;
+    if (p[0] > 1 || (compressed && !call->gzip))
+        return MICA_EPROTO; /* the spec's INTERNAL: a flag without an encoding */
     size_t n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
     if (n > call->max_msg)
         return MICA_ELIMIT;
@@ -315,7 +375,18 @@ static int read_message(mica_grpc_call_t *call, ProtobufCAllocator *a, ProtobufC
     if (rc != 0)
         return rc == MICA_ECLOSED ? MICA_EPROTO : rc;
     p = (const uint8_t *)mica__h2_in_data(s, &len);
-    *out = protobuf_c_message_unpack(call->m->method->input, a, n, p + 5);
+    if (!compressed) {
+        *out = protobuf_c_message_unpack(call->m->method->input, a, n, p + 5);
+    } else {
+        uint8_t *plain;
+        size_t plain_len;
+        if ((rc = gunzip(p + 5, n, call->max_msg, &plain, &plain_len)) != 0) {
+            mica__h2_in_consume(s, 5 + n);
+            return rc;
+        }
+        *out = protobuf_c_message_unpack(call->m->method->input, a, plain_len, plain);
+        free(plain);
+    }
     mica__h2_in_consume(s, 5 + n);
     return *out ? 0 : MICA_EPROTO;
 }
@@ -330,10 +401,11 @@ int mica_grpc_recv(mica_grpc_call_t *call, ProtobufCMessage **out)
 
 static int send_headers(mica_grpc_call_t *call)
 {
-    mica__http_field_t f[MAX_MD + 1];
+    mica__http_field_t f[MAX_MD + 2];
     f[0] = field("content-type", "application/grpc");
-    memcpy(f + 1, call->hdrs, call->nhdrs * sizeof(*f));
-    int rc = mica__h2_out_headers(call->s, 200, f, call->nhdrs + 1);
+    f[1] = field("grpc-accept-encoding", ACCEPT_ENCODING);
+    memcpy(f + 2, call->hdrs, call->nhdrs * sizeof(*f));
+    int rc = mica__h2_out_headers(call->s, 200, f, call->nhdrs + 2);
     if (rc == 0)
         call->headers_sent = true;
     return rc;
@@ -395,12 +467,13 @@ static bool parse_timeout(const char *v, int64_t *deadline_ms)
 
 static void finish(mica_grpc_call_t *call, int code)
 {
-    mica__http_field_t f[MAX_MD * 2 + 3];
+    mica__http_field_t f[MAX_MD * 2 + 4];
     size_t n = 0;
     char st[24];
     st[mica__http_u64_dec(st, (uint64_t)code)] = '\0';
     if (!call->headers_sent) { /* trailers-only: one HEADERS frame carries it all */
         f[n++] = field("content-type", "application/grpc");
+        f[n++] = field("grpc-accept-encoding", ACCEPT_ENCODING);
         memcpy(f + n, call->hdrs, call->nhdrs * sizeof(*f));
         n += call->nhdrs;
     }
@@ -421,10 +494,10 @@ static int read_failure(mica_grpc_call_t *call, int rc)
     case MICA_ELIMIT:
         return mica_grpc_status(call, MICA_GRPC_RESOURCE_EXHAUSTED,
                                 "request message larger than %zu bytes", call->max_msg);
-    case MICA_ENOSYS:
-        return mica_grpc_status(call, MICA_GRPC_UNIMPLEMENTED, "compressed messages not supported");
     case MICA_EPROTO:
         return mica_grpc_status(call, MICA_GRPC_INTERNAL, "malformed request message");
+    case MICA_ENOMEM:
+        return mica_grpc_status(call, MICA_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     case MICA_ECLOSED:
         return mica_grpc_status(call, MICA_GRPC_UNIMPLEMENTED, "request message missing");
     default:
@@ -458,10 +531,15 @@ static void serve(mica__h2_stream_t *s, void *arg)
 
     int code;
     const char *timeout = mica_http_req_header(req, "grpc-timeout");
+    const char *encoding = mica_http_req_header(req, "grpc-encoding");
+    call.gzip = encoding && strcmp(encoding, "gzip") == 0;
     if (!m) {
         code = mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "unknown method %s", path);
     } else if (strcmp(req->method, "POST") != 0) {
         code = mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "gRPC needs POST, not %s", req->method);
+    } else if (encoding && !call.gzip && strcmp(encoding, "identity") != 0) {
+        code = mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "grpc-encoding %s not supported",
+                                encoding);
     } else if (timeout && !parse_timeout(timeout, &req->deadline_ms)) {
         code = mica_grpc_status(&call, MICA_GRPC_INTERNAL, "malformed grpc-timeout");
     } else {

@@ -14,7 +14,7 @@
   tests/interop drive every call kind, deadline, cancellation, metadata,
   status and size case against mica's Echo server.
 """
-import os, re, signal, socket, struct, subprocess, sys, tempfile, time
+import gzip, os, re, signal, socket, struct, subprocess, sys, tempfile, time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(ROOT, "build"))
@@ -161,13 +161,36 @@ def test_bad_messages_get_their_status_and_the_server_keeps_serving(srv):
         (grpc_frame(b"\x0a\x04ab"), "13"),                      # protobuf: truncated string
         (grpc_frame(pb_string(1, "1001"), length=100), "13"),   # frame: shorter than its prefix
         (b"\x00\x00\x00", "13"),                                # frame: prefix cut short
-        (grpc_frame(pb_string(1, "1001"), compressed=1), "12"),  # compression never offered
+        (grpc_frame(pb_string(1, "1001"), compressed=1), "13"),  # compressed, no grpc-encoding
         (grpc_frame(pb_string(1, "1001"), compressed=7), "13"),  # flag byte out of range
         (b"", "12"),                                            # no request message at all
     ]
     for body, want in cases:
         f, _ = call(srv, "/user.UserService/GetUser", body)
         assert f.get("grpc-status") == want, (body, f)
+    still_serves(srv)
+
+
+@test("examples/user", MICA_GRPC_MAX_MESSAGE_BYTES="1000")
+def test_gzip_requests_are_inflated_within_the_limit(srv):
+    gz = ["grpc-encoding: gzip"]
+    msg = pb_string(1, "1001")
+    f, out = call(srv, "/user.UserService/GetUser", grpc_frame(gzip.compress(msg), 1), headers=gz)
+    assert f.get("grpc-status") == "0" and b"Alice" in out, f
+    assert "gzip" in f.get("grpc-accept-encoding", ""), f
+    # An uncompressed message in a gzip call is fine too (the flag decides).
+    f, out = call(srv, "/user.UserService/GetUser", grpc_frame(msg), headers=gz)
+    assert f.get("grpc-status") == "0" and b"Alice" in out, f
+    # A 60-byte frame that inflates past the 1000-byte limit: refused, not inflated.
+    bomb = gzip.compress(pb_string(1, "x" * 100000))
+    assert len(bomb) < 1000
+    f, _ = call(srv, "/user.UserService/GetUser", grpc_frame(bomb, 1), headers=gz)
+    assert f.get("grpc-status") == "8", f
+    for bad in (b"not gzip at all", gzip.compress(msg)[:-6], gzip.compress(msg) + b"junk"):
+        f, _ = call(srv, "/user.UserService/GetUser", grpc_frame(bad, 1), headers=gz)
+        assert f.get("grpc-status") == "13", (bad, f)
+    f, _ = call(srv, "/user.UserService/GetUser", grpc_frame(msg), headers=["grpc-encoding: br"])
+    assert f.get("grpc-status") == "12" and "gzip" in f.get("grpc-accept-encoding", ""), f
     still_serves(srv)
 
 

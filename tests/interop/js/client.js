@@ -134,7 +134,8 @@ function pattern(size) {
 // --- cases ---------------------------------------------------------------------
 //
 // Each case is async (t) => {...}; t.echo / t.health are the stubs, t.deadline
-// the Date every call must pass, t.client the raw grpc-js Client. A case
+// the Date every call must pass, t.client the raw grpc-js Client, t.newEcho(options)
+// an Echo stub on a channel of its own. A case
 // passes by returning and fails by throwing.
 
 const cases = {
@@ -145,6 +146,22 @@ const cases = {
     expectOk(err);
     check(res.message === 'hello', `message ${JSON.stringify(res.message)}, want "hello"`);
     check(payload.equals(res.payload), `payload of ${res.payload.length} bytes differs`);
+  },
+
+  // A channel that gzips every request (grpc-encoding: gzip); the payload
+  // inflates to 1 MiB and must come back as it was.
+  async unary_gzip(t) {
+    const gz = t.newEcho({ 'grpc.default_compression_algorithm': 2 /* gzip */ });
+    try {
+      const payload = Buffer.from('compressible '.repeat(80660));
+      const { err, res } = await unaryCall(gz, 'Unary',
+        { message: 'gzip', payload }, { deadline: t.deadline });
+      expectOk(err);
+      check(res.message === 'gzip', `message ${JSON.stringify(res.message)}, want "gzip"`);
+      check(payload.equals(res.payload), `payload of ${res.payload.length} bytes differs`);
+    } finally {
+      gz.close();
+    }
   },
 
   async unary_metadata(t) {
@@ -401,7 +418,10 @@ async function main() {
     }
     const timeoutMs = Math.min(CASE_TIMEOUT_MS, left);
     const started = Date.now();
-    const ctx = { echo, health, client: echo, deadline: new Date(started + timeoutMs) };
+    const ctx = {
+      echo, health, client: echo, deadline: new Date(started + timeoutMs),
+      newEcho: (options) => new Echo(args.addr, creds, options), // a channel of its own
+    };
     const reason = await runCase(cases[name], ctx, timeoutMs);
     if (reason === null) {
       console.log(`PASS ${name} (${Date.now() - started} ms)`);

@@ -30,6 +30,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -60,6 +61,7 @@ var cases = []testCase{
 	{"unary_deadline", 5 * time.Second, unaryDeadline},
 	{"unary_cancel", 5 * time.Second, unaryCancel},
 	{"unary_large", 10 * time.Second, unaryLarge},
+	{"unary_gzip", 10 * time.Second, unaryGzip},
 	{"unary_too_large", 10 * time.Second, unaryTooLarge},
 	{"response_too_large", 10 * time.Second, responseTooLarge},
 	{"server_stream", 5 * time.Second, serverStream},
@@ -141,6 +143,21 @@ func unary(ctx context.Context) error {
 	}
 	if resp.Message != req.Message || !bytes.Equal(resp.Payload, req.Payload) {
 		return fmt.Errorf("got {%q, %q}, want {%q, %q}", resp.Message, resp.Payload, req.Message, req.Payload)
+	}
+	return nil
+}
+
+// unaryGzip sends a gzip-compressed request (grpc-encoding: gzip) whose
+// payload inflates to 1 MiB, and wants it echoed.
+func unaryGzip(ctx context.Context) error {
+	req := &pb.EchoRequest{Message: "gzip", Payload: bytes.Repeat([]byte("compressible "), 80660)}
+	resp, err := echo.Unary(ctx, req, grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		return errors.New(describe(err))
+	}
+	if resp.Message != req.Message || !bytes.Equal(resp.Payload, req.Payload) {
+		return fmt.Errorf("got {%q, %d bytes}, want {%q, %d bytes}", resp.Message, len(resp.Payload),
+			req.Message, len(req.Payload))
 	}
 	return nil
 }
