@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -853,7 +854,7 @@ void mica__h2_serve(mica__http_conn_t *c)
         spins = 0;
         if (rc != 0)
             goto out;
-        ssize_t n = read(c->fd, c->in, c->in_cap);
+        ssize_t n = recv(c->fd, c->in, c->in_cap, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
             goto out;
         drained = n < (ssize_t)c->in_cap;
