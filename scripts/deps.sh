@@ -5,8 +5,8 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
-       zlib1g-dev)
-test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl python3 nghttp2-client
+       zlib1g-dev libssl-dev)
+test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghttp2-client
       nodejs golang-go golang-google-grpc-dev golang-google-protobuf-dev
       protobuf-compiler golang-github-golang-protobuf-1-3-dev)
 bench=(wrk nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)

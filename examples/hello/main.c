@@ -5,7 +5,8 @@
  *   GET /health -> {"status":"ok"}
  *   GET /data   -> {"message":"success","data":"processed quickly"}
  *
- * Listens on :8080, or on $PORT, or on the comma-separated $MICA_LISTEN.
+ * Listens on :8080, or on $PORT, or on the comma-separated $MICA_LISTEN;
+ * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS.
  * MICA_WORKERS sets the worker threads (default: one per CPU); the
  * MICA_HTTP_* variables set limits and timeouts (include/mica/http.h).
  * SIGTERM or Ctrl-C drains in-flight requests and exits 0.
@@ -62,6 +63,8 @@ int main(void)
     }
     if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
         return fail("bad listen address", rc);
+    if ((rc = mica_http_server_tls_from_env(srv)) != 0) /* MICA_TLS_LISTEN, _CERT, _KEY */
+        return fail("TLS settings", rc);
     if ((rc = mica_http_server_attach(srv, rt)) != 0)
         return fail("listen", rc);
 

@@ -9,7 +9,9 @@
  *   plus the standard grpc.health.v1.Health service.
  *
  * Both protocols answer on every listener: :8080 (REST, the seed's HTTP
- * port) and :50051 (gRPC) by default, or the comma-separated $MICA_LISTEN.
+ * port) and :50051 (gRPC) by default, or the comma-separated $MICA_LISTEN;
+ * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS
+ * (ALPN: h2 for gRPC, http/1.1 for REST).
  * Unknown id: NOT_FOUND / 404; empty id: INVALID_ARGUMENT / 400.
  * MICA_WORKERS, MICA_HTTP_* and MICA_GRPC_MAX_MESSAGE_BYTES as everywhere;
  * SIGTERM or Ctrl-C drains and exits 0.
@@ -127,6 +129,8 @@ int main(void)
         listen = ":8080,:50051";
     if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
         return fail("bad listen address", rc);
+    if ((rc = mica_http_server_tls_from_env(srv)) != 0) /* MICA_TLS_LISTEN, _CERT, _KEY */
+        return fail("TLS settings", rc);
     if ((rc = mica_http_server_attach(srv, rt)) != 0)
         return fail("listen", rc);
 

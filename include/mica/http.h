@@ -9,6 +9,8 @@
  *     mica_http_server_new(&srv, NULL);
  *     mica_http_route(srv, "GET", "/users/{id}", get_user, NULL);
  *     mica_http_server_listen(srv, "127.0.0.1:8080");
+ *     mica_http_server_tls(srv, "cert.pem", "key.pem");   // optional: TLS
+ *     mica_http_server_listen_tls(srv, "127.0.0.1:8443");
  *     mica_http_server_attach(srv, rt);   // then mica_runtime_run(rt)
  */
 #ifndef MICA_HTTP_H
@@ -81,6 +83,30 @@ MICA_API int mica_http_server_listen(mica_http_server_t *srv, const char *addr);
  * Returns 0 or the first error of mica_http_server_listen().
  */
 MICA_API int mica_http_server_listen_list(mica_http_server_t *srv, const char *list);
+
+/**
+ * Loads the TLS certificate chain and private key (PEM files) that every TLS
+ * listener presents; TLS 1.2 and later. ALPN picks "h2" (HTTP/2, gRPC) when
+ * the client offers it, else HTTP/1.1. Call before attach; a later call
+ * replaces the pair. Returns 0, MICA_EINVAL (unreadable files or a key that
+ * does not match: logged with OpenSSL's reason) or MICA_ENOMEM.
+ */
+MICA_API int mica_http_server_tls(mica_http_server_t *srv, const char *cert_file,
+                                  const char *key_file);
+
+/**
+ * Adds a TLS listen address (as mica_http_server_listen()); attach fails with
+ * MICA_EINVAL unless mica_http_server_tls() was called. Returns 0,
+ * MICA_EINVAL, MICA_ENOMEM.
+ */
+MICA_API int mica_http_server_listen_tls(mica_http_server_t *srv, const char *addr);
+
+/**
+ * When MICA_TLS_LISTEN is set (a comma-separated address list), loads
+ * MICA_TLS_CERT and MICA_TLS_KEY and adds those TLS listeners. Returns 0
+ * (also when unset), or MICA_EINVAL (logged) / MICA_ENOMEM.
+ */
+MICA_API int mica_http_server_tls_from_env(mica_http_server_t *srv);
 
 /**
  * Binds every address once per worker of `rt` (SO_REUSEPORT, so the kernel

@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -748,8 +747,8 @@ static int flush(h2conn_t *hc)
         if (rc != 0)
             return rc;
         if (c->out_len >= 64 * 1024) {
-            rc = mica_net_write(c->fd, c->out, c->out_len,
-                                mica_deadline_in(hc->srv->o.write_timeout_ms));
+            rc = mica__http_conn_write(c, c->out, c->out_len,
+                                       mica_deadline_in(hc->srv->o.write_timeout_ms));
             c->out_len = 0;
             if (rc != 0)
                 return rc;
@@ -757,7 +756,8 @@ static int flush(h2conn_t *hc)
     }
     int rc = 0;
     if (c->out_len)
-        rc = mica_net_write(c->fd, c->out, c->out_len, mica_deadline_in(hc->srv->o.write_timeout_ms));
+        rc = mica__http_conn_write(c, c->out, c->out_len,
+                                   mica_deadline_in(hc->srv->o.write_timeout_ms));
     c->out_len = 0;
     return rc;
 }
@@ -854,10 +854,12 @@ void mica__h2_serve(mica__http_conn_t *c)
         spins = 0;
         if (rc != 0)
             goto out;
-        ssize_t n = recv(c->fd, c->in, c->in_cap, 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        ssize_t n = mica__http_conn_recv(c, c->in, c->in_cap,
+                                         mica_deadline_in(hc.srv->o.write_timeout_ms));
+        if (n == 0 || (n < 0 && n != MICA_EAGAIN))
             goto out;
-        drained = n < (ssize_t)c->in_cap;
+        /* A short plain read drained the socket; TLS says so with EAGAIN. */
+        drained = n == MICA_EAGAIN || (!c->ssl && n < (ssize_t)c->in_cap);
         if (n > 0)
             c->in_len = (size_t)n;
     }

@@ -62,6 +62,9 @@ struct mica_http_server {
     void *stream_arg;
     void (*stream_free)(void *arg);
     size_t stream_max_buffer; /* request bytes a stream may buffer unread */
+
+    struct ssl_ctx_st *tls; /* set by mica_http_server_tls(), for the TLS listeners */
+    bool *addr_tls;         /* per address: a TLS listener */
 };
 
 struct mica__http_worker {
@@ -124,6 +127,11 @@ struct mica__http_conn {
     bool head_only; /* HEAD: headers only */
     int version_minor;
 
+    struct ssl_st *ssl; /* TLS connections: OpenSSL's state, else NULL */
+    bool tls_pending;   /* accepted on a TLS listener, handshake not run yet */
+    bool tls_dead;      /* TLS failed or was shut down: no more close_notify */
+    bool alpn_h2;       /* the handshake picked "h2" */
+
     char *in;
     size_t in_len, in_cap;
     char *out;
@@ -141,6 +149,15 @@ struct mica__http_conn {
 char *mica__http_buf_get(mica__http_worker_t *w);
 /* Returns a buffer to the pool when it has MICA__HTTP_BUF_BYTES capacity, else frees it. */
 void mica__http_buf_put(mica__http_worker_t *w, char *buf, size_t cap);
+
+/*
+ * Reads what is there into buf without waiting for it: > 0 bytes, 0 at the
+ * client's close, MICA_EAGAIN (drained: wait for readable), or an error.
+ * TLS may still wait, until `deadline`, for a write the protocol needs.
+ */
+ssize_t mica__http_conn_recv(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline);
+/* Writes all of buf to the connection (TLS or not) before deadline: 0 or an error. */
+int mica__http_conn_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline);
 
 /* Appends raw bytes to the connection's output. Returns 0 or MICA_ELIMIT/MICA_ENOMEM. */
 int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len);
@@ -202,6 +219,28 @@ int mica__h2_out_headers(mica__h2_stream_t *s, int status, const mica__http_fiel
  * the stream instead. Returns 0, MICA_EINVAL (twice), MICA_ECANCELED, MICA_ENOMEM.
  */
 int mica__h2_out_finish(mica__h2_stream_t *s, int status, const mica__http_field_t *f, size_t n);
+
+/* ---- TLS (tls.c) ---- */
+
+struct ssl_ctx_st;
+struct ssl_st;
+
+/*
+ * Creates a server TLS context from PEM files (the chain, then the key), with
+ * ALPN choosing h2, else http/1.1. Returns 0, MICA_EINVAL (logged) or MICA_ENOMEM.
+ */
+int mica__tls_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file);
+void mica__tls_ctx_free(struct ssl_ctx_st *ctx);
+/* Runs the server handshake on c until deadline; sets c->ssl and c->alpn_h2. 0 or an error. */
+int mica__tls_accept(mica__http_conn_t *c, struct ssl_ctx_st *ctx, int64_t deadline);
+/* mica__http_conn_recv() for a TLS connection. */
+ssize_t mica__tls_read(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline);
+/* mica__http_conn_write() for a TLS connection. */
+int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline);
+/* Sends close_notify once, without waiting; a no-op after a TLS error. */
+void mica__tls_shutdown(mica__http_conn_t *c);
+/* Frees c->ssl (NULL is fine). */
+void mica__tls_free(mica__http_conn_t *c);
 
 /* Writes v in decimal at buf (no NUL; room for 20 digits). Returns the length. */
 size_t mica__http_u64_dec(char *buf, uint64_t v);

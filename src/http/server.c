@@ -145,7 +145,7 @@ int mica_http_route(mica_http_server_t *srv, const char *method, const char *pat
     return mica__router_add(srv->router, method, pattern, fn, arg);
 }
 
-int mica_http_server_listen(mica_http_server_t *srv, const char *addr)
+static int add_listener(mica_http_server_t *srv, const char *addr, bool tls)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -155,13 +155,66 @@ int mica_http_server_listen(mica_http_server_t *srv, const char *addr)
     if (!addrs)
         return MICA_ENOMEM;
     srv->addrs = addrs;
+    bool *flags = realloc(srv->addr_tls, (srv->naddrs + 1) * sizeof(*flags));
+    if (!flags)
+        return MICA_ENOMEM;
+    srv->addr_tls = flags;
     if (!(addrs[srv->naddrs] = strdup(addr)))
         return MICA_ENOMEM;
+    flags[srv->naddrs] = tls;
     srv->naddrs++;
     return 0;
 }
 
+int mica_http_server_listen(mica_http_server_t *srv, const char *addr)
+{
+    return add_listener(srv, addr, false);
+}
+
+int mica_http_server_listen_tls(mica_http_server_t *srv, const char *addr)
+{
+    return add_listener(srv, addr, true);
+}
+
+int mica_http_server_tls(mica_http_server_t *srv, const char *cert_file, const char *key_file)
+{
+    if (srv->fds || !cert_file || !key_file)
+        return MICA_EINVAL;
+    struct ssl_ctx_st *ctx;
+    int rc = mica__tls_ctx_new(&ctx, cert_file, key_file);
+    if (rc != 0)
+        return rc;
+    mica__tls_ctx_free(srv->tls);
+    srv->tls = ctx;
+    return 0;
+}
+
+static int listen_each(mica_http_server_t *srv, const char *list, bool tls);
+
+int mica_http_server_tls_from_env(mica_http_server_t *srv)
+{
+    const char *list = getenv("MICA_TLS_LISTEN");
+    if (!list || !*list)
+        return 0;
+    const char *cert = getenv("MICA_TLS_CERT"), *key = getenv("MICA_TLS_KEY");
+    if (!cert || !*cert || !key || !*key) {
+        mica__log_error("MICA_TLS_LISTEN needs MICA_TLS_CERT and MICA_TLS_KEY");
+        return MICA_EINVAL;
+    }
+    int rc = mica_http_server_tls(srv, cert, key);
+    if (rc != 0)
+        return rc; /* logged with OpenSSL's reason */
+    if ((rc = listen_each(srv, list, true)) != 0)
+        mica__log_error("invalid environment variable", "name", "MICA_TLS_LISTEN", "value", list);
+    return rc;
+}
+
 int mica_http_server_listen_list(mica_http_server_t *srv, const char *list)
+{
+    return listen_each(srv, list, false);
+}
+
+static int listen_each(mica_http_server_t *srv, const char *list, bool tls)
 {
     char *copy = strdup(list), *save = NULL;
     if (!copy)
@@ -174,7 +227,7 @@ int mica_http_server_listen_list(mica_http_server_t *srv, const char *list)
         while (end > tok && end[-1] == ' ')
             *--end = '\0';
         if (*tok) {
-            rc = mica_http_server_listen(srv, tok);
+            rc = add_listener(srv, tok, tls);
             n++;
         }
     }
@@ -196,6 +249,8 @@ void mica_http_server_free(mica_http_server_t *srv)
     for (size_t i = 0; i < srv->naddrs; i++)
         free(srv->addrs[i]);
     free(srv->addrs);
+    free(srv->addr_tls);
+    mica__tls_ctx_free(srv->tls);
     free(srv->fds);
     free(srv->ports);
     for (int i = 0; srv->workers && i < srv->nworkers; i++) {
@@ -275,13 +330,42 @@ static void conn_close(mica__http_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     w->nconns--;
+    if (c->ssl) {
+        mica__tls_shutdown(c);
+        mica__tls_free(c);
+    }
     mica_net_close(c->fd);
     release_buffers(c);
     free(c);
 }
 
-/* Reads what is available into c->in. Returns bytes read, 0 at EOF, or an error. */
-static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline)
+ssize_t mica__http_conn_recv(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline)
+{
+    if (c->ssl)
+        return mica__tls_read(c, buf, len, deadline);
+    for (;;) {
+        /* recv(2), not read(2): the socket call skips the VFS layer, ~2% of
+         * a keep-alive request's CPU in docs/benchmarks.md's runs. */
+        ssize_t n = recv(c->fd, buf, len, 0);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int mica__http_conn_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline)
+{
+    if (c->ssl)
+        return mica__tls_write(c, buf, len, deadline);
+    return mica_net_write(c->fd, buf, len, deadline);
+}
+
+/*
+ * Reads what is available into c->in. Returns bytes read, 0 at EOF, or an
+ * error; MICA_EAGAIN when `may_park` and the socket is drained.
+ */
+static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline, bool may_park)
 {
     for (;;) {
         if (c->must_wait) {
@@ -290,23 +374,20 @@ static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline)
                 return rc;
         }
         size_t room = c->in_cap - c->in_len;
-        /* recv(2), not read(2): the socket call skips the VFS layer, ~2% of
-         * a keep-alive request's CPU in docs/benchmarks.md's runs. */
-        ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+        ssize_t n = mica__http_conn_recv(c, c->in + c->in_len, room,
+                                         mica_deadline_in(c->w->srv->o.write_timeout_ms));
         if (n > 0) {
-            c->must_wait = (size_t)n < room;
+            /* A short read drained the socket; TLS may hold more records:
+             * only its EAGAIN says the socket is drained. */
+            c->must_wait = !c->ssl && (size_t)n < room;
             c->in_len += (size_t)n;
             return n;
         }
-        if (n == 0)
-            return 0;
-        int err = errno;
-        if (err == EAGAIN) {
-            c->must_wait = true;
-            continue;
-        }
-        if (err != EINTR)
-            return -err;
+        if (n != MICA_EAGAIN)
+            return n;
+        c->must_wait = true;
+        if (may_park)
+            return MICA_EAGAIN;
     }
 }
 
@@ -314,8 +395,8 @@ static int conn_flush(mica__http_conn_t *c)
 {
     int rc = 0;
     if (c->out_len)
-        rc = mica_net_write(c->fd, c->out, c->out_len,
-                            mica_deadline_in(c->w->srv->o.write_timeout_ms));
+        rc = mica__http_conn_write(c, c->out, c->out_len,
+                                   mica_deadline_in(c->w->srv->o.write_timeout_ms));
     c->out_len = 0;
     if (c->out_cap > OUT_KEEP_BYTES) {
         mica__http_buf_put(c->w, c->out, c->out_cap);
@@ -343,7 +424,10 @@ static int grow_in(mica__http_conn_t *c, size_t need)
 /* Flush, half-close, drain the client's unread bytes briefly, then close. */
 static void conn_linger_close(mica__http_conn_t *c)
 {
-    if (conn_flush(c) == 0 && shutdown(c->fd, SHUT_WR) == 0) {
+    bool flushed = conn_flush(c) == 0;
+    if (flushed)
+        mica__tls_shutdown(c); /* TLS: close_notify before the FIN */
+    if (flushed && shutdown(c->fd, SHUT_WR) == 0) {
         int64_t deadline = mica_deadline_in(LINGER_MS);
         char sink[4096];
         size_t total = 0;
@@ -404,7 +488,11 @@ static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
         } else {
             deadline = *head_deadline;
         }
-        ssize_t n = conn_fill(c, deadline);
+        ssize_t n = conn_fill(c, deadline, c->in_len == 0 && c->requests > 0);
+        if (n == MICA_EAGAIN) { /* TLS found the socket drained between requests */
+            c->idle = false;
+            return READ_PARK;
+        }
         if (c->idle) {
             c->idle = false;
             *head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
@@ -451,7 +539,7 @@ static int read_body(mica__http_conn_t *c, size_t head_len, size_t *consumed, bo
         if (grow_in(c, need) != 0)
             return -503;
         while (c->in_len < need) {
-            ssize_t n = conn_fill(c, mica_deadline_in(srv->o.body_timeout_ms));
+            ssize_t n = conn_fill(c, mica_deadline_in(srv->o.body_timeout_ms), false);
             if (n == 0)
                 return READ_EOF;
             if (n == MICA_ETIMEDOUT)
@@ -492,7 +580,7 @@ static int read_body(mica__http_conn_t *c, size_t head_len, size_t *consumed, bo
             return -503;
         if (c->in_len == c->in_cap)
             return -413;
-        ssize_t n = conn_fill(c, mica_deadline_in(srv->o.body_timeout_ms));
+        ssize_t n = conn_fill(c, mica_deadline_in(srv->o.body_timeout_ms), false);
         if (n == 0)
             return READ_EOF;
         if (n == MICA_ETIMEDOUT)
@@ -649,6 +737,22 @@ static void conn_main(void *arg)
         c->must_wait = false;
     }
     int64_t head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
+    if (c->tls_pending) { /* the handshake counts against the first head's time */
+        c->tls_pending = false;
+        c->idle = true; /* no request yet: the drain may close it */
+        int rc = mica__tls_accept(c, srv->tls, head_deadline);
+        c->idle = false;
+        if (rc != 0) {
+            conn_close(c);
+            return;
+        }
+        if (c->alpn_h2) {
+            if (grow_in(c, IN_INITIAL_BYTES) == 0)
+                mica__h2_serve(c);
+            conn_close(c);
+            return;
+        }
+    }
 
     for (;;) {
         if (!c->in && grow_in(c, IN_INITIAL_BYTES) != 0) {
@@ -763,6 +867,7 @@ static void note_refused(mica__http_worker_t *w, const char *why)
 struct acceptor {
     mica__http_worker_t *w;
     int fd;
+    bool tls;
 };
 
 static void accept_main(void *arg)
@@ -826,6 +931,7 @@ static void accept_main(void *arg)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->fd = fd;
         c->w = w;
+        c->tls_pending = a.tls;
         c->next = w->conns;
         if (w->conns)
             w->conns->prev = c;
@@ -876,7 +982,7 @@ static void worker_start(int id, void *arg)
             mica__log_error("cannot start accept loop: out of memory");
             continue;
         }
-        *a = (struct acceptor){w, fd};
+        *a = (struct acceptor){w, fd, srv->addr_tls[i]};
     }
 }
 
@@ -909,6 +1015,12 @@ int mica_http_server_attach(mica_http_server_t *srv, mica_runtime_t *rt)
 {
     if (srv->naddrs == 0 || srv->fds)
         return MICA_EINVAL;
+    for (size_t i = 0; i < srv->naddrs; i++)
+        if (srv->addr_tls[i] && !srv->tls) {
+            mica__log_error("TLS listener without a certificate (mica_http_server_tls)", "addr",
+                            srv->addrs[i]);
+            return MICA_EINVAL;
+        }
     int nw = mica_runtime_workers(rt);
     size_t nfds = (size_t)nw * srv->naddrs;
     srv->fds = malloc(nfds * sizeof(int));
@@ -941,7 +1053,8 @@ int mica_http_server_attach(mica_http_server_t *srv, mica_runtime_t *rt)
         if (rc == 0) {
             char workers[12];
             snprintf(workers, sizeof(workers), "%d", nw);
-            mica__log_info("listening", "addr", bound, "workers", workers);
+            mica__log_info("listening", "addr", bound, "workers", workers, "tls",
+                           srv->addr_tls[i] ? "yes" : "no");
         }
     }
     if (rc == 0) {

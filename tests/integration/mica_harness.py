@@ -2,10 +2,28 @@
 """Shared helpers for the integration tests: start examples/hello on an
 ephemeral loopback port, talk raw HTTP over sockets, run test functions and
 print the closing `N passed, N failed` line."""
-import os, re, resource, signal, socket, subprocess, sys, tempfile, time
+import os, re, resource, signal, socket, ssl, subprocess, sys, tempfile, time
 
 BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 SLOW = 10 if os.environ.get("MICA_SANITIZE") else 1
+
+
+def wait_listening(proc, read_log, want_tls, timeout=10):
+    """Waits for a server's "listening" log lines. Returns (cleartext port,
+    TLS port or None); fails if proc exits or timeout * SLOW passes first."""
+    port = tls_port = None
+    deadline = time.time() + timeout * SLOW
+    while (port is None or (want_tls and tls_port is None)) and time.time() < deadline:
+        log = read_log()
+        m = re.search(r'"msg":"listening","addr":"127\.0\.0\.1:(\d+)",[^}]*"tls":"no"', log)
+        t = re.search(r'"msg":"listening","addr":"127\.0\.0\.1:(\d+)",[^}]*"tls":"yes"', log)
+        port = int(m.group(1)) if m else None
+        tls_port = int(t.group(1)) if t else None
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    assert port and (tls_port or not want_tls), "server did not start: " + read_log()
+    return port, tls_port
 
 
 class Server:
@@ -20,17 +38,7 @@ class Server:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.p = subprocess.Popen([os.path.join(BUILD, "examples/hello")], env=e,
                                   stderr=self.log, stdout=subprocess.DEVNULL, preexec_fn=pre)
-        self.port = None
-        deadline = time.time() + 10 * SLOW
-        while self.port is None and time.time() < deadline:
-            m = re.search(r'"msg":"listening","addr":"127\.0\.0\.1:(\d+)"', self.stderr())
-            if m:
-                self.port = int(m.group(1))
-            elif self.p.poll() is not None:
-                break
-            else:
-                time.sleep(0.02)
-        assert self.port, "server did not start: " + self.stderr()
+        self.port, self.tls_port = wait_listening(self.p, self.stderr, bool(e.get("MICA_TLS_LISTEN")))
 
     def stderr(self):
         self.log.seek(0)
@@ -38,6 +46,14 @@ class Server:
 
     def connect(self):
         return Conn(socket.create_connection(("127.0.0.1", self.port), timeout=5 * SLOW))
+
+    def connect_tls(self, cafile, alpn=("http/1.1",)):
+        """A TLS connection to the TLS listener, offering `alpn`, trusting cafile."""
+        ctx = ssl.create_default_context(cafile=cafile)
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        raw = socket.create_connection(("127.0.0.1", self.tls_port), timeout=5 * SLOW)
+        return Conn(ctx.wrap_socket(raw, server_hostname="localhost"))
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.p.poll() is None:
@@ -65,6 +81,18 @@ class Conn:
 
     def __getattr__(self, name):  # sendall, close, settimeout, setblocking
         return getattr(self.sock, name)
+
+
+def make_cert(directory):
+    """A self-signed P-256 certificate for localhost and 127.0.0.1 (openssl CLI).
+    Returns (cert.pem, key.pem) paths in directory; the cert is its own CA."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    return cert, key
 
 
 def read_response(sock, head_only=False):

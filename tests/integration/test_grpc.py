@@ -22,6 +22,12 @@ SLOW = 10 if os.environ.get("MICA_SANITIZE") else 1
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 results = {"passed": 0, "failed": 0}
 
+sys.path.insert(0, os.path.dirname(__file__))
+from mica_harness import make_cert, wait_listening  # noqa: E402
+
+CERT, KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
+TLS_ENV = {"MICA_TLS_LISTEN": "127.0.0.1:0", "MICA_TLS_CERT": CERT, "MICA_TLS_KEY": KEY}
+
 
 class Server:
     def __init__(self, binary, **env):
@@ -29,17 +35,8 @@ class Server:
         e = dict(os.environ, **{"MICA_LISTEN": "127.0.0.1:0", "MICA_WORKERS": "2", **env})
         self.p = subprocess.Popen([os.path.join(BUILD, binary)], env=e, stderr=self.log,
                                   stdout=subprocess.DEVNULL)
-        deadline = time.time() + 10 * SLOW
-        self.port = None
-        while self.port is None and time.time() < deadline:
-            m = re.search(r'"msg":"listening","addr":"127\.0\.0\.1:(\d+)"', self.stderr())
-            if m:
-                self.port = int(m.group(1))
-            elif self.p.poll() is not None:
-                break
-            else:
-                time.sleep(0.02)
-        assert self.port, "server did not start: " + self.stderr()
+        self.port, self.tls_port = wait_listening(self.p, self.stderr,
+                                                  bool(e.get("MICA_TLS_LISTEN")))
 
     def stderr(self):
         self.log.seek(0)
@@ -270,9 +267,12 @@ def test_calls_reset_mid_flight_leave_the_server_serving(srv):
 
 # ---- interop with grpc-go and grpc-js -------------------------------------------
 
-def interop(srv, cmd):
-    r = subprocess.run(cmd + ["-addr", f"127.0.0.1:{srv.port}"], capture_output=True, text=True,
-                       timeout=120 * SLOW)
+def interop(srv, cmd, tls=False):
+    """Runs a matrix client against srv: cleartext h2c, or TLS (ALPN h2) with -ca."""
+    where = ["-addr", f"127.0.0.1:{srv.port}"]
+    if tls:
+        where = ["-addr", f"127.0.0.1:{srv.tls_port}", "-ca", CERT]
+    r = subprocess.run(cmd + where, capture_output=True, text=True, timeout=120 * SLOW)
     out = r.stdout + r.stderr
     fails = [l for l in out.splitlines() if l.startswith("FAIL")]
     assert r.returncode == 0 and not fails and "PASS" in out, out[-3000:]
@@ -338,10 +338,18 @@ if os.path.exists(os.path.join(ROOT, "tests/interop/go/build.sh")):
     def test_grpc_go_client_matrix_against_mica(srv):
         interop(srv, [os.path.join(go_peers(), "echo-client")])
 
+    @test("tests/interop_echo_server", **TLS_ENV)
+    def test_grpc_go_client_matrix_against_mica_over_tls(srv):
+        interop(srv, [os.path.join(go_peers(), "echo-client")], tls=True)
+
 if os.path.exists(os.path.join(ROOT, "tests/interop/js/setup.sh")):
     @test("tests/interop_echo_server")
     def test_grpc_js_client_matrix_against_mica(srv):
         interop(srv, ["node", os.path.join(js_peers(), "client.js")])
+
+    @test("tests/interop_echo_server", **TLS_ENV)
+    def test_grpc_js_client_matrix_against_mica_over_tls(srv):
+        interop(srv, ["node", os.path.join(js_peers(), "client.js")], tls=True)
 
     @test("examples/user")
     def test_mica_client_matrix_against_grpc_js(srv):

@@ -5,34 +5,34 @@ shutting down: no leak, no invalid access (run by scripts/valgrind.sh).
 
 1. examples/user: HTTP/1.1 (keep-alive, pipelined, a bad request), h2c REST,
    gRPC GetUser (OK, NOT_FOUND, malformed), health, a connection dropped
-   mid-call; then SIGTERM must drain and exit 0.
+   mid-call, REST and gRPC over TLS (both ALPNs, a failed handshake, an
+   idle TLS connection left open); then SIGTERM must drain and exit 0.
 2. tests/interop_echo_server and tests/interop_echo_client, both under
    valgrind: the client's streaming, metadata, error and cancel cases.
 
 Usage: MICA_BUILD_DIR=build python3 tests/integration/valgrind_server.py
 """
-import os, re, signal, socket, subprocess, sys, tempfile, time
+import os, signal, socket, subprocess, sys, tempfile, time
 
 BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 VG = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
       "--errors-for-leak-kinds=definite,indirect"]
 
 
+sys.path.insert(0, os.path.dirname(__file__))
+from mica_harness import make_cert, wait_listening  # noqa: E402
+
+CERT, KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
+
+
 def start(binary):
     log = tempfile.NamedTemporaryFile(mode="w+", delete=False)
-    env = dict(os.environ, MICA_LISTEN="127.0.0.1:0", MICA_WORKERS="2")
+    env = dict(os.environ, MICA_LISTEN="127.0.0.1:0", MICA_WORKERS="2",
+               MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=CERT, MICA_TLS_KEY=KEY)
     p = subprocess.Popen(VG + [os.path.join(BUILD, binary)], env=env, stderr=log,
                          stdout=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        text = open(log.name).read()
-        m = re.search(r'"msg":"listening","addr":"127\.0\.0\.1:(\d+)"', text)
-        if m:
-            return p, int(m.group(1)), log.name
-        if p.poll() is not None:
-            break
-        time.sleep(0.1)
-    sys.exit(f"valgrind_server: {binary} did not start:\n{open(log.name).read()}")
+    port, start.tls_port = wait_listening(p, lambda: open(log.name).read(), True, timeout=60)
+    return p, port, log.name
 
 
 def stop(p, log, name):
@@ -47,12 +47,12 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, timeout=120, **kw)
 
 
-def grpc(port, path, body):
+def grpc(port, path, body, scheme="http"):
     with tempfile.NamedTemporaryFile() as f:
         f.write(body)
         f.flush()
         return run(["nghttp", "-v", "-d", f.name, "-H", "content-type: application/grpc",
-                    "-H", "te: trailers", f"http://127.0.0.1:{port}{path}"]).stdout
+                    "-H", "te: trailers", f"{scheme}://127.0.0.1:{port}{path}"]).stdout
 
 
 def user_server():
@@ -74,7 +74,19 @@ def user_server():
     s = socket.create_connection(("127.0.0.1", port), timeout=30)  # h2 dropped mid-message
     s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
     s.close()
+    tls = f"https://localhost:{start.tls_port}"
+    for proto in ("--http1.1", "--http2"):
+        out = run(["curl", "-sS", "--cacert", CERT, proto, f"{tls}/users/1001", f"{tls}/data"]).stdout
+        assert b"Alice" in out and b"processed" in out, out
+    assert b"grpc-status: 0" in grpc(start.tls_port, "/user.UserService/GetUser", ok, "https")
+    s = socket.create_connection(("127.0.0.1", start.tls_port), timeout=30)
+    s.sendall(b"GET / HTTP/1.1\r\n\r\n")  # cleartext on the TLS port: handshake fails
+    time.sleep(1)
+    s.close()
+    idle = socket.create_connection(("127.0.0.1", start.tls_port), timeout=30)
+    idle.sendall(b"\x16\x03\x01")  # a handshake left hanging at shutdown
     stop(p, log, "examples/user")
+    idle.close()
 
 
 def echo_pair():

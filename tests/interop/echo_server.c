@@ -5,7 +5,8 @@
  * every case. Semantics are the .proto's comments, the same as the Go and JS
  * servers there.
  *
- * Listens on $MICA_LISTEN (default 127.0.0.1:50052), with the health service.
+ * Listens on $MICA_LISTEN (default 127.0.0.1:50052), with the health service;
+ * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,6 +153,7 @@ int main(void)
     }
     const char *listen = getenv("MICA_LISTEN");
     if ((rc = mica_http_server_listen_list(srv, listen && *listen ? listen : "127.0.0.1:50052")) != 0 ||
+        (rc = mica_http_server_tls_from_env(srv)) != 0 || /* MICA_TLS_LISTEN, _CERT, _KEY */
         (rc = mica_http_server_attach(srv, rt)) != 0) {
         fprintf(stderr, "echo_server: listen: %s\n", mica_strerror(rc));
         return 1;

@@ -3,7 +3,7 @@
 // matrix against any server of tests/interop/proto/echo.proto (mica, grpc-go
 // or server.js here), with the semantics of that file's comments.
 //
-//   node client.js -addr 127.0.0.1:PORT [-cases unary,bidi,...]
+//   node client.js -addr 127.0.0.1:PORT [-cases unary,bidi,...] [-ca ca.pem (TLS)]
 //
 // Prints one line per case, "PASS <case> (<ms> ms)" or "FAIL <case>: <reason>",
 // and exits 0 only if every selected case passed (2 on a usage error).
@@ -14,6 +14,7 @@
 // has its own deadline, and the whole run a budget, so nothing hangs.
 'use strict';
 
+const fs = require('fs');
 const { grpc, load, parseArgs } = require('./protos');
 
 const { status: Status, Metadata } = grpc;
@@ -386,14 +387,14 @@ async function runCase(fn, ctx, timeoutMs) {
 async function main() {
   let args;
   try {
-    args = parseArgs(process.argv.slice(2), { addr: '127.0.0.1:50052', cases: '' });
+    args = parseArgs(process.argv.slice(2), { addr: '127.0.0.1:50052', cases: '', ca: '' });
     if (args.cases) {
       const unknown = args.cases.split(',').filter((c) => !(c in cases));
       if (unknown.length > 0) throw new Error(`unknown case(s): ${unknown.join(', ')}`);
     }
   } catch (err) {
     console.error(`client: ${err.message}\n` +
-      'usage: node client.js -addr HOST:PORT [-cases a,b,c]\n' +
+      'usage: node client.js -addr HOST:PORT [-cases a,b,c] [-ca ca.pem]\n' +
       `cases: ${Object.keys(cases).join(',')}`);
     process.exit(2);
   }
@@ -403,7 +404,9 @@ async function main() {
   // Echo client's channel. Default limits (4 MiB to receive, none to send)
   // are part of what the cases test.
   const { Echo, Health } = load();
-  const creds = grpc.credentials.createInsecure();
+  // -ca: TLS, trusting that CA's certificates; else cleartext h2c.
+  const creds = args.ca ? grpc.credentials.createSsl(fs.readFileSync(args.ca))
+    : grpc.credentials.createInsecure();
   const echo = new Echo(args.addr, creds);
   const health = new Health(args.addr, creds, { channelOverride: echo.getChannel() });
 

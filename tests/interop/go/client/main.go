@@ -7,7 +7,7 @@
 // `FAIL <case>: <reason>`, and exit status 0 only if every selected case
 // passed (1 if one failed, 2 for a usage error).
 //
-// Usage: echo-client -addr 127.0.0.1:PORT [-cases a,b,c]
+// Usage: echo-client -addr 127.0.0.1:PORT [-cases a,b,c] [-ca ca.pem (TLS)]
 //
 // Every case has its own deadline, and the whole run has one too (-budget,
 // 25 s): a server that hangs fails cases, it never hangs the client.
@@ -30,6 +30,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -479,9 +480,10 @@ func main() {
 	addr := flag.String("addr", "", "server address host:port")
 	only := flag.String("cases", "", "comma-separated cases to run (default: all)")
 	budget := flag.Duration("budget", 25*time.Second, "deadline for the whole run")
+	ca := flag.String("ca", "", "TLS: PEM file of the CA that signed the server's certificate (default: cleartext h2c)")
 	flag.Parse()
 	if *addr == "" || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: echo-client -addr HOST:PORT [-cases a,b,c] [-budget 25s]")
+		fmt.Fprintln(os.Stderr, "usage: echo-client -addr HOST:PORT [-cases a,b,c] [-budget 25s] [-ca ca.pem]")
 		os.Exit(2)
 	}
 
@@ -504,7 +506,16 @@ func main() {
 
 	// Dial does not wait: the first call waits for the connection.
 	var err error
-	conn, err = grpc.Dial(*addr, grpc.WithInsecure(),
+	security := grpc.WithInsecure()
+	if *ca != "" {
+		creds, err := credentials.NewClientTLSFromFile(*ca, "")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "echo-client:", err)
+			os.Exit(2)
+		}
+		security = grpc.WithTransportCredentials(creds)
+	}
+	conn, err = grpc.Dial(*addr, security,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo-client:", err)

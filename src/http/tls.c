@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TLS for HTTP listeners, through OpenSSL on the connection's non-blocking
+ * socket. One SSL_CTX per server, shared by the workers (OpenSSL makes
+ * SSL_new() on a shared context thread-safe); one SSL per connection, used
+ * only by the connection's coroutine. ALPN picks "h2" when the client offers
+ * it, else "http/1.1" (RFC 7301), so REST and gRPC share a TLS port as they
+ * share a cleartext one.
+ *
+ * Reads and writes map OpenSSL's WANT_READ/WANT_WRITE onto the loop's
+ * edge-triggered waits: a wait follows only an SSL call that reported
+ * WANT_*, i.e. one whose socket read or write came back with EAGAIN, which
+ * is the contract of mica__io_wait(). OpenSSL's error queue is per thread
+ * and shared by every connection of the worker, so it is cleared after each
+ * failure.
+ */
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "http/internal.h"
+#include "mica/net.h"
+
+static const unsigned char ALPN_H2[] = "h2";
+static const unsigned char ALPN_H1[] = "http/1.1";
+
+/* ALPN: the first of h2, http/1.1 the client offers; neither: no ALPN (HTTP/1.1). */
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    const unsigned char *found = NULL;
+    unsigned char found_len = 0;
+    for (unsigned int i = 0; i < inlen;) {
+        unsigned char len = in[i];
+        if (len == 0 || i + 1 + len > inlen)
+            return SSL_TLSEXT_ERR_NOACK; /* malformed list */
+        const unsigned char *p = in + i + 1;
+        if (len == 2 && memcmp(p, ALPN_H2, 2) == 0) {
+            *out = p;
+            *outlen = len;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        if (!found && len == 8 && memcmp(p, ALPN_H1, 8) == 0) {
+            found = p;
+            found_len = len;
+        }
+        i += 1u + len;
+    }
+    if (!found)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = found;
+    *outlen = found_len;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Logs OpenSSL's first queued error under `msg` and clears the queue. */
+static void log_ssl_error(const char *msg, const char *file)
+{
+    char buf[256];
+    unsigned long e = ERR_peek_error();
+    ERR_error_string_n(e, buf, sizeof(buf));
+    ERR_clear_error();
+    mica__log_error(msg, "file", file, "error", e ? buf : "unknown");
+}
+
+int mica__tls_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        ERR_clear_error();
+        return MICA_ENOMEM;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* EOF without close_notify reads as EOF: HTTP frames its own messages. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Idle keep-alive connections give their record buffers back. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        log_ssl_error("cannot load TLS certificate chain", cert_file);
+        SSL_CTX_free(ctx);
+        return MICA_EINVAL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        log_ssl_error("cannot load TLS private key", key_file);
+        SSL_CTX_free(ctx);
+        return MICA_EINVAL;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        log_ssl_error("TLS private key does not match the certificate", key_file);
+        SSL_CTX_free(ctx);
+        return MICA_EINVAL;
+    }
+    *out = ctx;
+    return 0;
+}
+
+void mica__tls_ctx_free(struct ssl_ctx_st *ctx)
+{
+    SSL_CTX_free(ctx);
+}
+
+/*
+ * What to do after an SSL call returned `ret`: 0 to retry after the wait it
+ * needed (until `deadline`), MICA_EAGAIN for a read that found the socket
+ * drained when `nowait`, 1 for a clean close, or an error (the connection is
+ * then dead for TLS: no close_notify).
+ */
+static int after(mica__http_conn_t *c, int ret, bool nowait, int64_t deadline)
+{
+    int err = SSL_get_error(c->ssl, ret);
+    int rc;
+    switch (err) {
+    case SSL_ERROR_WANT_READ:
+        if (nowait)
+            return MICA_EAGAIN;
+        rc = mica_net_wait(c->fd, MICA_NET_READABLE, deadline);
+        break;
+    case SSL_ERROR_WANT_WRITE:
+        rc = mica_net_wait(c->fd, MICA_NET_WRITABLE, deadline);
+        break;
+    case SSL_ERROR_ZERO_RETURN:
+        return 1;
+    case SSL_ERROR_SYSCALL:
+        rc = errno ? -errno : MICA_ECLOSED;
+        if (rc == -EINTR)
+            return 0;
+        ERR_clear_error();
+        c->tls_dead = true;
+        return rc;
+    default:
+        ERR_clear_error();
+        c->tls_dead = true;
+        return MICA_EPROTO;
+    }
+    return rc;
+}
+
+int mica__tls_accept(mica__http_conn_t *c, struct ssl_ctx_st *ctx, int64_t deadline)
+{
+    c->ssl = SSL_new(ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        ERR_clear_error();
+        c->tls_dead = true;
+        return MICA_ENOMEM;
+    }
+    for (;;) {
+        int ret = SSL_accept(c->ssl);
+        if (ret == 1)
+            break;
+        int rc = after(c, ret, false, deadline);
+        if (rc == 1)
+            rc = MICA_ECLOSED;
+        if (rc != 0) {
+            c->tls_dead = true;
+            return rc;
+        }
+    }
+    const unsigned char *proto;
+    unsigned int len;
+    SSL_get0_alpn_selected(c->ssl, &proto, &len);
+    c->alpn_h2 = len == 2 && memcmp(proto, ALPN_H2, 2) == 0;
+    return 0;
+}
+
+ssize_t mica__tls_read(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline)
+{
+    for (;;) {
+        size_t n = 0;
+        int ret = SSL_read_ex(c->ssl, buf, len, &n);
+        if (ret == 1)
+            return (ssize_t)n;
+        int rc = after(c, ret, true, deadline);
+        if (rc == 1)
+            return 0;
+        if (rc != 0)
+            return rc;
+    }
+}
+
+int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline)
+{
+    const char *p = buf;
+    while (len > 0) {
+        size_t n = 0;
+        int ret = SSL_write_ex(c->ssl, p, len, &n);
+        if (ret == 1) {
+            p += n;
+            len -= n;
+            continue;
+        }
+        int rc = after(c, ret, false, deadline);
+        if (rc == 1)
+            return MICA_ECLOSED;
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+void mica__tls_shutdown(mica__http_conn_t *c)
+{
+    if (!c->ssl || c->tls_dead || !SSL_is_init_finished(c->ssl))
+        return;
+    if (SSL_shutdown(c->ssl) < 0) /* one try: the socket may be full */
+        ERR_clear_error();
+    c->tls_dead = true;
+}
+
+void mica__tls_free(mica__http_conn_t *c)
+{
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+}
