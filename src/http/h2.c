@@ -858,8 +858,8 @@ void mica__h2_serve(mica__http_conn_t *c)
                                          mica_deadline_in(hc.srv->o.write_timeout_ms));
         if (n == 0 || (n < 0 && n != MICA_EAGAIN))
             goto out;
-        /* A short plain read drained the socket; TLS says so with EAGAIN. */
-        drained = n == MICA_EAGAIN || (!c->ssl && n < (ssize_t)c->in_cap);
+        /* A short read drained the socket; TLS may still hold records. */
+        drained = n == MICA_EAGAIN || (c->ssl ? mica__tls_drained(c) : n < (ssize_t)c->in_cap);
         if (n > 0)
             c->in_len = (size_t)n;
     }

@@ -131,6 +131,7 @@ struct mica__http_conn {
     bool tls_pending;   /* accepted on a TLS listener, handshake not run yet */
     bool tls_dead;      /* TLS failed or was shut down: no more close_notify */
     bool alpn_h2;       /* the handshake picked "h2" */
+    bool tls_drained;   /* OpenSSL's last socket read drained the socket */
 
     char *in;
     size_t in_len, in_cap;
@@ -237,6 +238,8 @@ int mica__tls_accept(mica__http_conn_t *c, struct ssl_ctx_st *ctx, int64_t deadl
 ssize_t mica__tls_read(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline);
 /* mica__http_conn_write() for a TLS connection. */
 int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline);
+/* True when the socket is drained and OpenSSL holds no unread bytes: wait for the edge. */
+bool mica__tls_drained(const mica__http_conn_t *c);
 /* Sends close_notify once, without waiting; a no-op after a TLS error. */
 void mica__tls_shutdown(mica__http_conn_t *c);
 /* Frees c->ssl (NULL is fine). */

@@ -377,9 +377,8 @@ static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline, bool may_park)
         ssize_t n = mica__http_conn_recv(c, c->in + c->in_len, room,
                                          mica_deadline_in(c->w->srv->o.write_timeout_ms));
         if (n > 0) {
-            /* A short read drained the socket; TLS may hold more records:
-             * only its EAGAIN says the socket is drained. */
-            c->must_wait = !c->ssl && (size_t)n < room;
+            /* A short read drained the socket; TLS may still hold records. */
+            c->must_wait = c->ssl ? mica__tls_drained(c) : (size_t)n < room;
             c->in_len += (size_t)n;
             return n;
         }

@@ -10,9 +10,12 @@
  * Reads and writes map OpenSSL's WANT_READ/WANT_WRITE onto the loop's
  * edge-triggered waits: a wait follows only an SSL call that reported
  * WANT_*, i.e. one whose socket read or write came back with EAGAIN, which
- * is the contract of mica__io_wait(). OpenSSL's error queue is per thread
- * and shared by every connection of the worker, so it is cleared after each
- * failure.
+ * is the contract of mica__io_wait(). With read-ahead on, OpenSSL reads as
+ * much as its buffer holds, so a socket read that came back short drained
+ * the socket just as in cleartext; a BIO callback notes that, and a request
+ * costs one read(2), not a header read, a body read and an EAGAIN read.
+ * OpenSSL's error queue is per thread and shared by every connection of
+ * the worker, so it is cleared after each failure.
  */
 #include <errno.h>
 #include <openssl/err.h>
@@ -67,6 +70,20 @@ static void log_ssl_error(const char *msg, const char *file)
     mica__log_error(msg, "file", file, "error", e ? buf : "unknown");
 }
 
+/* After each socket read OpenSSL makes: did it drain the socket? */
+static long on_bio(BIO *bio, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                   size_t *processed)
+{
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        mica__http_conn_t *c = (mica__http_conn_t *)BIO_get_callback_arg(bio);
+        c->tls_drained = ret > 0 ? *processed < len : BIO_should_retry(bio);
+    }
+    return ret;
+}
+
 int mica__tls_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -82,6 +99,7 @@ int mica__tls_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         log_ssl_error("cannot load TLS certificate chain", cert_file);
         SSL_CTX_free(ctx);
@@ -145,11 +163,16 @@ static int after(mica__http_conn_t *c, int ret, bool nowait, int64_t deadline)
 int mica__tls_accept(mica__http_conn_t *c, struct ssl_ctx_st *ctx, int64_t deadline)
 {
     c->ssl = SSL_new(ctx);
-    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+    BIO *bio = BIO_new_socket(c->fd, BIO_NOCLOSE);
+    if (!c->ssl || !bio) {
+        BIO_free(bio);
         ERR_clear_error();
         c->tls_dead = true;
         return MICA_ENOMEM;
     }
+    BIO_set_callback_arg(bio, (char *)c);
+    BIO_set_callback_ex(bio, on_bio);
+    SSL_set_bio(c->ssl, bio, bio); /* c->ssl owns it now */
     for (;;) {
         int ret = SSL_accept(c->ssl);
         if (ret == 1)
@@ -202,6 +225,11 @@ int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t d
             return rc;
     }
     return 0;
+}
+
+bool mica__tls_drained(const mica__http_conn_t *c)
+{
+    return c->tls_drained && !SSL_has_pending(c->ssl);
 }
 
 void mica__tls_shutdown(mica__http_conn_t *c)

@@ -74,6 +74,43 @@ def test_large_body_crosses_many_records():
         assert srv.stop() == 0
 
 
+def test_records_that_arrive_together_are_all_read():
+    """Three requests, each its own TLS record, in one TCP send: OpenSSL
+    reads them in one go and hands out one record per read, so the server
+    must not wait for the socket while OpenSSL still holds the others."""
+    srv = tls_server()
+    try:
+        ctx = ssl.create_default_context(cafile=CERT)
+        ctx.set_alpn_protocols(["http/1.1"])
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+        sock = socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5 * SLOW)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(out.read())
+                inc.write(sock.recv(65536))
+        sock.sendall(out.read())
+        for _ in range(3):
+            tls.write(HEALTH)  # one record each
+        sock.sendall(out.read())
+        got = b""
+        while got.count(b'{"status":"ok"}') < 3:
+            data = sock.recv(65536)
+            assert data, got
+            inc.write(data)
+            try:
+                while True:
+                    got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        sock.close()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_bad_requests_over_tls_get_400_and_the_server_keeps_serving():
     srv = tls_server()
     try:
