@@ -4,7 +4,8 @@
 #   1. coroutine micro-benchmark (bench_coro), pinned to CPU 0
 #   2. channels/select/spawn/offload vs Go (bench/micro/chan.sh)
 #   3. HTTP /health: Gin, nginx and mica under wrk (bench/load/http.sh)
-#   4. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh)
+#   4. HTTPS /health: nginx and mica over TLS under wrk (bench/load/http.sh, BENCH_TLS=1)
+#   5. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -36,6 +37,8 @@ fi
 if [ -x "$root/bench/load/http.sh" ]; then
     echo "== HTTP /health vs Gin and nginx"
     "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
+    echo "== HTTPS /health vs nginx"
+    BENCH_TLS=1 BENCH_CONNS=256 "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 if [ -x "$root/bench/load/grpc.sh" ]; then
     echo "== gRPC GetUser vs grpc-go"

@@ -15,6 +15,11 @@
 # <build-dir>/bench/http.md. Exit status 1 if a server that exists failed to
 # start or to answer; a missing mica binary is only skipped.
 #
+# BENCH_TLS=1: the same over TLS (https, a throw-away P-256 certificate; wrk
+# negotiates TLS 1.3) against nginx's ssl listener and mica's TLS listener;
+# the seed's Gin service has no TLS, so the default servers are nginx mica,
+# and the table goes to <build-dir>/bench/https.md.
+#
 # Knobs (environment): BENCH_SERVERS="gin nginx mica", BENCH_CONNS="50 256",
 # BENCH_WARMUP_S=2, BENCH_SERVER_CPU=0, BENCH_LOAD_CPU=1,
 # BENCH_NGINX_KEEPALIVE_REQUESTS=1000000 (1000 is nginx's stock value).
@@ -32,7 +37,14 @@ build=$(cd "$1" && pwd)
 secs=${2:-10}
 runs=${3:-3}
 warmup=${BENCH_WARMUP_S:-2}
-read -r -a servers <<<"${BENCH_SERVERS:-gin nginx mica}"
+tls=${BENCH_TLS:-0}
+scheme=http
+default_servers="gin nginx mica"
+if [ "$tls" = 1 ]; then
+    scheme=https
+    default_servers="nginx mica"
+fi
+read -r -a servers <<<"${BENCH_SERVERS:-$default_servers}"
 read -r -a conns <<<"${BENCH_CONNS:-50 256}"
 nginx_ka=${BENCH_NGINX_KEEPALIVE_REQUESTS:-1000000}
 srv_cpu=${BENCH_SERVER_CPU:-0}
@@ -59,6 +71,7 @@ gin_bin="$build/bench/gin-peer"
 nginx_conf_in="$root/bench/peers/nginx.conf.in"
 mica_bin="$build/examples/hello"
 out_md="$build/bench/http.md"
+[ "$tls" != 1 ] || out_md="$build/bench/https.md"
 mkdir -p "$build/bench"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mica-http-bench.XXXXXX")
@@ -150,13 +163,25 @@ pick_port() {
 
 port_in_use() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null || [ $? -ne 7 ]; }
 
+# TLS mode: a self-signed certificate for 127.0.0.1, made once per run.
+cert="$tmp/cert.pem"
+key="$tmp/key.pem"
+if [ "$tls" = 1 ]; then
+    command -v openssl >/dev/null || { log "openssl not found; run: scripts/deps.sh bench"; exit 1; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$key" -out "$cert" -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >/dev/null 2>&1 ||
+        { log "openssl could not make a certificate"; exit 1; }
+fi
+
 # Polls GET /health until it answers {"status":"ok"}, the server dies, or
 # 10 s pass.
 wait_ready() {
     local port=$1 body end=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$end" ]; do
         alive "$srv_pid" || return 1
-        body=$(curl -fsS --max-time 1 "http://127.0.0.1:$port/health" 2>/dev/null) || body=""
+        body=$(curl -fsS --max-time 1 --cacert "$cert" "$scheme://127.0.0.1:$port/health" 2>/dev/null) ||
+            body=""
         if [[ "$body" == *'"status"'*'"ok"'* ]]; then
             return 0
         fi
@@ -191,6 +216,7 @@ nginx_prepare() {
     v=$(nginx -V 2>&1)
     local sed_args=(-e "s|@PORT@|$1|g" -e "s|@DIR@|$dir|g" -e "s|@USER@|$user_line|"
         -e "s|@KEEPALIVE_REQUESTS@|$nginx_ka|")
+    [ "$tls" != 1 ] || sed_args+=(-e "s|^\( *listen 127.0.0.1:$1\);|\1 ssl; ssl_certificate $cert; ssl_certificate_key $key;|")
     for m in proxy fastcgi uwsgi scgi; do
         [[ "$v" != *"--without-http_${m}_module"* ]] || sed_args+=(-e "/^ *${m}_temp_path /d")
     done
@@ -217,8 +243,14 @@ start_server() {
         taskset -c "$srv_cpu" nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$slog" 2>&1 &
         ;;
     mica)
-        srv_cmd="MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:$port taskset -c $srv_cpu $mica_bin"
-        MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:$port taskset -c "$srv_cpu" "$mica_bin" >"$slog" 2>&1 &
+        if [ "$tls" = 1 ]; then # the cleartext listener (required) sits unused on a spare port
+            srv_cmd="MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:0 MICA_TLS_LISTEN=127.0.0.1:$port MICA_TLS_CERT=cert.pem MICA_TLS_KEY=key.pem taskset -c $srv_cpu $mica_bin"
+            MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:0 MICA_TLS_LISTEN=127.0.0.1:$port MICA_TLS_CERT="$cert" \
+                MICA_TLS_KEY="$key" taskset -c "$srv_cpu" "$mica_bin" >"$slog" 2>&1 &
+        else
+            srv_cmd="MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:$port taskset -c $srv_cpu $mica_bin"
+            MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:$port taskset -c "$srv_cpu" "$mica_bin" >"$slog" 2>&1 &
+        fi
         ;;
     esac
     srv_pid=$!
@@ -266,7 +298,7 @@ to_ms() {
 run_wrk() {
     local c=$1 d=$2 port=$3 f="$tmp/wrk.out"
     run_bg "$f" timeout -k 5 $((d + 30)) taskset -c "$load_cpu" \
-        wrk -t1 -c"$c" -d"${d}s" --latency "http://127.0.0.1:$port/health" || {
+        wrk -t1 -c"$c" -d"${d}s" --latency "$scheme://127.0.0.1:$port/health" || {
         log "wrk failed:"
         cat "$f" >&2
         return 1
@@ -343,10 +375,10 @@ for s in "${have[@]}"; do
             continue
         fi
         cmd_srv[$k]=$srv_cmd
-        cmd_wrk[$k]="taskset -c $load_cpu wrk -t1 -c$c -d${secs}s --latency http://127.0.0.1:$port/health"
+        cmd_wrk[$k]="taskset -c $load_cpu wrk -t1 -c$c -d${secs}s --latency $scheme://127.0.0.1:$port/health"
         if [ "$warmup" -gt 0 ]; then
             run_bg /dev/null timeout -k 5 $((warmup + 30)) taskset -c "$load_cpu" \
-                wrk -t1 -c"$c" -d"${warmup}s" "http://127.0.0.1:$port/health" || true
+                wrk -t1 -c"$c" -d"${warmup}s" "$scheme://127.0.0.1:$port/health" || true
         fi
         r_rps=() r_p50=() r_p99=() r_busy=() r_core=()
         e_sum=0
@@ -400,7 +432,13 @@ mica_built="no binary"
 [ ! -x "$mica_bin" ] || mica_built="binary built $(date -u -r "$mica_bin" +%Y-%m-%dT%H:%MZ)"
 gin_ver=$(sed -n 's/^const Version = "v\{0,1\}\(.*\)"/\1/p' /usr/share/gocode/src/github.com/gin-gonic/gin/version.go 2>/dev/null || true)
 {
-    echo "## HTTP GET /health, one server core"
+    if [ "$tls" = 1 ]; then
+        echo "## HTTPS GET /health (TLS, HTTP/1.1), one server core"
+        echo
+        echo "Certificate: self-signed P-256 (openssl req -x509 -newkey ec); nginx: \`listen ... ssl\` with it, mica: MICA_TLS_LISTEN."
+    else
+        echo "## HTTP GET /health, one server core"
+    fi
     echo
     echo "$started, $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average at start $load_at_start, CPU steal during the run $steal%."
     echo "Server on CPU $srv_cpu, \`wrk -t1\` on CPU $load_cpu; ${secs} s per run, $runs run(s) after a ${warmup} s warm-up; medians."
