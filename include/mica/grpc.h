@@ -160,6 +160,9 @@ typedef struct mica_grpc_client_opts {
     int conns_per_worker;     /* HTTP/2 connections a worker opens to the target: 2 */
     int connect_timeout_ms;   /* per connection attempt: 5000 */
     size_t max_message_bytes; /* a message either way: 4 MiB (RESOURCE_EXHAUSTED) */
+    const char *tls_ca_file;     /* TLS: PEM CA bundle the server's certificate must chain to;
+                                    NULL: cleartext h2c. ALPN must choose h2. */
+    const char *tls_server_name; /* TLS: name (or IP) to verify and send as SNI; NULL: target's host */
 } mica_grpc_client_opts_t;
 
 /* Metadata sent with a call. */
@@ -178,7 +181,10 @@ typedef struct mica_grpc_result {
  * Creates a client of the gRPC server at `target` ("127.0.0.1:50051",
  * "[::1]:50051") for coroutines of `rt`'s workers. Each worker keeps its own
  * connections (opened on first use, reopened after failures) and multiplexes
- * calls over them. Returns 0, MICA_EINVAL or MICA_ENOMEM.
+ * calls over them. With opts->tls_ca_file, connections are TLS (verified
+ * server certificate, ALPN h2); a failed handshake fails the call's open
+ * with MICA_EPROTO (logged with the reason). Returns 0, MICA_EINVAL (bad
+ * target, unreadable CA file: logged) or MICA_ENOMEM.
  */
 MICA_API int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const char *target,
                                   const mica_grpc_client_opts_t *opts);

@@ -23,6 +23,7 @@
 #include "common/arena.h"
 #include "common/log.h"
 #include "grpc/internal.h"
+#include "http/tls.h"
 #include "mica/chan.h"
 #include "mica/net.h"
 #include "runtime/internal.h"
@@ -36,6 +37,8 @@ typedef struct conn conn_t;
 struct mica_grpc_client {
     char *target;
     mica_grpc_client_opts_t o;
+    struct ssl_ctx_st *tls; /* TLS connections when set */
+    char *tls_name;         /* verified and sent as SNI */
     int nworkers;
     conn_t **conns; /* [worker * conns_per_worker + i] */
     unsigned *rr;   /* per worker: next connection to use */
@@ -45,6 +48,7 @@ struct conn {
     mica_grpc_client_t *c;
     conn_t **slot; /* where the client points at us, while we do */
     int fd;
+    mica__tls_t tls; /* tls.ssl set on TLS connections */
     nghttp2_session *sess;
     mica_chan_t *connected; /* closed once the connection attempt ends */
     int connect_rc;
@@ -307,10 +311,25 @@ static int flush(conn_t *cn)
             return MICA_EPROTO;
         if (n == 0)
             return 0;
-        int rc = mica_net_write(cn->fd, data, (size_t)n,
-                                mica_deadline_in(cn->c->o.connect_timeout_ms));
+        int64_t deadline = mica_deadline_in(cn->c->o.connect_timeout_ms);
+        int rc = cn->tls.ssl ? mica__tls_write(&cn->tls, data, (size_t)n, deadline)
+                             : mica_net_write(cn->fd, data, (size_t)n, deadline);
         if (rc != 0)
             return rc;
+    }
+}
+
+/* Reads what is there: > 0 bytes, 0 at EOF, MICA_EAGAIN when drained, or an error. */
+static ssize_t conn_read(conn_t *cn, uint8_t *buf, size_t len)
+{
+    if (cn->tls.ssl)
+        return mica__tls_read(&cn->tls, buf, len, mica_deadline_in(cn->c->o.connect_timeout_ms));
+    for (;;) {
+        ssize_t n = read(cn->fd, buf, len);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR)
+            return -errno;
     }
 }
 
@@ -333,16 +352,18 @@ static void conn_main(void *arg)
         if (rc != 0)
             break;
         ssize_t n;
-        while ((n = read(cn->fd, buf, sizeof(buf))) > 0)
+        while ((n = conn_read(cn, buf, sizeof(buf))) > 0)
             if (nghttp2_session_mem_recv(cn->sess, buf, (size_t)n) < 0)
                 goto out;
-        if (n == 0 || (errno != EAGAIN && errno != EINTR))
+        if (n != MICA_EAGAIN)
             break;
     }
 out:
     cn->dead = true;
     if (cn->slot && *cn->slot == cn)
         *cn->slot = NULL;
+    mica__tls_shutdown(&cn->tls);
+    mica__tls_free(&cn->tls);
     mica_net_close(cn->fd);
     cn->fd = -1;
     /* Calls still open lost their connection: UNAVAILABLE, unless their
@@ -419,11 +440,14 @@ static int get_conn(mica_grpc_client_t *c, mica_ctx_t *ctx, conn_t **out)
         int fd = mica_net_connect(c->target, d < deadline ? d : deadline);
         int rc = fd < 0 ? fd : 0;
         cn->fd = fd;
+        if (rc == 0 && c->tls)
+            rc = mica__tls_connect(&cn->tls, c->tls, fd, c->tls_name, d < deadline ? d : deadline);
         if (rc == 0 && (rc = session_new(cn)) == 0)
             rc = mica_go(conn_main, cn); /* takes over the attempt's reference */
         cn->connect_rc = rc;
         mica_chan_close(cn->connected);
         if (rc != 0) {
+            mica__tls_free(&cn->tls);
             if (fd >= 0)
                 mica_net_close(fd);
             cn->fd = -1;
@@ -484,6 +508,26 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
         c->o.max_message_bytes = 4 << 20;
     c->nworkers = mica_runtime_workers(rt);
     c->target = strdup(target);
+    if (c->o.tls_ca_file) {
+        int rc = mica__tls_client_ctx_new(&c->tls, c->o.tls_ca_file);
+        if (rc != 0) {
+            mica_grpc_client_free(c);
+            return rc;
+        }
+        if (c->o.tls_server_name) {
+            c->tls_name = strdup(c->o.tls_server_name);
+        } else if (c->target) { /* "host:port" or "[v6]:port" */
+            const char *colon = strrchr(c->target, ':');
+            const char *host = c->target[0] == '[' ? c->target + 1 : c->target;
+            size_t n = (size_t)(colon - host) - (c->target[0] == '[' ? 1 : 0);
+            c->tls_name = strndup(host, n);
+        }
+        if (!c->tls_name) {
+            mica_grpc_client_free(c);
+            return MICA_ENOMEM;
+        }
+    }
+    c->o.tls_ca_file = c->o.tls_server_name = NULL; /* not kept: the caller owns them */
     c->conns = calloc((size_t)(c->nworkers * c->o.conns_per_worker), sizeof(*c->conns));
     c->rr = calloc((size_t)c->nworkers, sizeof(*c->rr));
     if (!c->target || !c->conns || !c->rr || mica_runtime_on_stop(rt, on_worker_stop, c) != 0) {
@@ -499,6 +543,8 @@ void mica_grpc_client_free(mica_grpc_client_t *c)
     if (!c)
         return;
     free(c->target);
+    free(c->tls_name);
+    mica__tls_ctx_free(c->tls);
     free(c->conns);
     free(c->rr);
     free(c);
@@ -546,7 +592,7 @@ int mica_grpc_stream_open(mica_grpc_client_t *c, mica_ctx_t *ctx,
     nghttp2_nv nva[8 + MAX_MD];
     size_t k = 0;
     nva[k++] = nv(":method", "POST");
-    nva[k++] = nv(":scheme", "http");
+    nva[k++] = nv(":scheme", c->tls ? "https" : "http");
     nva[k++] = nv(":path", path);
     nva[k++] = nv(":authority", c->target);
     nva[k++] = nv("content-type", "application/grpc");

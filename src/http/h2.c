@@ -859,7 +859,7 @@ void mica__h2_serve(mica__http_conn_t *c)
         if (n == 0 || (n < 0 && n != MICA_EAGAIN))
             goto out;
         /* A short read drained the socket; TLS may still hold records. */
-        drained = n == MICA_EAGAIN || (c->ssl ? mica__tls_drained(c) : n < (ssize_t)c->in_cap);
+        drained = n == MICA_EAGAIN || (c->tls.ssl ? mica__tls_drained(&c->tls) : n < (ssize_t)c->in_cap);
         if (n > 0)
             c->in_len = (size_t)n;
     }

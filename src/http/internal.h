@@ -39,6 +39,7 @@ int mica__router_match(const mica__router_t *r, const char *method, size_t metho
 #include <time.h>
 
 #include "common/arena.h"
+#include "http/tls.h"
 
 typedef struct mica__http_worker mica__http_worker_t;
 typedef struct mica__http_conn mica__http_conn_t;
@@ -127,11 +128,8 @@ struct mica__http_conn {
     bool head_only; /* HEAD: headers only */
     int version_minor;
 
-    struct ssl_st *ssl; /* TLS connections: OpenSSL's state, else NULL */
-    bool tls_pending;   /* accepted on a TLS listener, handshake not run yet */
-    bool tls_dead;      /* TLS failed or was shut down: no more close_notify */
-    bool alpn_h2;       /* the handshake picked "h2" */
-    bool tls_drained;   /* OpenSSL's last socket read drained the socket */
+    mica__tls_t tls;  /* TLS connections: tls.ssl set */
+    bool tls_pending; /* accepted on a TLS listener, handshake not run yet */
 
     char *in;
     size_t in_len, in_cap;
@@ -220,30 +218,6 @@ int mica__h2_out_headers(mica__h2_stream_t *s, int status, const mica__http_fiel
  * the stream instead. Returns 0, MICA_EINVAL (twice), MICA_ECANCELED, MICA_ENOMEM.
  */
 int mica__h2_out_finish(mica__h2_stream_t *s, int status, const mica__http_field_t *f, size_t n);
-
-/* ---- TLS (tls.c) ---- */
-
-struct ssl_ctx_st;
-struct ssl_st;
-
-/*
- * Creates a server TLS context from PEM files (the chain, then the key), with
- * ALPN choosing h2, else http/1.1. Returns 0, MICA_EINVAL (logged) or MICA_ENOMEM.
- */
-int mica__tls_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file);
-void mica__tls_ctx_free(struct ssl_ctx_st *ctx);
-/* Runs the server handshake on c until deadline; sets c->ssl and c->alpn_h2. 0 or an error. */
-int mica__tls_accept(mica__http_conn_t *c, struct ssl_ctx_st *ctx, int64_t deadline);
-/* mica__http_conn_recv() for a TLS connection. */
-ssize_t mica__tls_read(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline);
-/* mica__http_conn_write() for a TLS connection. */
-int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline);
-/* True when the socket is drained and OpenSSL holds no unread bytes: wait for the edge. */
-bool mica__tls_drained(const mica__http_conn_t *c);
-/* Sends close_notify once, without waiting; a no-op after a TLS error. */
-void mica__tls_shutdown(mica__http_conn_t *c);
-/* Frees c->ssl (NULL is fine). */
-void mica__tls_free(mica__http_conn_t *c);
 
 /* Writes v in decimal at buf (no NUL; room for 20 digits). Returns the length. */
 size_t mica__http_u64_dec(char *buf, uint64_t v);

@@ -181,7 +181,7 @@ int mica_http_server_tls(mica_http_server_t *srv, const char *cert_file, const c
     if (srv->fds || !cert_file || !key_file)
         return MICA_EINVAL;
     struct ssl_ctx_st *ctx;
-    int rc = mica__tls_ctx_new(&ctx, cert_file, key_file);
+    int rc = mica__tls_server_ctx_new(&ctx, cert_file, key_file);
     if (rc != 0)
         return rc;
     mica__tls_ctx_free(srv->tls);
@@ -330,9 +330,9 @@ static void conn_close(mica__http_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     w->nconns--;
-    if (c->ssl) {
-        mica__tls_shutdown(c);
-        mica__tls_free(c);
+    if (c->tls.ssl) {
+        mica__tls_shutdown(&c->tls);
+        mica__tls_free(&c->tls);
     }
     mica_net_close(c->fd);
     release_buffers(c);
@@ -341,8 +341,8 @@ static void conn_close(mica__http_conn_t *c)
 
 ssize_t mica__http_conn_recv(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline)
 {
-    if (c->ssl)
-        return mica__tls_read(c, buf, len, deadline);
+    if (c->tls.ssl)
+        return mica__tls_read(&c->tls, buf, len, deadline);
     for (;;) {
         /* recv(2), not read(2): the socket call skips the VFS layer, ~2% of
          * a keep-alive request's CPU in docs/benchmarks.md's runs. */
@@ -356,8 +356,8 @@ ssize_t mica__http_conn_recv(mica__http_conn_t *c, void *buf, size_t len, int64_
 
 int mica__http_conn_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline)
 {
-    if (c->ssl)
-        return mica__tls_write(c, buf, len, deadline);
+    if (c->tls.ssl)
+        return mica__tls_write(&c->tls, buf, len, deadline);
     return mica_net_write(c->fd, buf, len, deadline);
 }
 
@@ -378,7 +378,7 @@ static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline, bool may_park)
                                          mica_deadline_in(c->w->srv->o.write_timeout_ms));
         if (n > 0) {
             /* A short read drained the socket; TLS may still hold records. */
-            c->must_wait = c->ssl ? mica__tls_drained(c) : (size_t)n < room;
+            c->must_wait = c->tls.ssl ? mica__tls_drained(&c->tls) : (size_t)n < room;
             c->in_len += (size_t)n;
             return n;
         }
@@ -425,7 +425,7 @@ static void conn_linger_close(mica__http_conn_t *c)
 {
     bool flushed = conn_flush(c) == 0;
     if (flushed)
-        mica__tls_shutdown(c); /* TLS: close_notify before the FIN */
+        mica__tls_shutdown(&c->tls); /* TLS: close_notify before the FIN */
     if (flushed && shutdown(c->fd, SHUT_WR) == 0) {
         int64_t deadline = mica_deadline_in(LINGER_MS);
         char sink[4096];
@@ -739,13 +739,14 @@ static void conn_main(void *arg)
     if (c->tls_pending) { /* the handshake counts against the first head's time */
         c->tls_pending = false;
         c->idle = true; /* no request yet: the drain may close it */
-        int rc = mica__tls_accept(c, srv->tls, head_deadline);
+        bool h2 = false;
+        int rc = mica__tls_accept(&c->tls, srv->tls, c->fd, head_deadline, &h2);
         c->idle = false;
         if (rc != 0) {
             conn_close(c);
             return;
         }
-        if (c->alpn_h2) {
+        if (h2) {
             if (grow_in(c, IN_INITIAL_BYTES) == 0)
                 mica__h2_serve(c);
             conn_close(c);

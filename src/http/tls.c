@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TLS for HTTP listeners, through OpenSSL on the connection's non-blocking
- * socket. One SSL_CTX per server, shared by the workers (OpenSSL makes
- * SSL_new() on a shared context thread-safe); one SSL per connection, used
- * only by the connection's coroutine. ALPN picks "h2" when the client offers
- * it, else "http/1.1" (RFC 7301), so REST and gRPC share a TLS port as they
- * share a cleartext one.
+ * TLS through OpenSSL on a connection's non-blocking socket: HTTP listeners
+ * (server side) and mica's gRPC client (client side). One SSL_CTX per server
+ * or client, shared by the workers (OpenSSL makes SSL_new() on a shared
+ * context thread-safe); one SSL per connection, used only by the coroutine
+ * that owns the connection. On listeners ALPN picks "h2" when the client
+ * offers it, else "http/1.1" (RFC 7301), so REST and gRPC share a TLS port
+ * as they share a cleartext one; the client offers only "h2".
  *
  * Reads and writes map OpenSSL's WANT_READ/WANT_WRITE onto the loop's
  * edge-triggered waits: a wait follows only an SSL call that reported
@@ -17,17 +18,21 @@
  * OpenSSL's error queue is per thread and shared by every connection of
  * the worker, so it is cleared after each failure.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <string.h>
 
 #include "common/log.h"
-#include "http/internal.h"
+#include "http/tls.h"
+#include "mica/error.h"
 #include "mica/net.h"
 
 static const unsigned char ALPN_H2[] = "h2";
 static const unsigned char ALPN_H1[] = "http/1.1";
+static const unsigned char ALPN_CLIENT[] = "\x02h2";
 
 /* ALPN: the first of h2, http/1.1 the client offers; neither: no ALPN (HTTP/1.1). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -61,13 +66,13 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 }
 
 /* Logs OpenSSL's first queued error under `msg` and clears the queue. */
-static void log_ssl_error(const char *msg, const char *file)
+static void log_ssl_error(const char *msg, const char *what, const char *value)
 {
     char buf[256];
     unsigned long e = ERR_peek_error();
     ERR_error_string_n(e, buf, sizeof(buf));
     ERR_clear_error();
-    mica__log_error(msg, "file", file, "error", e ? buf : "unknown");
+    mica__log_error(msg, what, value, "error", e ? buf : "unknown");
 }
 
 /* After each socket read OpenSSL makes: did it drain the socket? */
@@ -78,40 +83,65 @@ static long on_bio(BIO *bio, int oper, const char *argp, size_t len, int argi, l
     (void)argi;
     (void)argl;
     if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
-        mica__http_conn_t *c = (mica__http_conn_t *)BIO_get_callback_arg(bio);
-        c->tls_drained = ret > 0 ? *processed < len : BIO_should_retry(bio);
+        mica__tls_t *t = (mica__tls_t *)BIO_get_callback_arg(bio);
+        t->drained = ret > 0 ? *processed < len : BIO_should_retry(bio);
     }
     return ret;
 }
 
-int mica__tls_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file)
+/* Settings both sides share: TLS 1.2+, read-ahead, partial writes, released idle buffers. */
+static SSL_CTX *ctx_new(const SSL_METHOD *method)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX *ctx = SSL_CTX_new(method);
     if (!ctx) {
         ERR_clear_error();
-        return MICA_ENOMEM;
+        return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    /* EOF without close_notify reads as EOF: HTTP frames its own messages. */
-    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* EOF without close_notify reads as EOF: HTTP/2 and HTTP/1.1 frame their messages. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
     /* Idle keep-alive connections give their record buffers back. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     SSL_CTX_set_read_ahead(ctx, 1);
+    return ctx;
+}
+
+int mica__tls_server_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file)
+{
+    SSL_CTX *ctx = ctx_new(TLS_server_method());
+    if (!ctx)
+        return MICA_ENOMEM;
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
-        log_ssl_error("cannot load TLS certificate chain", cert_file);
+        log_ssl_error("cannot load TLS certificate chain", "file", cert_file);
         SSL_CTX_free(ctx);
         return MICA_EINVAL;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-        log_ssl_error("cannot load TLS private key", key_file);
+        log_ssl_error("cannot load TLS private key", "file", key_file);
         SSL_CTX_free(ctx);
         return MICA_EINVAL;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
-        log_ssl_error("TLS private key does not match the certificate", key_file);
+        log_ssl_error("TLS private key does not match the certificate", "file", key_file);
+        SSL_CTX_free(ctx);
+        return MICA_EINVAL;
+    }
+    *out = ctx;
+    return 0;
+}
+
+int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file)
+{
+    SSL_CTX *ctx = ctx_new(TLS_client_method());
+    if (!ctx)
+        return MICA_ENOMEM;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (SSL_CTX_set_alpn_protos(ctx, ALPN_CLIENT, sizeof(ALPN_CLIENT) - 1) != 0 ||
+        SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        log_ssl_error("cannot load TLS CA certificates", "file", ca_file);
         SSL_CTX_free(ctx);
         return MICA_EINVAL;
     }
@@ -130,18 +160,18 @@ void mica__tls_ctx_free(struct ssl_ctx_st *ctx)
  * drained when `nowait`, 1 for a clean close, or an error (the connection is
  * then dead for TLS: no close_notify).
  */
-static int after(mica__http_conn_t *c, int ret, bool nowait, int64_t deadline)
+static int after(mica__tls_t *t, int ret, bool nowait, int64_t deadline)
 {
-    int err = SSL_get_error(c->ssl, ret);
+    int err = SSL_get_error(t->ssl, ret);
     int rc;
     switch (err) {
     case SSL_ERROR_WANT_READ:
         if (nowait)
             return MICA_EAGAIN;
-        rc = mica_net_wait(c->fd, MICA_NET_READABLE, deadline);
+        rc = mica_net_wait(t->fd, MICA_NET_READABLE, deadline);
         break;
     case SSL_ERROR_WANT_WRITE:
-        rc = mica_net_wait(c->fd, MICA_NET_WRITABLE, deadline);
+        rc = mica_net_wait(t->fd, MICA_NET_WRITABLE, deadline);
         break;
     case SSL_ERROR_ZERO_RETURN:
         return 1;
@@ -150,56 +180,109 @@ static int after(mica__http_conn_t *c, int ret, bool nowait, int64_t deadline)
         if (rc == -EINTR)
             return 0;
         ERR_clear_error();
-        c->tls_dead = true;
+        t->dead = true;
         return rc;
     default:
         ERR_clear_error();
-        c->tls_dead = true;
+        t->dead = true;
         return MICA_EPROTO;
     }
     return rc;
 }
 
-int mica__tls_accept(mica__http_conn_t *c, struct ssl_ctx_st *ctx, int64_t deadline)
+/* Creates t->ssl on fd, with the BIO callback that tracks t->drained. */
+static int tls_new(mica__tls_t *t, SSL_CTX *ctx, int fd)
 {
-    c->ssl = SSL_new(ctx);
-    BIO *bio = BIO_new_socket(c->fd, BIO_NOCLOSE);
-    if (!c->ssl || !bio) {
+    *t = (mica__tls_t){.fd = fd};
+    t->ssl = SSL_new(ctx);
+    BIO *bio = BIO_new_socket(fd, BIO_NOCLOSE);
+    if (!t->ssl || !bio) {
         BIO_free(bio);
         ERR_clear_error();
-        c->tls_dead = true;
+        t->dead = true;
         return MICA_ENOMEM;
     }
-    BIO_set_callback_arg(bio, (char *)c);
+    BIO_set_callback_arg(bio, (char *)t);
     BIO_set_callback_ex(bio, on_bio);
-    SSL_set_bio(c->ssl, bio, bio); /* c->ssl owns it now */
-    for (;;) {
-        int ret = SSL_accept(c->ssl);
-        if (ret == 1)
-            break;
-        int rc = after(c, ret, false, deadline);
-        if (rc == 1)
-            rc = MICA_ECLOSED;
-        if (rc != 0) {
-            c->tls_dead = true;
-            return rc;
-        }
-    }
-    const unsigned char *proto;
-    unsigned int len;
-    SSL_get0_alpn_selected(c->ssl, &proto, &len);
-    c->alpn_h2 = len == 2 && memcmp(proto, ALPN_H2, 2) == 0;
+    SSL_set_bio(t->ssl, bio, bio); /* t->ssl owns it now */
     return 0;
 }
 
-ssize_t mica__tls_read(mica__http_conn_t *c, void *buf, size_t len, int64_t deadline)
+/* Runs SSL_accept or SSL_connect to completion or deadline. */
+static int handshake(mica__tls_t *t, int64_t deadline)
+{
+    for (;;) {
+        int ret = SSL_do_handshake(t->ssl);
+        if (ret == 1)
+            return 0;
+        int rc = after(t, ret, false, deadline);
+        if (rc == 1)
+            rc = MICA_ECLOSED;
+        if (rc != 0) {
+            t->dead = true;
+            return rc;
+        }
+    }
+}
+
+int mica__tls_accept(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, int64_t deadline, bool *h2)
+{
+    int rc = tls_new(t, ctx, fd);
+    if (rc != 0)
+        return rc;
+    SSL_set_accept_state(t->ssl);
+    if ((rc = handshake(t, deadline)) != 0)
+        return rc;
+    const unsigned char *proto;
+    unsigned int len;
+    SSL_get0_alpn_selected(t->ssl, &proto, &len);
+    *h2 = len == 2 && memcmp(proto, ALPN_H2, 2) == 0;
+    return 0;
+}
+
+int mica__tls_connect(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, const char *name,
+                      int64_t deadline)
+{
+    int rc = tls_new(t, ctx, fd);
+    if (rc != 0)
+        return rc;
+    SSL_set_connect_state(t->ssl);
+    unsigned char ip[16];
+    bool is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+    X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+    if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
+               : SSL_set_tlsext_host_name(t->ssl, name) && SSL_set1_host(t->ssl, name)) != 1) {
+        ERR_clear_error();
+        t->dead = true;
+        return MICA_EINVAL;
+    }
+    if ((rc = handshake(t, deadline)) != 0) {
+        if (rc == MICA_EPROTO) {
+            long v = SSL_get_verify_result(t->ssl);
+            mica__log_error("TLS handshake failed", "server", name, "reason",
+                            v == X509_V_OK ? "protocol error (not a TLS server?)"
+                                           : X509_verify_cert_error_string(v));
+        }
+        return rc;
+    }
+    const unsigned char *proto;
+    unsigned int len;
+    SSL_get0_alpn_selected(t->ssl, &proto, &len);
+    if (len != 2 || memcmp(proto, ALPN_H2, 2) != 0) {
+        mica__log_error("TLS server did not choose h2 by ALPN", "server", name);
+        return MICA_EPROTO;
+    }
+    return 0;
+}
+
+ssize_t mica__tls_read(mica__tls_t *t, void *buf, size_t len, int64_t deadline)
 {
     for (;;) {
         size_t n = 0;
-        int ret = SSL_read_ex(c->ssl, buf, len, &n);
+        int ret = SSL_read_ex(t->ssl, buf, len, &n);
         if (ret == 1)
             return (ssize_t)n;
-        int rc = after(c, ret, true, deadline);
+        int rc = after(t, ret, true, deadline);
         if (rc == 1)
             return 0;
         if (rc != 0)
@@ -207,18 +290,18 @@ ssize_t mica__tls_read(mica__http_conn_t *c, void *buf, size_t len, int64_t dead
     }
 }
 
-int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t deadline)
+int mica__tls_write(mica__tls_t *t, const void *buf, size_t len, int64_t deadline)
 {
     const char *p = buf;
     while (len > 0) {
         size_t n = 0;
-        int ret = SSL_write_ex(c->ssl, p, len, &n);
+        int ret = SSL_write_ex(t->ssl, p, len, &n);
         if (ret == 1) {
             p += n;
             len -= n;
             continue;
         }
-        int rc = after(c, ret, false, deadline);
+        int rc = after(t, ret, false, deadline);
         if (rc == 1)
             return MICA_ECLOSED;
         if (rc != 0)
@@ -227,22 +310,22 @@ int mica__tls_write(mica__http_conn_t *c, const void *buf, size_t len, int64_t d
     return 0;
 }
 
-bool mica__tls_drained(const mica__http_conn_t *c)
+bool mica__tls_drained(const mica__tls_t *t)
 {
-    return c->tls_drained && !SSL_has_pending(c->ssl);
+    return t->drained && !SSL_has_pending(t->ssl);
 }
 
-void mica__tls_shutdown(mica__http_conn_t *c)
+void mica__tls_shutdown(mica__tls_t *t)
 {
-    if (!c->ssl || c->tls_dead || !SSL_is_init_finished(c->ssl))
+    if (!t->ssl || t->dead || !SSL_is_init_finished(t->ssl))
         return;
-    if (SSL_shutdown(c->ssl) < 0) /* one try: the socket may be full */
+    if (SSL_shutdown(t->ssl) < 0) /* one try: the socket may be full */
         ERR_clear_error();
-    c->tls_dead = true;
+    t->dead = true;
 }
 
-void mica__tls_free(mica__http_conn_t *c)
+void mica__tls_free(mica__tls_t *t)
 {
-    SSL_free(c->ssl);
-    c->ssl = NULL;
+    SSL_free(t->ssl);
+    t->ssl = NULL;
 }

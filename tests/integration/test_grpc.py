@@ -296,13 +296,30 @@ def test_mica_client_matrix_against_mica(srv):
     interop(srv, [os.path.join(BUILD, "tests/interop_echo_client")])
 
 
+@test("tests/interop_echo_server", **TLS_ENV)
+def test_mica_client_matrix_against_mica_over_tls(srv):
+    interop(srv, [os.path.join(BUILD, "tests/interop_echo_client")], tls=True)
+
+
+@test("tests/interop_echo_server", **TLS_ENV)
+def test_mica_client_refuses_an_untrusted_or_cleartext_server(srv):
+    other_ca, _ = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
+    client = os.path.join(BUILD, "tests/interop_echo_client")
+    for port, ca, why in ((srv.tls_port, other_ca, "self-signed"), (srv.port, CERT, "protocol error")):
+        r = subprocess.run([client, "-addr", f"127.0.0.1:{port}", "-ca", ca, "-cases", "unary"],
+                           capture_output=True, text=True, timeout=60 * SLOW)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and "TLS handshake failed" in out and why in out, out[-2000:]
+        assert "UNAVAILABLE" in out, out[-2000:]
+
+
 class Peer:
     """A peer's Echo server (grpc-go or grpc-js) on a free loopback port."""
 
     def __init__(self, cmd):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
+        self.port = self.tls_port = s.getsockname()[1]
         s.close()
         self.log = tempfile.TemporaryFile(mode="w+")
         self.p = subprocess.Popen(cmd + ["-addr", f"127.0.0.1:{self.port}"], stdout=self.log,
@@ -321,10 +338,10 @@ class Peer:
         self.p.wait(timeout=10)
 
 
-def mica_client_against(cmd):
-    peer = Peer(cmd)
+def mica_client_against(cmd, tls=False):
+    peer = Peer(cmd + (["-cert", CERT, "-key", KEY] if tls else []))
     try:
-        interop(peer, [os.path.join(BUILD, "tests/interop_echo_client")])
+        interop(peer, [os.path.join(BUILD, "tests/interop_echo_client")], tls=tls)
     finally:
         peer.stop()
 
@@ -333,6 +350,10 @@ if os.path.exists(os.path.join(ROOT, "tests/interop/go/build.sh")):
     @test("examples/user")
     def test_mica_client_matrix_against_grpc_go(srv):
         mica_client_against([os.path.join(go_peers(), "echo-server")])
+
+    @test("examples/user")
+    def test_mica_client_matrix_against_grpc_go_over_tls(srv):
+        mica_client_against([os.path.join(go_peers(), "echo-server")], tls=True)
 
     @test("tests/interop_echo_server")
     def test_grpc_go_client_matrix_against_mica(srv):
@@ -354,6 +375,10 @@ if os.path.exists(os.path.join(ROOT, "tests/interop/js/setup.sh")):
     @test("examples/user")
     def test_mica_client_matrix_against_grpc_js(srv):
         mica_client_against(["node", os.path.join(js_peers(), "server.js")])
+
+    @test("examples/user")
+    def test_mica_client_matrix_against_grpc_js_over_tls(srv):
+        mica_client_against(["node", os.path.join(js_peers(), "server.js")], tls=True)
 
 
 if __name__ == "__main__":

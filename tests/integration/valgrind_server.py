@@ -8,7 +8,8 @@ shutting down: no leak, no invalid access (run by scripts/valgrind.sh).
    mid-call, REST and gRPC over TLS (both ALPNs, a failed handshake, an
    idle TLS connection left open); then SIGTERM must drain and exit 0.
 2. tests/interop_echo_server and tests/interop_echo_client, both under
-   valgrind: the client's streaming, metadata, error and cancel cases.
+   valgrind: the client's streaming, metadata, error and cancel cases, over
+   h2c and over TLS.
 
 Usage: MICA_BUILD_DIR=build python3 tests/integration/valgrind_server.py
 """
@@ -93,12 +94,13 @@ def echo_pair():
     p, port, log = start("tests/interop_echo_server")
     cases = ("unary,unary_metadata,unary_error,unary_cancel,server_stream,server_stream_error,"
              "client_stream,bidi,bidi_error,unimplemented,many_streams")
-    r = run(VG + [os.path.join(BUILD, "tests/interop_echo_client"), "-addr", f"127.0.0.1:{port}",
-                  "-cases", cases])
-    out = (r.stdout + r.stderr).decode(errors="replace")
-    if r.returncode != 0:
-        sys.exit(f"valgrind_server: echo_client exit {r.returncode}:\n{out[-5000:]}")
-    print("valgrind_server: interop_echo_client clean")
+    for where in (["-addr", f"127.0.0.1:{port}"],
+                  ["-addr", f"127.0.0.1:{start.tls_port}", "-ca", CERT]):  # and over TLS
+        r = run(VG + [os.path.join(BUILD, "tests/interop_echo_client"), *where, "-cases", cases])
+        out = (r.stdout + r.stderr).decode(errors="replace")
+        if r.returncode != 0:
+            sys.exit(f"valgrind_server: echo_client {where} exit {r.returncode}:\n{out[-5000:]}")
+    print("valgrind_server: interop_echo_client clean (h2c and TLS)")
     stop(p, log, "tests/interop_echo_server")
 
 

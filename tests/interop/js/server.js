@@ -4,12 +4,13 @@
 // exactly as its comments say (as do the mica and grpc-go servers), plus
 // grpc.health.v1.Health, which reports SERVING for "" and for the Echo service.
 //
-//   node server.js -addr 127.0.0.1:PORT
+//   node server.js -addr 127.0.0.1:PORT [-cert cert.pem -key key.pem (TLS)]
 //
 // Prints "listening on <addr>" once bound (port 0 picks a free port and the
 // line shows the real one), and exits 0 on SIGTERM or SIGINT.
 'use strict';
 
+const fs = require('fs');
 const { grpc, load, parseArgs } = require('./protos');
 
 const { status: Status, Metadata } = grpc;
@@ -197,9 +198,9 @@ function guarded(handler) {
 function main() {
   let args;
   try {
-    args = parseArgs(process.argv.slice(2), { addr: '127.0.0.1:50052' });
+    args = parseArgs(process.argv.slice(2), { addr: '127.0.0.1:50052', cert: '', key: '' });
   } catch (err) {
-    console.error(`server: ${err.message}\nusage: node server.js -addr HOST:PORT`);
+    console.error(`server: ${err.message}\nusage: node server.js -addr HOST:PORT [-cert cert.pem -key key.pem]`);
     process.exit(2);
   }
 
@@ -219,7 +220,13 @@ function main() {
     Watch: guarded(healthWatch),
   });
 
-  server.bindAsync(args.addr, grpc.ServerCredentials.createInsecure(), (err, port) => {
+  // -cert/-key: TLS (ALPN h2); else cleartext h2c.
+  const creds = args.cert
+    ? grpc.ServerCredentials.createSsl(null, [{
+      cert_chain: fs.readFileSync(args.cert), private_key: fs.readFileSync(args.key),
+    }])
+    : grpc.ServerCredentials.createInsecure();
+  server.bindAsync(args.addr, creds, (err, port) => {
     if (err) {
       console.error(`server: listen on ${args.addr}: ${err.message}`);
       process.exit(1);

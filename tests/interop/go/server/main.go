@@ -5,7 +5,7 @@
 // against. It does what the .proto's comments say, as the mica and grpc-js
 // servers do (tests/interop/echo_server.c, tests/interop/js/server.js).
 //
-// Usage: echo-server -addr 127.0.0.1:PORT
+// Usage: echo-server -addr 127.0.0.1:PORT [-cert cert.pem -key key.pem (TLS)]
 //
 // Prints "listening on <addr>" once bound (port 0 picks a free port and the
 // line shows the real one); exits 0 on SIGTERM or SIGINT.
@@ -30,6 +30,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -169,12 +170,22 @@ func (echoServer) Bidi(s pb.Echo_BidiServer) error {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50053", "listen address host:port")
+	cert := flag.String("cert", "", "TLS: PEM certificate chain (with -key; default: cleartext h2c)")
+	key := flag.String("key", "", "TLS: PEM private key")
 	flag.Parse()
 	lis, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)
 	}
-	s := grpc.NewServer(grpc.MaxRecvMsgSize(maxMessageBytes))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessageBytes)}
+	if *cert != "" {
+		creds, err := credentials.NewServerTLSFromFile(*cert, *key)
+		if err != nil {
+			log.Fatal(err)
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	s := grpc.NewServer(opts...)
 	pb.RegisterEchoServer(s, echoServer{})
 
 	// health.NewServer reports SERVING for "" (the whole server) already.
