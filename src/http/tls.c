@@ -114,6 +114,9 @@ int mica__tls_server_ctx_new(struct ssl_ctx_st **out, const char *cert_file, con
         return MICA_ENOMEM;
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    /* Resumption by stateless tickets only: no session cache shared, and
+     * locked, across the workers. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         log_ssl_error("cannot load TLS certificate chain", "file", cert_file);
         SSL_CTX_free(ctx);

@@ -7,8 +7,8 @@ self-signed certificate is made with the openssl CLI for each run."""
 import os, socket, ssl, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mica_harness import (SLOW, BUILD, Server, at_eof, make_cert, read_response,  # noqa: E402
-                          run_tests, serves)
+from mica_harness import (SLOW, BUILD, Conn, Server, at_eof, make_cert,  # noqa: E402
+                          read_response, run_tests, serves)
 
 CERT, KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
 HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -107,6 +107,25 @@ def test_records_that_arrive_together_are_all_read():
             except ssl.SSLWantReadError:
                 pass
         sock.close()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sessions_resume_by_ticket_on_any_worker():
+    srv = tls_server(MICA_WORKERS="2")
+    try:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = ssl.create_default_context(cafile=CERT)
+            ctx.maximum_version = version
+            session = None
+            for i in range(6):  # SO_REUSEPORT spreads these over both workers
+                raw = socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5 * SLOW)
+                s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+                s.sendall(HEALTH)
+                assert read_response(Conn(s))[0] == 200
+                assert s.session_reused == (i > 0), (version, i)
+                session = s.session
+                s.close()
     finally:
         assert srv.stop() == 0
 
