@@ -112,6 +112,9 @@ MICA_API const char *mica_grpc_call_method(const mica_grpc_call_t *call);
  */
 MICA_API const char *mica_grpc_call_metadata(const mica_grpc_call_t *call, const char *key);
 
+/** The client's verified TLS certificate subject (mTLS; as mica_http_req_tls_peer()), or NULL. */
+MICA_API const char *mica_grpc_call_tls_peer(const mica_grpc_call_t *call);
+
 /**
  * Adds response metadata sent with the headers, before the first message
  * (copied). Returns 0, MICA_EINVAL (bad key or value, reserved key, or the
@@ -163,6 +166,8 @@ typedef struct mica_grpc_client_opts {
     const char *tls_ca_file;     /* TLS: PEM CA bundle the server's certificate must chain to;
                                     NULL: cleartext h2c. ALPN must choose h2. */
     const char *tls_server_name; /* TLS: name (or IP) to verify and send as SNI; NULL: target's host */
+    const char *tls_cert_file;   /* mTLS: PEM certificate chain the client presents (with the key) */
+    const char *tls_key_file;    /* mTLS: its PEM private key */
 } mica_grpc_client_opts_t;
 
 /* Metadata sent with a call. */

@@ -102,8 +102,18 @@ MICA_API int mica_http_server_tls(mica_http_server_t *srv, const char *cert_file
 MICA_API int mica_http_server_listen_tls(mica_http_server_t *srv, const char *addr);
 
 /**
+ * Requires TLS clients to present a certificate that chains to the PEM CA
+ * bundle `ca_file` (mutual TLS); a client without one fails the handshake.
+ * Handlers read the verified subject with mica_http_req_tls_peer(). Call
+ * after mica_http_server_tls(), before attach. Returns 0 or MICA_EINVAL
+ * (no TLS certificate yet, or an unreadable file: logged).
+ */
+MICA_API int mica_http_server_tls_client_ca(mica_http_server_t *srv, const char *ca_file);
+
+/**
  * When MICA_TLS_LISTEN is set (a comma-separated address list), loads
- * MICA_TLS_CERT and MICA_TLS_KEY and adds those TLS listeners. Returns 0
+ * MICA_TLS_CERT and MICA_TLS_KEY and adds those TLS listeners; with
+ * MICA_TLS_CLIENT_CA also requires client certificates (mTLS). Returns 0
  * (also when unset), or MICA_EINVAL (logged) / MICA_ENOMEM.
  */
 MICA_API int mica_http_server_tls_from_env(mica_http_server_t *srv);
@@ -133,6 +143,13 @@ MICA_API void mica_http_server_free(mica_http_server_t *srv);
  * to every call the handler makes that can wait. Owned by the request.
  */
 MICA_API mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req);
+
+/**
+ * Returns the subject of the client's verified TLS certificate in RFC 2253
+ * form ("CN=orders,O=shop") on an mTLS listener, else NULL. Owned by the
+ * connection; valid until the request ends.
+ */
+MICA_API const char *mica_http_req_tls_peer(const mica_http_req_t *req);
 
 /** Returns the request method ("GET"). */
 MICA_API const char *mica_http_req_method(const mica_http_req_t *req);

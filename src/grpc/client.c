@@ -509,7 +509,8 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
     c->nworkers = mica_runtime_workers(rt);
     c->target = strdup(target);
     if (c->o.tls_ca_file) {
-        int rc = mica__tls_client_ctx_new(&c->tls, c->o.tls_ca_file);
+        int rc = mica__tls_client_ctx_new(&c->tls, c->o.tls_ca_file, c->o.tls_cert_file,
+                                          c->o.tls_key_file);
         if (rc != 0) {
             mica_grpc_client_free(c);
             return rc;
@@ -527,7 +528,8 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
             return MICA_ENOMEM;
         }
     }
-    c->o.tls_ca_file = c->o.tls_server_name = NULL; /* not kept: the caller owns them */
+    /* Not kept: the caller owns the strings. */
+    c->o.tls_ca_file = c->o.tls_server_name = c->o.tls_cert_file = c->o.tls_key_file = NULL;
     c->conns = calloc((size_t)(c->nworkers * c->o.conns_per_worker), sizeof(*c->conns));
     c->rr = calloc((size_t)c->nworkers, sizeof(*c->rr));
     if (!c->target || !c->conns || !c->rr || mica_runtime_on_stop(rt, on_worker_stop, c) != 0) {

@@ -217,6 +217,11 @@ const char *mica_grpc_call_metadata(const mica_grpc_call_t *call, const char *ke
     return mica_http_req_header(call->req, key);
 }
 
+const char *mica_grpc_call_tls_peer(const mica_grpc_call_t *call)
+{
+    return mica_http_req_tls_peer(call->req);
+}
+
 const char *mica_grpc_call_method(const mica_grpc_call_t *call)
 {
     return call->m->path;

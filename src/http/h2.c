@@ -499,7 +499,7 @@ static void dispatch(h2conn_t *hc, mica__h2_stream_t *s)
         return;
     if (!s->method || !s->path || s->path_len == 0)
         s->bad = true;
-    s->req = (mica_http_req_t){.fd = -1, .arena = &s->arena};
+    s->req = (mica_http_req_t){.fd = -1, .arena = &s->arena, .tls_peer = hc->c->tls.peer};
     s->resp = (mica_http_resp_t){.h2 = s, .req = &s->req};
     s->running = true;
     s->streaming = s->grpc && !s->bad && hc->srv->stream_fn;

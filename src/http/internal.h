@@ -101,7 +101,8 @@ struct mica_http_req {
     mica__route_match_t match;
     const char *params[MICA__HTTP_MAX_PARAMS]; /* decoded lazily */
     int64_t deadline_ms;
-    mica_ctx_t *ctx; /* created on first mica_http_req_ctx() */
+    mica_ctx_t *ctx;      /* created on first mica_http_req_ctx() */
+    const char *tls_peer; /* the connection's verified client certificate subject, or NULL */
 };
 
 struct mica_http_resp {

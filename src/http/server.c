@@ -189,6 +189,13 @@ int mica_http_server_tls(mica_http_server_t *srv, const char *cert_file, const c
     return 0;
 }
 
+int mica_http_server_tls_client_ca(mica_http_server_t *srv, const char *ca_file)
+{
+    if (srv->fds || !srv->tls || !ca_file)
+        return MICA_EINVAL;
+    return mica__tls_server_ctx_verify_clients(srv->tls, ca_file);
+}
+
 static int listen_each(mica_http_server_t *srv, const char *list, bool tls);
 
 int mica_http_server_tls_from_env(mica_http_server_t *srv)
@@ -202,6 +209,9 @@ int mica_http_server_tls_from_env(mica_http_server_t *srv)
         return MICA_EINVAL;
     }
     int rc = mica_http_server_tls(srv, cert, key);
+    const char *client_ca = getenv("MICA_TLS_CLIENT_CA");
+    if (rc == 0 && client_ca && *client_ca)
+        rc = mica_http_server_tls_client_ca(srv, client_ca);
     if (rc != 0)
         return rc; /* logged with OpenSSL's reason */
     if ((rc = listen_each(srv, list, true)) != 0)
@@ -789,7 +799,8 @@ static void conn_main(void *arg)
         mica__http_head_t *h = c->head;
         c->close = !h->keep_alive;
         c->head_only = h->method == MICA__HTTP_HEAD;
-        c->req = (mica_http_req_t){.conn = c, .fd = c->fd, .arena = &c->arena};
+        c->req = (mica_http_req_t){.conn = c, .fd = c->fd, .arena = &c->arena,
+                                   .tls_peer = c->tls.peer};
 
         /* An expectation other than 100-continue cannot be met (RFC 9110 §10.1.1). */
         if (!h->expect_continue && c->version_minor == 1) {
@@ -1090,6 +1101,11 @@ mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req)
             mica_net_cancel_on_hup(req->fd, req->ctx);
     }
     return req->ctx;
+}
+
+const char *mica_http_req_tls_peer(const mica_http_req_t *req)
+{
+    return req->tls_peer;
 }
 
 const char *mica_http_req_method(const mica_http_req_t *req)

@@ -23,6 +23,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
@@ -107,6 +108,24 @@ static SSL_CTX *ctx_new(const SSL_METHOD *method)
     return ctx;
 }
 
+/* Loads a PEM chain and its key into ctx. 0 or MICA_EINVAL (logged). */
+static int load_pair(SSL_CTX *ctx, const char *cert_file, const char *key_file)
+{
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        log_ssl_error("cannot load TLS certificate chain", "file", cert_file);
+        return MICA_EINVAL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        log_ssl_error("cannot load TLS private key", "file", key_file);
+        return MICA_EINVAL;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        log_ssl_error("TLS private key does not match the certificate", "file", key_file);
+        return MICA_EINVAL;
+    }
+    return 0;
+}
+
 int mica__tls_server_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file)
 {
     SSL_CTX *ctx = ctx_new(TLS_server_method());
@@ -117,26 +136,30 @@ int mica__tls_server_ctx_new(struct ssl_ctx_st **out, const char *cert_file, con
     /* Resumption by stateless tickets only: no session cache shared, and
      * locked, across the workers. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
-        log_ssl_error("cannot load TLS certificate chain", "file", cert_file);
+    int rc = load_pair(ctx, cert_file, key_file);
+    if (rc != 0) {
         SSL_CTX_free(ctx);
-        return MICA_EINVAL;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-        log_ssl_error("cannot load TLS private key", "file", key_file);
-        SSL_CTX_free(ctx);
-        return MICA_EINVAL;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        log_ssl_error("TLS private key does not match the certificate", "file", key_file);
-        SSL_CTX_free(ctx);
-        return MICA_EINVAL;
+        return rc;
     }
     *out = ctx;
     return 0;
 }
 
-int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file)
+int mica__tls_server_ctx_verify_clients(struct ssl_ctx_st *ctx, const char *ca_file)
+{
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names || SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        sk_X509_NAME_pop_free(names, X509_NAME_free);
+        log_ssl_error("cannot load TLS client CA certificates", "file", ca_file);
+        return MICA_EINVAL;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); /* ctx owns names now */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    return 0;
+}
+
+int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file, const char *cert_file,
+                             const char *key_file)
 {
     SSL_CTX *ctx = ctx_new(TLS_client_method());
     if (!ctx)
@@ -148,8 +171,36 @@ int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file)
         SSL_CTX_free(ctx);
         return MICA_EINVAL;
     }
+    if ((cert_file || key_file) &&
+        (!cert_file || !key_file || load_pair(ctx, cert_file, key_file) != 0)) {
+        if (!cert_file || !key_file)
+            mica__log_error("a TLS client certificate needs both a certificate and a key file");
+        SSL_CTX_free(ctx);
+        return MICA_EINVAL;
+    }
     *out = ctx;
     return 0;
+}
+
+/* The subject of the peer's verified certificate (RFC 2253), malloc'd, or NULL. */
+static char *peer_subject(SSL *ssl)
+{
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (!cert || SSL_get_verify_result(ssl) != X509_V_OK)
+        return NULL;
+    BIO *mem = BIO_new(BIO_s_mem());
+    char *out = NULL;
+    if (mem && X509_NAME_print_ex(mem, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+        char *p;
+        long n = BIO_get_mem_data(mem, &p);
+        if (n >= 0 && (out = malloc((size_t)n + 1))) {
+            memcpy(out, p, (size_t)n);
+            out[n] = '\0';
+        }
+    }
+    BIO_free(mem);
+    ERR_clear_error();
+    return out;
 }
 
 void mica__tls_ctx_free(struct ssl_ctx_st *ctx)
@@ -240,6 +291,7 @@ int mica__tls_accept(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, int64_t dea
     unsigned int len;
     SSL_get0_alpn_selected(t->ssl, &proto, &len);
     *h2 = len == 2 && memcmp(proto, ALPN_H2, 2) == 0;
+    t->peer = peer_subject(t->ssl);
     return 0;
 }
 
@@ -331,4 +383,6 @@ void mica__tls_free(mica__tls_t *t)
 {
     SSL_free(t->ssl);
     t->ssl = NULL;
+    free(t->peer);
+    t->peer = NULL;
 }

@@ -19,6 +19,7 @@ typedef struct mica__tls {
     int fd;
     bool drained; /* OpenSSL's last socket read drained the socket */
     bool dead;    /* TLS failed or was shut down: no more close_notify */
+    char *peer;   /* server side: the verified client certificate's subject, or NULL */
 } mica__tls_t;
 
 /*
@@ -27,13 +28,24 @@ typedef struct mica__tls {
  */
 int mica__tls_server_ctx_new(struct ssl_ctx_st **out, const char *cert_file, const char *key_file);
 /*
- * Creates a client context offering ALPN h2 and verifying servers against
- * the PEM CA bundle `ca_file`. Returns 0, MICA_EINVAL (logged) or MICA_ENOMEM.
+ * Makes a server context require client certificates that chain to the PEM
+ * CA bundle `ca_file` (mTLS). Returns 0 or MICA_EINVAL (logged).
  */
-int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file);
+int mica__tls_server_ctx_verify_clients(struct ssl_ctx_st *ctx, const char *ca_file);
+/*
+ * Creates a client context offering ALPN h2 and verifying servers against
+ * the PEM CA bundle `ca_file`; with cert_file and key_file (else NULL) it
+ * presents that certificate when asked (mTLS). Returns 0, MICA_EINVAL
+ * (logged) or MICA_ENOMEM.
+ */
+int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file, const char *cert_file,
+                             const char *key_file);
 void mica__tls_ctx_free(struct ssl_ctx_st *ctx);
 
-/* Runs the server handshake on fd until deadline; *h2 tells whether ALPN chose h2. 0 or an error. */
+/*
+ * Runs the server handshake on fd until deadline; *h2 tells whether ALPN
+ * chose h2, t->peer names a verified client certificate. 0 or an error.
+ */
 int mica__tls_accept(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, int64_t deadline, bool *h2);
 /*
  * Runs the client handshake on fd until deadline, verifying the server's
@@ -55,7 +67,7 @@ int mica__tls_write(mica__tls_t *t, const void *buf, size_t len, int64_t deadlin
 bool mica__tls_drained(const mica__tls_t *t);
 /* Sends close_notify once, without waiting; a no-op after a TLS error. */
 void mica__tls_shutdown(mica__tls_t *t);
-/* Frees t->ssl (NULL is fine). */
+/* Frees t->ssl and t->peer (NULL is fine). */
 void mica__tls_free(mica__tls_t *t);
 
 #endif /* MICA_HTTP_TLS_H */

@@ -83,13 +83,14 @@ class Conn:
         return getattr(self.sock, name)
 
 
-def make_cert(directory):
-    """A self-signed P-256 certificate for localhost and 127.0.0.1 (openssl CLI).
-    Returns (cert.pem, key.pem) paths in directory; the cert is its own CA."""
+def make_cert(directory, cn="localhost"):
+    """A self-signed P-256 certificate with subject CN=cn for localhost and
+    127.0.0.1 (openssl CLI). Returns (cert.pem, key.pem) paths in directory;
+    the cert is its own CA."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "2", "-subj", "/CN=localhost",
+                    "-days", "2", "-subj", f"/CN={cn}",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=30)
     return cert, key

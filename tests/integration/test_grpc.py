@@ -381,6 +381,42 @@ if os.path.exists(os.path.join(ROOT, "tests/interop/js/setup.sh")):
         mica_client_against(["node", os.path.join(js_peers(), "server.js")], tls=True)
 
 
+# ---- mutual TLS -------------------------------------------------------------------
+
+CLIENT_CERT, CLIENT_KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"), cn="orders")
+
+
+@test("tests/interop_echo_server", MICA_TLS_CLIENT_CA=CLIENT_CERT, **TLS_ENV)
+def test_mtls_requires_a_client_certificate_and_names_it(srv):
+    def curl(*args):
+        return subprocess.run(["curl", "-sS", "--max-time", str(10 * SLOW), "--cacert", CERT, *args,
+                               f"https://localhost:{srv.tls_port}/whoami"],
+                              capture_output=True, text=True, timeout=20 * SLOW)
+    for proto in ("--http2", "--http1.1"):  # REST over h2 (ALPN) and HTTP/1.1
+        r = curl(proto, "--cert", CLIENT_CERT, "--key", CLIENT_KEY)
+        assert r.returncode == 0 and r.stdout == "CN=orders", (proto, r.stdout, r.stderr)
+        r = curl(proto)  # no client certificate: the handshake fails
+        assert r.returncode != 0, (proto, r.stdout)
+    r = curl("--cert", CERT, "--key", KEY)  # a certificate the server does not trust
+    assert r.returncode != 0, r.stdout
+    out = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{srv.port}/whoami"], capture_output=True,
+                         text=True, timeout=20 * SLOW).stdout
+    assert out == "none", out  # the cleartext listener beside it
+    with tempfile.NamedTemporaryFile() as f:  # gRPC: the handler sees the peer too
+        f.write(grpc_frame(pb_string(1, "hi")))
+        f.flush()
+        r = subprocess.run(["nghttp", "-v", "-d", f.name, "-H", "content-type: application/grpc",
+                            "-H", "te: trailers", "--cert", CLIENT_CERT, "--key", CLIENT_KEY,
+                            f"https://127.0.0.1:{srv.tls_port}/mica.interop.Echo/Unary"],
+                           capture_output=True, timeout=20 * SLOW)
+    assert b"x-tls-peer: CN=orders" in r.stdout and b"grpc-status: 0" in r.stdout, r.stdout[-2000:]
+    client = os.path.join(BUILD, "tests/interop_echo_client")
+    interop(srv, [client, "-cert", CLIENT_CERT, "-key", CLIENT_KEY], tls=True)  # mica's client
+    r = subprocess.run([client, "-addr", f"127.0.0.1:{srv.tls_port}", "-ca", CERT, "-cases", "unary"],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    assert r.returncode != 0 and "UNAVAILABLE" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 if __name__ == "__main__":
     print(f"{results['passed']} passed, {results['failed']} failed")
     sys.exit(1 if results["failed"] else 0)

@@ -9,7 +9,7 @@ shutting down: no leak, no invalid access (run by scripts/valgrind.sh).
    idle TLS connection left open); then SIGTERM must drain and exit 0.
 2. tests/interop_echo_server and tests/interop_echo_client, both under
    valgrind: the client's streaming, metadata, error and cancel cases, over
-   h2c and over TLS.
+   h2c and over mutual TLS.
 
 Usage: MICA_BUILD_DIR=build python3 tests/integration/valgrind_server.py
 """
@@ -24,12 +24,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from mica_harness import make_cert, wait_listening  # noqa: E402
 
 CERT, KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
+CLIENT_CERT, CLIENT_KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"), cn="orders")
 
 
-def start(binary):
+def start(binary, **extra):
     log = tempfile.NamedTemporaryFile(mode="w+", delete=False)
     env = dict(os.environ, MICA_LISTEN="127.0.0.1:0", MICA_WORKERS="2",
-               MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=CERT, MICA_TLS_KEY=KEY)
+               MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=CERT, MICA_TLS_KEY=KEY, **extra)
     p = subprocess.Popen(VG + [os.path.join(BUILD, binary)], env=env, stderr=log,
                          stdout=subprocess.DEVNULL)
     port, start.tls_port = wait_listening(p, lambda: open(log.name).read(), True, timeout=60)
@@ -91,16 +92,17 @@ def user_server():
 
 
 def echo_pair():
-    p, port, log = start("tests/interop_echo_server")
+    p, port, log = start("tests/interop_echo_server", MICA_TLS_CLIENT_CA=CLIENT_CERT)
     cases = ("unary,unary_metadata,unary_error,unary_cancel,server_stream,server_stream_error,"
              "client_stream,bidi,bidi_error,unimplemented,many_streams")
     for where in (["-addr", f"127.0.0.1:{port}"],
-                  ["-addr", f"127.0.0.1:{start.tls_port}", "-ca", CERT]):  # and over TLS
+                  ["-addr", f"127.0.0.1:{start.tls_port}", "-ca", CERT,  # and over mTLS
+                   "-cert", CLIENT_CERT, "-key", CLIENT_KEY]):
         r = run(VG + [os.path.join(BUILD, "tests/interop_echo_client"), *where, "-cases", cases])
         out = (r.stdout + r.stderr).decode(errors="replace")
         if r.returncode != 0:
             sys.exit(f"valgrind_server: echo_client {where} exit {r.returncode}:\n{out[-5000:]}")
-    print("valgrind_server: interop_echo_client clean (h2c and TLS)")
+    print("valgrind_server: interop_echo_client clean (h2c and mTLS)")
     stop(p, log, "tests/interop_echo_server")
 
 

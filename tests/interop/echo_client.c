@@ -6,7 +6,8 @@
  * clients: one `PASS <case> (<ms> ms)` or `FAIL <case>: <reason>` line each,
  * exit status 0 only if every selected case passed.
  *
- * Usage: echo_client -addr 127.0.0.1:PORT [-cases a,b,c] [-ca ca.pem (TLS)]
+ * Usage: echo_client -addr 127.0.0.1:PORT [-cases a,b,c] [-ca ca.pem (TLS)
+ *        [-cert cert.pem -key key.pem (mTLS)]]
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@ static const ProtobufCServiceDescriptor *echo = &mica__interop__echo__descriptor
 
 static mica_grpc_client_t *client, *big; /* big: a raised message limit */
 static const char *ca_file; /* -ca: TLS with this CA, else cleartext */
+static const char *cert_file, *key_file; /* -cert, -key: mTLS client certificate */
 static mica_runtime_t *rt;
 static const char *only;
 static int failures;
@@ -197,7 +199,8 @@ static int c_unary_too_large(void)
 {
     /* mica's client enforces the limit on what it sends, too: raise it here
      * so the server's limit is the one tested. */
-    mica_grpc_client_opts_t o = {.max_message_bytes = 8 << 20, .tls_ca_file = ca_file};
+    mica_grpc_client_opts_t o = {.max_message_bytes = 8 << 20, .tls_ca_file = ca_file,
+                                 .tls_cert_file = cert_file, .tls_key_file = key_file};
     char target[64];
     snprintf(target, sizeof(target), "%s", getenv("ECHO_ADDR"));
     if (!big && mica_grpc_client_new(&big, rt, target, &o) != 0)
@@ -497,14 +500,20 @@ int main(int argc, char **argv)
             only = argv[i + 1];
         else if (strcmp(argv[i], "-ca") == 0)
             ca_file = argv[i + 1];
+        else if (strcmp(argv[i], "-cert") == 0)
+            cert_file = argv[i + 1];
+        else if (strcmp(argv[i], "-key") == 0)
+            key_file = argv[i + 1];
     }
     if (!addr) {
-        fprintf(stderr, "usage: echo_client -addr HOST:PORT [-cases a,b,c] [-ca ca.pem]\n");
+        fprintf(stderr, "usage: echo_client -addr HOST:PORT [-cases a,b,c] [-ca ca.pem "
+                        "[-cert cert.pem -key key.pem]]\n");
         return 2;
     }
     setenv("ECHO_ADDR", addr, 1);
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true};
-    mica_grpc_client_opts_t co = {.tls_ca_file = ca_file};
+    mica_grpc_client_opts_t co = {.tls_ca_file = ca_file, .tls_cert_file = cert_file,
+                                  .tls_key_file = key_file};
     if (mica_runtime_new(&rt, &o) != 0 || mica_grpc_client_new(&client, rt, addr, &co) != 0) {
         fprintf(stderr, "echo_client: setup failed\n");
         return 2;

@@ -38,6 +38,9 @@ static int unary(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
 {
     const echo_req_t *req = (const echo_req_t *)in;
     echo_metadata(call);
+    const char *peer = mica_grpc_call_tls_peer(call); /* mTLS: who called */
+    if (peer)
+        mica_grpc_call_header(call, "x-tls-peer", peer);
     int rc;
     if (req->delay_ms > 0 && (rc = mica_ctx_sleep(mica_grpc_call_ctx(call), req->delay_ms)) != 0)
         return rc;
@@ -56,6 +59,13 @@ static int unary(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
     rc = mica_grpc_send(call, &out.base);
     free(big);
     return rc;
+}
+
+/* GET /whoami: the client certificate's subject on an mTLS listener, else "none". */
+static int whoami(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    const char *peer = mica_http_req_tls_peer(req);
+    return mica_http_resp_text(resp, 200, peer ? peer : "none");
 }
 
 static int server_stream(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
@@ -147,7 +157,8 @@ int main(void)
         (rc = mica_grpc_register(srv, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, client_stream,
                                  NULL)) != 0 ||
         (rc = mica_grpc_register(srv, d, "Bidi", MICA_GRPC_BIDI, bidi, NULL)) != 0 ||
-        (rc = mica_grpc_enable_health(srv)) != 0) {
+        (rc = mica_grpc_enable_health(srv)) != 0 ||
+        (rc = mica_http_route(srv, "GET", "/whoami", whoami, NULL)) != 0) {
         fprintf(stderr, "echo_server: %s\n", mica_strerror(rc));
         return 1;
     }
