@@ -5,7 +5,7 @@
 #   2. channels/select/spawn/offload vs Go (bench/micro/chan.sh)
 #   3. HTTP /health: Gin, nginx and mica under wrk (bench/load/http.sh)
 #   4. HTTPS /health: nginx and mica over TLS under wrk (bench/load/http.sh, BENCH_TLS=1)
-#   5. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh)
+#   5. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -43,5 +43,7 @@ fi
 if [ -x "$root/bench/load/grpc.sh" ]; then
     echo "== gRPC GetUser vs grpc-go"
     "$root/bench/load/grpc.sh" "$build" "$secs" "$runs" | tee -a "$out"
+    echo "== gRPC GetUser over TLS vs grpc-go"
+    BENCH_TLS=1 BENCH_GRPC_LOADS=50x10 "$root/bench/load/grpc.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -14,9 +14,13 @@
 # h2load's per-request log; latency percentiles from a second, half-length
 # run with it.
 #
+# BENCH_TLS=1: the same over TLS (ALPN h2, a throw-away P-256 certificate;
+# grpc-go with credentials.NewServerTLSFromFile, mica with MICA_TLS_LISTEN);
+# results then go to <build-dir>/bench/grpc-tls.md.
+#
 # Usage: bench/load/grpc.sh <build-dir> [duration_s, default 10] [runs, default 3]
 # Knobs: BENCH_GRPC_LOADS="50x10 10x10 50x100" (connections x streams per connection),
-# BENCH_SERVER_CPU=0, BENCH_LOAD_CPU=1, BENCH_WARMUP_S=2.
+# BENCH_SERVER_CPU=0, BENCH_LOAD_CPU=1, BENCH_WARMUP_S=2, BENCH_TLS=0.
 # Results (markdown) go to stdout and <build-dir>/bench/grpc.md.
 set -euo pipefail
 
@@ -30,6 +34,13 @@ lat_secs=$(( secs / 2 > 1 ? secs / 2 : 1 )) # the latency run (with h2load's log
 srv_cpu=${BENCH_SERVER_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
 read -r -a loads <<<"${BENCH_GRPC_LOADS:-50x10 10x10 50x100}"
+tls=${BENCH_TLS:-0}
+scheme=http
+out_md=grpc.md
+if [ "$tls" = 1 ]; then
+    scheme=https
+    out_md=grpc-tls.md
+fi
 log() { echo "grpc.sh: $*" >&2; }
 
 for tool in h2load nghttp taskset; do
@@ -51,6 +62,11 @@ trap cleanup EXIT
 # UserResponse{name: "Alice", age: 30}: a 14-byte frame.
 printf '\x00\x00\x00\x00\x06\x0a\x041001' >"$tmp/req.bin"
 resp_frame_bytes=14
+if [ "$tls" = 1 ]; then # h2load and nghttp do not verify it; the servers only present it
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$tmp/key.pem" -out "$tmp/cert.pem" -subj /CN=localhost >/dev/null 2>&1 ||
+        { log "openssl could not make a certificate"; exit 1; }
+fi
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -58,15 +74,27 @@ free_port() {
 
 start() { # name port
     case "$1" in
-    grpc-go) GOMAXPROCS=1 taskset -c "$srv_cpu" "$build/interop/grpcgo-user" -addr "127.0.0.1:$2" \
-        >"$tmp/$1.log" 2>&1 & ;;
-    mica) MICA_WORKERS=1 MICA_LISTEN="127.0.0.1:$2" taskset -c "$srv_cpu" "$build/examples/user" \
-        >"$tmp/$1.log" 2>&1 & ;;
+    grpc-go)
+        local tls_args=()
+        [ "$tls" != 1 ] || tls_args=(-cert "$tmp/cert.pem" -key "$tmp/key.pem")
+        GOMAXPROCS=1 taskset -c "$srv_cpu" "$build/interop/grpcgo-user" -addr "127.0.0.1:$2" \
+            "${tls_args[@]}" >"$tmp/$1.log" 2>&1 &
+        ;;
+    mica)
+        if [ "$tls" = 1 ]; then # the cleartext listener (required) sits unused on a spare port
+            MICA_WORKERS=1 MICA_LISTEN=127.0.0.1:0 MICA_TLS_LISTEN="127.0.0.1:$2" \
+                MICA_TLS_CERT="$tmp/cert.pem" MICA_TLS_KEY="$tmp/key.pem" \
+                taskset -c "$srv_cpu" "$build/examples/user" >"$tmp/$1.log" 2>&1 &
+        else
+            MICA_WORKERS=1 MICA_LISTEN="127.0.0.1:$2" taskset -c "$srv_cpu" "$build/examples/user" \
+                >"$tmp/$1.log" 2>&1 &
+        fi
+        ;;
     esac
     pid=$!
     for _ in $(seq 100); do
         if out=$(nghttp -v -d "$tmp/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-            "http://127.0.0.1:$2/user.UserService/GetUser" 2>/dev/null | tr -d '\000') &&
+            "$scheme://127.0.0.1:$2/user.UserService/GetUser" 2>/dev/null | tr -d '\000') &&
             grep -aq 'grpc-status: 0' <<<"$out" && grep -aq 'Alice' <<<"$out"; then
             return 0
         fi
@@ -87,7 +115,7 @@ stop() {
 load() { # port conns streams seconds logfile
     taskset -c "$load_cpu" h2load -t 1 -c "$2" -m "$3" -D "$4" \
         -d "$tmp/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-        ${5:+--log-file="$5"} "http://127.0.0.1:$1/user.UserService/GetUser"
+        ${5:+--log-file="$5"} "$scheme://127.0.0.1:$1/user.UserService/GetUser"
 }
 
 results="$tmp/results"
@@ -137,11 +165,12 @@ EOF
     done
 done
 
-python3 - "$results" "$runs" <<'EOF' | tee "$build/bench/grpc.md"
+python3 - "$results" "$runs" "$tls" <<'EOF' | tee "$build/bench/$out_md"
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 runs = sys.argv[2]
-print(f"gRPC unary GetUser, h2load -t1 on CPU 1, server alone on CPU 0; median of {runs} runs; "
+over = " over TLS (ALPN h2, self-signed P-256 certificate)" if sys.argv[3] == "1" else ""
+print(f"gRPC unary GetUser{over}, h2load -t1 on CPU 1, server alone on CPU 0; median of {runs} runs; "
       "every call checked: grpc-status 0 before the run, one UserResponse frame per call after; "
       "calls/s from runs without h2load's per-request log, p50/p99 from half-length runs with it.")
 print()

@@ -5,7 +5,7 @@
 // GetUser reads an in-memory table; an unknown id is NOT_FOUND, an empty one
 // INVALID_ARGUMENT. Nothing is logged per call.
 //
-// Usage: grpcgo-user [-addr :50051]
+// Usage: grpcgo-user [-addr :50051] [-cert cert.pem -key key.pem (TLS)]
 //
 // Built by tests/interop/go/build.sh (into <outdir>/grpcgo-user), which
 // generates the package mica.example/user from user.proto.
@@ -22,6 +22,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 )
 
@@ -55,12 +56,22 @@ func (userServer) GetUser(_ context.Context, req *pb.UserRequest) (*pb.UserRespo
 
 func main() {
 	addr := flag.String("addr", ":50051", "listen address host:port")
+	cert := flag.String("cert", "", "TLS: PEM certificate chain (with -key; default: cleartext h2c)")
+	key := flag.String("key", "", "TLS: PEM private key")
 	flag.Parse()
 	lis, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)
 	}
-	s := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if *cert != "" {
+		creds, err := credentials.NewServerTLSFromFile(*cert, *key)
+		if err != nil {
+			log.Fatal(err)
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	s := grpc.NewServer(opts...)
 	pb.RegisterUserServiceServer(s, userServer{})
 	fmt.Printf("listening on %s\n", lis.Addr())
 	log.Fatal(s.Serve(lis))
