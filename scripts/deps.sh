@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Installs the Debian packages a mica target needs, and only the missing ones.
-# Usage: scripts/deps.sh build|test|bench|run   (idempotent; prints what it installs)
+# Usage: scripts/deps.sh build|test|bench|run|fresh   (idempotent; prints what it installs)
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
@@ -9,6 +9,8 @@ build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev
 test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghttp2-client
       nodejs golang-go golang-google-grpc-dev golang-google-protobuf-dev
       protobuf-compiler golang-github-golang-protobuf-1-3-dev)
+# The fresh-machine check's own tools on the host (scripts/fresh-machine.sh).
+fresh=(debootstrap curl nghttp2-client git util-linux)
 bench=(wrk nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)
 
 want=("${build[@]}")
@@ -17,6 +19,7 @@ for t in "$@"; do
     build | run) ;;
     test) want+=("${test[@]}") ;;
     bench) want+=("${test[@]}" "${bench[@]}") ;;
+    fresh) want=("${fresh[@]}") ;;
     *) echo "deps.sh: unknown target '$t'" >&2; exit 2 ;;
     esac
 done

@@ -53,9 +53,10 @@
 #ifdef MICA_TSAN_FIBERS
 #include <sanitizer/tsan_interface.h>
 #endif
-#if __has_include(<valgrind/valgrind.h>)
+/* MICA_VALGRIND comes from the build (cmake -DMICA_VALGRIND=ON), never from
+ * whether the header happens to be installed. */
+#if MICA_VALGRIND
 #include <valgrind/valgrind.h>
-#define MICA_VALGRIND 1
 #endif
 
 #if !defined(__x86_64__)
@@ -79,7 +80,7 @@ void mica__stack_pool_init(mica__loop_t *loop, size_t stack_bytes)
 
 static void stack_unmap(mica__loop_t *loop, mica__stack_t *st)
 {
-#ifdef MICA_VALGRIND
+#if MICA_VALGRIND
     VALGRIND_STACK_DEREGISTER(st->valgrind_id);
 #endif
     munmap((char *)st->base - loop->page, st->size + loop->page);
@@ -118,7 +119,7 @@ static mica__stack_t *stack_map(mica__loop_t *loop)
     st->base = map + loop->page;
     st->size = loop->stack_bytes;
     st->next_free = NULL;
-#ifdef MICA_VALGRIND
+#if MICA_VALGRIND
     st->valgrind_id = VALGRIND_STACK_REGISTER(st->base, top);
 #else
     st->valgrind_id = 0;

@@ -1,0 +1,25 @@
+# SPDX-License-Identifier: MIT
+# Run by `make uninstall`: removes every file install_manifest.txt lists,
+# under $DESTDIR when set (the manifest holds the paths without it).
+if(NOT EXISTS install_manifest.txt)
+  message(FATAL_ERROR "uninstall: no install_manifest.txt here; run make install first")
+endif()
+file(STRINGS install_manifest.txt files)
+foreach(file ${files})
+  set(f "$ENV{DESTDIR}${file}")
+  if(EXISTS "${f}" OR IS_SYMLINK "${f}")
+    message(STATUS "removing ${f}")
+    file(REMOVE "${f}")
+  endif()
+endforeach()
+# mica's own folders (include/mica, lib/cmake/mica) go too once empty.
+foreach(file ${files})
+  get_filename_component(dir "$ENV{DESTDIR}${file}" DIRECTORY)
+  get_filename_component(name "${dir}" NAME)
+  if(name STREQUAL "mica" AND IS_DIRECTORY "${dir}")
+    file(GLOB left "${dir}/*")
+    if(NOT left)
+      file(REMOVE_RECURSE "${dir}")
+    endif()
+  endif()
+endforeach()
