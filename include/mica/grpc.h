@@ -73,10 +73,9 @@ typedef struct mica_grpc_call mica_grpc_call_t;
  * BIDI it is NULL and requests come from mica_grpc_recv(). Responses go out
  * with mica_grpc_send() (exactly once for UNARY and CLIENT_STREAM). Returns a
  * mica_grpc_code_t (mica_grpc_status() attaches a message), or a negative
- * MICA_E* code, mapped: ETIMEDOUT -> DEADLINE_EXCEEDED, ECANCELED ->
- * CANCELLED, ENOTFOUND -> NOT_FOUND, EINVAL -> INVALID_ARGUMENT, EEXIST ->
- * ALREADY_EXISTS, ELIMIT -> RESOURCE_EXHAUSTED, EOVERLOAD -> UNAVAILABLE,
- * anything else -> INTERNAL.
+ * MICA_E* code, mapped by mica_err_grpc_code() (error.h's table: ETIMEDOUT
+ * -> DEADLINE_EXCEEDED, ECANCELED -> CANCELLED, ENOTFOUND -> NOT_FOUND,
+ * EUNAUTHENTICATED -> UNAUTHENTICATED, EPERM -> PERMISSION_DENIED, ...).
  */
 typedef int (*mica_grpc_handler_fn)(mica_grpc_call_t *call, const ProtobufCMessage *req,
                                     void *arg);

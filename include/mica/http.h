@@ -33,8 +33,9 @@ typedef struct mica_http_resp mica_http_resp_t;
 /**
  * A route handler. It fills `resp` (mica_http_resp_send() and friends) and
  * returns 0, or returns a negative MICA_E* code without responding, which
- * the server maps to a status (MICA_ETIMEDOUT 504, MICA_ENOTFOUND 404,
- * MICA_EINVAL 400, MICA_ELIMIT 413, MICA_EOVERLOAD/MICA_ENOMEM 503, else 500).
+ * the server maps to a status with mica_err_http_status() (error.h's table:
+ * MICA_ETIMEDOUT 504, MICA_ENOTFOUND 404, MICA_EINVAL 400, MICA_ELIMIT 413,
+ * MICA_EUNAUTHENTICATED 401, MICA_EPERM 403, MICA_EOVERLOAD 503, ...).
  */
 typedef int (*mica_http_handler_fn)(mica_http_req_t *req, mica_http_resp_t *resp, void *arg);
 

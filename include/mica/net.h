@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Coroutine-aware TCP sockets. Every call that can wait suspends only the
- * calling coroutine and takes an absolute deadline (mica_deadline_in(ms), or
- * MICA_NO_DEADLINE); on expiry it returns MICA_ETIMEDOUT. Must be called from
- * a coroutine on a worker. Sockets are plain non-blocking fds owned by the
- * caller; close them with mica_net_close().
+ * calling coroutine and is bounded the mica way (runtime.h, "Bounding a
+ * wait"): by `ctx` (NULL: none) and an absolute `deadline_ms`
+ * (mica_deadline_in(ms), or MICA_NO_DEADLINE), whichever ends first. It
+ * returns MICA_ETIMEDOUT when a deadline passes and MICA_ECANCELED when ctx
+ * is cancelled, mica_net_cancel() is called or the worker's drain deadline
+ * passes. Must be called from a coroutine on a worker. Sockets are plain
+ * non-blocking fds owned by the caller; close them with mica_net_close().
  */
 #ifndef MICA_NET_H
 #define MICA_NET_H
@@ -36,28 +39,30 @@ MICA_API int mica_net_listen(const char *addr, int backlog, int reuseport);
 
 /**
  * Accepts a connection on listening `fd`, suspending until one arrives or
- * `deadline_ms`. The new fd is non-blocking with TCP_NODELAY. Returns the fd,
+ * the wait ends (ctx, `deadline_ms`). The new fd is non-blocking with TCP_NODELAY. Returns the fd,
  * MICA_ETIMEDOUT, MICA_ECANCELED on shutdown, MICA_EMFILE/MICA_ENFILE, ...
  */
-MICA_API int mica_net_accept(int fd, int64_t deadline_ms);
+MICA_API int mica_net_accept(int fd, mica_ctx_t *ctx, int64_t deadline_ms);
 
 /**
  * Connects to `addr` ("host:port" literal), suspending until connected or
- * `deadline_ms`. Returns a non-blocking fd or a negative MICA_E* code.
+ * the wait ends (ctx, `deadline_ms`). Returns a non-blocking fd or a negative MICA_E* code.
  */
-MICA_API int mica_net_connect(const char *addr, int64_t deadline_ms);
+MICA_API int mica_net_connect(const char *addr, mica_ctx_t *ctx, int64_t deadline_ms);
 
 /**
  * Reads up to `len` bytes, suspending until some arrive. Returns the count
  * (> 0), 0 at end of stream, MICA_ETIMEDOUT, MICA_ECANCELED, or another error.
  */
-MICA_API ssize_t mica_net_read(int fd, void *buf, size_t len, int64_t deadline_ms);
+MICA_API ssize_t mica_net_read(int fd, void *buf, size_t len, mica_ctx_t *ctx,
+                               int64_t deadline_ms);
 
 /**
  * Writes all `len` bytes, suspending while the socket is full. Returns 0,
  * MICA_ETIMEDOUT (some bytes may have been sent), MICA_EPIPE, ...
  */
-MICA_API int mica_net_write(int fd, const void *buf, size_t len, int64_t deadline_ms);
+MICA_API int mica_net_write(int fd, const void *buf, size_t len, mica_ctx_t *ctx,
+                            int64_t deadline_ms);
 
 enum { MICA_NET_READABLE = 1, MICA_NET_WRITABLE = 2 };
 
@@ -67,7 +72,7 @@ enum { MICA_NET_READABLE = 1, MICA_NET_WRITABLE = 2 };
  * spuriously, so retry the call and wait again on EAGAIN. Returns 0,
  * MICA_ETIMEDOUT, MICA_ECANCELED (mica_net_cancel, shutdown) or MICA_ENOMEM.
  */
-MICA_API int mica_net_wait(int fd, int events, int64_t deadline_ms);
+MICA_API int mica_net_wait(int fd, int events, mica_ctx_t *ctx, int64_t deadline_ms);
 
 /**
  * Wakes the coroutines of this worker waiting on `fd` (in any call above);

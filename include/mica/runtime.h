@@ -8,6 +8,14 @@
  *     mica_runtime_new(&rt, NULL);          // MICA_WORKERS or one per CPU
  *     mica_runtime_on_start(rt, setup, arg); // runs in a coroutine on every worker
  *     return mica_runtime_run(rt);          // until SIGTERM/SIGINT, then drains
+ *
+ * Bounding a wait. Every mica call that can suspend takes a `mica_ctx_t
+ * *ctx` (NULL: none) -- channels, sync, events, offload, sockets, clients.
+ * Calls whose callers usually want a per-operation limit as well (sockets,
+ * events) also take an absolute `deadline_ms` (mica_deadline_in(ms), or
+ * MICA_NO_DEADLINE). The wait ends at the first of: the ctx's cancellation
+ * (MICA_ECANCELED), the ctx's deadline or deadline_ms (MICA_ETIMEDOUT), or
+ * the worker's drain deadline at shutdown (MICA_ECANCELED).
  */
 #ifndef MICA_RUNTIME_H
 #define MICA_RUNTIME_H

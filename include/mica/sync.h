@@ -7,6 +7,7 @@
 #ifndef MICA_SYNC_H
 #define MICA_SYNC_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "mica/ctx.h"
@@ -66,5 +67,33 @@ typedef struct mica_once {
  * suspend until that first call has returned.
  */
 MICA_API void mica_once(mica_once_t *once, void (*fn)(void *arg), void *arg);
+
+/**
+ * An event: a flag that coroutines wait for, set and reset from any worker
+ * or thread (a manual-reset event, Python's asyncio.Event). The building
+ * block for "wake me when X changed" in the layers above: reset, check X,
+ * wait; a set() between the check and the wait is never lost. Embeddable:
+ * zero it or use MICA_EVENT_INIT; the fields are private. Its memory may go
+ * only once no coroutine waits on it.
+ */
+typedef struct mica_event {
+    _Atomic int _lock;
+    _Atomic int _set;
+    void *_head, *_tail;
+} mica_event_t;
+#define MICA_EVENT_INIT {0, 0, 0, 0}
+
+/** Sets `ev` and wakes every coroutine waiting on it. Never suspends; any thread. */
+MICA_API void mica_event_set(mica_event_t *ev);
+/** Clears `ev`; later waits suspend until the next set. Never suspends; any thread. */
+MICA_API void mica_event_reset(mica_event_t *ev);
+/** Returns whether `ev` is set. */
+MICA_API bool mica_event_is_set(mica_event_t *ev);
+/**
+ * Suspends until `ev` is set (returns at once if it is), bounded by `ctx`
+ * (NULL: none) and `deadline_ms`. Returns 0, MICA_ETIMEDOUT, MICA_ECANCELED,
+ * or MICA_EINVAL outside a coroutine.
+ */
+MICA_API int mica_event_wait(mica_event_t *ev, mica_ctx_t *ctx, int64_t deadline_ms);
 
 #endif /* MICA_SYNC_H */

@@ -313,7 +313,7 @@ static int flush(conn_t *cn)
             return 0;
         int64_t deadline = mica_deadline_in(cn->c->o.connect_timeout_ms);
         int rc = cn->tls.ssl ? mica__tls_write(&cn->tls, data, (size_t)n, deadline)
-                             : mica_net_write(cn->fd, data, (size_t)n, deadline);
+                             : mica_net_write(cn->fd, data, (size_t)n, NULL, deadline);
         if (rc != 0)
             return rc;
     }
@@ -345,7 +345,7 @@ static void conn_main(void *arg)
         if (cn->nstreams == 0 && (cn->dead || mica_worker_stopping()))
             break;
         cn->reading = true;
-        int rc = mica_net_wait(cn->fd, MICA_NET_READABLE, MICA_NO_DEADLINE);
+        int rc = mica_net_wait(cn->fd, MICA_NET_READABLE, NULL, MICA_NO_DEADLINE);
         cn->reading = false;
         if (rc == MICA_ECANCELED)
             continue; /* a stream has bytes to send, or the worker is stopping */
@@ -437,7 +437,7 @@ static int get_conn(mica_grpc_client_t *c, mica_ctx_t *ctx, conn_t **out)
         *slot = cn;
         int64_t deadline = mica_deadline_in(c->o.connect_timeout_ms);
         int64_t d = mica_ctx_deadline(ctx ? ctx : mica_ctx_background());
-        int fd = mica_net_connect(c->target, d < deadline ? d : deadline);
+        int fd = mica_net_connect(c->target, NULL, d < deadline ? d : deadline);
         int rc = fd < 0 ? fd : 0;
         cn->fd = fd;
         if (rc == 0 && c->tls)

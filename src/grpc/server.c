@@ -142,24 +142,7 @@ static int code_of(int rc)
 {
     if (rc >= 0)
         return rc <= 16 ? rc : MICA_GRPC_UNKNOWN;
-    switch (rc) {
-    case MICA_ETIMEDOUT:
-        return MICA_GRPC_DEADLINE_EXCEEDED;
-    case MICA_ECANCELED:
-        return MICA_GRPC_CANCELLED;
-    case MICA_ENOTFOUND:
-        return MICA_GRPC_NOT_FOUND;
-    case MICA_EINVAL:
-        return MICA_GRPC_INVALID_ARGUMENT;
-    case MICA_EEXIST:
-        return MICA_GRPC_ALREADY_EXISTS;
-    case MICA_ELIMIT:
-        return MICA_GRPC_RESOURCE_EXHAUSTED;
-    case MICA_EOVERLOAD:
-        return MICA_GRPC_UNAVAILABLE;
-    default:
-        return MICA_GRPC_INTERNAL;
-    }
+    return mica_err_grpc_code(rc); /* the table in include/mica/error.h */
 }
 
 int mica_grpc_status(mica_grpc_call_t *call, int code, const char *fmt, ...)

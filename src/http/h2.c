@@ -833,7 +833,7 @@ void mica__h2_serve(mica__http_conn_t *c)
         if (drained) { /* edge-triggered: wait only once a read came back short */
             hc.reading = true;
             c->idle = !busy; /* the drain may cancel an idle wait */
-            rc = mica_net_wait(c->fd, MICA_NET_READABLE, busy ? MICA_NO_DEADLINE : idle_deadline);
+            rc = mica_net_wait(c->fd, MICA_NET_READABLE, NULL, busy ? MICA_NO_DEADLINE : idle_deadline);
             hc.reading = false;
             c->idle = false;
         }

@@ -57,17 +57,7 @@ const char *mica_http_status_reason(int status)
 
 int mica__http_status_of(int err)
 {
-    switch (err) {
-    case MICA_ETIMEDOUT: return 504;
-    case MICA_ENOTFOUND: return 404;
-    case MICA_EINVAL: return 400;
-    case MICA_ELIMIT: return 413;
-    case MICA_EEXIST: return 409;
-    case MICA_EOVERLOAD:
-    case MICA_ENOMEM:
-    case MICA_ECANCELED: return 503;
-    default: return 500;
-    }
+    return mica_err_http_status(err); /* the table in include/mica/error.h */
 }
 
 int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len)

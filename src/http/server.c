@@ -368,7 +368,7 @@ int mica__http_conn_write(mica__http_conn_t *c, const void *buf, size_t len, int
 {
     if (c->tls.ssl)
         return mica__tls_write(&c->tls, buf, len, deadline);
-    return mica_net_write(c->fd, buf, len, deadline);
+    return mica_net_write(c->fd, buf, len, NULL, deadline);
 }
 
 /*
@@ -379,7 +379,7 @@ static ssize_t conn_fill(mica__http_conn_t *c, int64_t deadline, bool may_park)
 {
     for (;;) {
         if (c->must_wait) {
-            int rc = mica_net_wait(c->fd, MICA_NET_READABLE, deadline);
+            int rc = mica_net_wait(c->fd, MICA_NET_READABLE, NULL, deadline);
             if (rc != 0)
                 return rc;
         }
@@ -441,7 +441,7 @@ static void conn_linger_close(mica__http_conn_t *c)
         char sink[4096];
         size_t total = 0;
         while (total < LINGER_BYTES) {
-            ssize_t n = mica_net_read(c->fd, sink, sizeof(sink), deadline);
+            ssize_t n = mica_net_read(c->fd, sink, sizeof(sink), NULL, deadline);
             if (n <= 0)
                 break;
             total += (size_t)n;
@@ -891,7 +891,7 @@ static void accept_main(void *arg)
         if (fd < 0) {
             int err = errno;
             if (err == EAGAIN) {
-                if (mica_net_wait(a.fd, MICA_NET_READABLE, MICA_NO_DEADLINE) == MICA_ECANCELED)
+                if (mica_net_wait(a.fd, MICA_NET_READABLE, NULL, MICA_NO_DEADLINE) == MICA_ECANCELED)
                     break;
             } else if (err == EMFILE || err == ENFILE) {
                 /* Out of fds: use the spare to take the connection off the queue
@@ -910,7 +910,7 @@ static void accept_main(void *arg)
                         /* accept(2) reports EMFILE before it looks at the queue:
                          * with the queue empty, wait for a connection instead
                          * of spinning (the edge may be gone: poll now and then). */
-                        if (mica_net_wait(a.fd, MICA_NET_READABLE, mica_deadline_in(100)) ==
+                        if (mica_net_wait(a.fd, MICA_NET_READABLE, NULL, mica_deadline_in(100)) ==
                             MICA_ECANCELED)
                             break;
                     }

@@ -222,10 +222,10 @@ static int after(mica__tls_t *t, int ret, bool nowait, int64_t deadline)
     case SSL_ERROR_WANT_READ:
         if (nowait)
             return MICA_EAGAIN;
-        rc = mica_net_wait(t->fd, MICA_NET_READABLE, deadline);
+        rc = mica_net_wait(t->fd, MICA_NET_READABLE, NULL, deadline);
         break;
     case SSL_ERROR_WANT_WRITE:
-        rc = mica_net_wait(t->fd, MICA_NET_WRITABLE, deadline);
+        rc = mica_net_wait(t->fd, MICA_NET_WRITABLE, NULL, deadline);
         break;
     case SSL_ERROR_ZERO_RETURN:
         return 1;

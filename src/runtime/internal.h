@@ -205,10 +205,12 @@ void mica__io_forget(mica__loop_t *loop, int fd);
 void mica__io_cancel(mica__loop_t *loop, int fd);
 /*
  * Waits until fd is readable (`write`=false) or writable. Returns at once if
- * an edge arrived since the flag was last cleared. Returns 0, MICA_ETIMEDOUT,
- * MICA_ECANCELED, or a -errno from epoll registration.
+ * an edge arrived since the flag was last cleared. Returns 0, MICA_ETIMEDOUT
+ * (deadline_ms or ctx's deadline), MICA_ECANCELED (ctx cancelled, the fd's
+ * waits cancelled, the drain deadline), or a -errno from epoll registration.
  */
-int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms);
+int mica__io_wait(mica__loop_t *loop, int fd, bool write, struct mica_ctx *ctx,
+                  int64_t deadline_ms);
 
 /* ---- ctx waits (ctx.c) --------------------------------------------------- */
 

@@ -584,7 +584,7 @@ void mica__io_cancel(mica__loop_t *loop, int fd)
         mica__loop_wake(loop, io->writer, MICA_ECANCELED);
 }
 
-int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms)
+int mica__io_wait(mica__loop_t *loop, int fd, bool write, mica_ctx_t *ctx, int64_t deadline_ms)
 {
     int rc = mica__io_watch(loop, fd);
     if (rc != 0)
@@ -597,7 +597,7 @@ int mica__io_wait(mica__loop_t *loop, int fd, bool write, int64_t deadline_ms)
     }
     mica__coro_t **slot = write ? &io->writer : &io->reader;
     *slot = loop->current;
-    rc = mica__wait(loop, deadline_ms);
+    rc = mica__wait_ctx(loop, ctx, deadline_ms, mica__wait_prepare(loop));
     /* The table may have been reallocated while we slept. Only a wake by
      * the edge itself consumes it: one that arrived while we were being
      * cancelled or timed out must stay for the next wait to see. */

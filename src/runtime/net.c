@@ -119,7 +119,7 @@ static mica__loop_t *need_loop(void)
     return loop && loop->current ? loop : NULL;
 }
 
-int mica_net_accept(int fd, int64_t deadline_ms)
+int mica_net_accept(int fd, mica_ctx_t *ctx, int64_t deadline_ms)
 {
     mica__loop_t *loop = need_loop();
     if (!loop)
@@ -136,13 +136,13 @@ int mica_net_accept(int fd, int64_t deadline_ms)
             continue;
         if (err != EAGAIN)
             return -err;
-        int rc = mica__io_wait(loop, fd, false, deadline_ms);
+        int rc = mica__io_wait(loop, fd, false, ctx, deadline_ms);
         if (rc != 0)
             return rc;
     }
 }
 
-int mica_net_connect(const char *addr, int64_t deadline_ms)
+int mica_net_connect(const char *addr, mica_ctx_t *ctx, int64_t deadline_ms)
 {
     mica__loop_t *loop = need_loop();
     if (!loop)
@@ -162,7 +162,7 @@ int mica_net_connect(const char *addr, int64_t deadline_ms)
             rc = -errno;
             goto fail;
         }
-        rc = mica__io_wait(loop, fd, true, deadline_ms);
+        rc = mica__io_wait(loop, fd, true, ctx, deadline_ms);
         if (rc == 0) {
             int err = 0;
             socklen_t elen = sizeof(err);
@@ -178,7 +178,7 @@ fail:
     return rc;
 }
 
-ssize_t mica_net_read(int fd, void *buf, size_t len, int64_t deadline_ms)
+ssize_t mica_net_read(int fd, void *buf, size_t len, mica_ctx_t *ctx, int64_t deadline_ms)
 {
     mica__loop_t *loop = need_loop();
     if (!loop)
@@ -192,13 +192,13 @@ ssize_t mica_net_read(int fd, void *buf, size_t len, int64_t deadline_ms)
             continue;
         if (err != EAGAIN)
             return -err;
-        int rc = mica__io_wait(loop, fd, false, deadline_ms);
+        int rc = mica__io_wait(loop, fd, false, ctx, deadline_ms);
         if (rc != 0)
             return rc;
     }
 }
 
-int mica_net_write(int fd, const void *buf, size_t len, int64_t deadline_ms)
+int mica_net_write(int fd, const void *buf, size_t len, mica_ctx_t *ctx, int64_t deadline_ms)
 {
     mica__loop_t *loop = need_loop();
     if (!loop)
@@ -216,7 +216,7 @@ int mica_net_write(int fd, const void *buf, size_t len, int64_t deadline_ms)
             continue;
         if (err != EAGAIN)
             return -err;
-        int rc = mica__io_wait(loop, fd, true, deadline_ms);
+        int rc = mica__io_wait(loop, fd, true, ctx, deadline_ms);
         if (rc != 0)
             return rc;
     }
@@ -231,12 +231,12 @@ int mica_net_close(int fd)
     return close(fd) == 0 ? 0 : -errno;
 }
 
-int mica_net_wait(int fd, int events, int64_t deadline_ms)
+int mica_net_wait(int fd, int events, mica_ctx_t *ctx, int64_t deadline_ms)
 {
     mica__loop_t *loop = need_loop();
     if (!loop)
         return MICA_EINVAL;
-    return mica__io_wait(loop, fd, events & MICA_NET_WRITABLE, deadline_ms);
+    return mica__io_wait(loop, fd, events & MICA_NET_WRITABLE, ctx, deadline_ms);
 }
 
 int mica_net_on_readable(int fd, mica_coro_fn fn, void *arg)

@@ -28,16 +28,16 @@ static void ask(int worker, void *arg)
         return;
     char addr[64], buf[1024];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", mica_http_server_port(srv, 0));
-    int fd = mica_net_connect(addr, mica_deadline_in(5000));
+    int fd = mica_net_connect(addr, NULL, mica_deadline_in(5000));
     if (fd < 0) {
         fprintf(stderr, "connect %s: %s\n", addr, mica_strerror(fd));
         goto out;
     }
     static const char req[] = "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     size_t got = 0;
-    if (mica_net_write(fd, req, sizeof req - 1, mica_deadline_in(5000)) == 0) {
+    if (mica_net_write(fd, req, sizeof req - 1, NULL, mica_deadline_in(5000)) == 0) {
         for (;;) {
-            ssize_t n = mica_net_read(fd, buf + got, sizeof buf - 1 - got, mica_deadline_in(5000));
+            ssize_t n = mica_net_read(fd, buf + got, sizeof buf - 1 - got, NULL, mica_deadline_in(5000));
             if (n <= 0)
                 break;
             got += (size_t)n;

@@ -58,10 +58,10 @@ static const char req_sleep[] = "GET /sleep HTTP/1.1\r\nHost: t\r\n\r\n";
 static void timeout_client(int worker, void *arg)
 {
     struct fixture *f = arg;
-    int fd = mica_net_connect(f->addr, mica_deadline_in(1000));
+    int fd = mica_net_connect(f->addr, NULL, mica_deadline_in(1000));
     assert_true(fd >= 0);
-    assert_int_equal(mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, mica_deadline_in(1000)), 0);
-    ssize_t n = mica_net_read(fd, f->reply, sizeof(f->reply) - 1, mica_deadline_in(3000));
+    assert_int_equal(mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, NULL, mica_deadline_in(1000)), 0);
+    ssize_t n = mica_net_read(fd, f->reply, sizeof(f->reply) - 1, NULL, mica_deadline_in(3000));
     assert_true(n > 0);
     f->reply[n] = '\0';
     mica_net_close(fd);
@@ -79,9 +79,9 @@ static void test_handler_ctx_ends_at_the_request_timeout_with_504(void **state)
 static void hangup_client(int worker, void *arg)
 {
     struct fixture *f = arg;
-    int fd = mica_net_connect(f->addr, mica_deadline_in(1000));
+    int fd = mica_net_connect(f->addr, NULL, mica_deadline_in(1000));
     assert_true(fd >= 0);
-    assert_int_equal(mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, mica_deadline_in(1000)), 0);
+    assert_int_equal(mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, NULL, mica_deadline_in(1000)), 0);
     mica_sleep_ms(50); /* the handler is now sleeping on its ctx */
     int64_t t0 = mica_now_ms();
     mica_net_close(fd);
@@ -110,10 +110,10 @@ static void close_then_stop_client(int worker, void *arg)
 {
     struct fixture *f = arg;
     static const char req_ok[] = "GET /ok HTTP/1.1\r\nHost: t\r\n\r\n";
-    int fd = mica_net_connect(f->addr, mica_deadline_in(1000));
+    int fd = mica_net_connect(f->addr, NULL, mica_deadline_in(1000));
     assert_true(fd >= 0);
-    assert_int_equal(mica_net_write(fd, req_ok, sizeof(req_ok) - 1, mica_deadline_in(1000)), 0);
-    assert_true(mica_net_read(fd, f->reply, sizeof(f->reply), mica_deadline_in(1000)) > 0);
+    assert_int_equal(mica_net_write(fd, req_ok, sizeof(req_ok) - 1, NULL, mica_deadline_in(1000)), 0);
+    assert_true(mica_net_read(fd, f->reply, sizeof(f->reply), NULL, mica_deadline_in(1000)) > 0);
     mica_sleep_ms(2); /* the server parks the idle connection */
     mica_net_close(fd);
     mica_runtime_stop(f->rt);

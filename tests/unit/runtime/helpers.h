@@ -3,7 +3,43 @@
 #ifndef MICA_TEST_HELPERS_H
 #define MICA_TEST_HELPERS_H
 
+#include <stdatomic.h>
+#include <stdio.h>
+
 #include "mica/runtime.h"
+
+/*
+ * Expectations inside coroutines. cmocka's assertions longjmp out of the
+ * test, which from a coroutine on a worker thread is undefined behaviour;
+ * so coroutines only record the first failed expectation here, and the test
+ * (on the main thread) reports it with expect_no_failure() once the runtime
+ * has returned. EXPECT evaluates to the condition, so a body can bail out:
+ *     if (!EXPECT_EQ(mica_event_wait(&ev, NULL, d), 0)) return;
+ */
+static struct {
+    atomic_int failed;
+    char what[256];
+} test_failure;
+
+static inline int expect_note(int ok, const char *file, int line, const char *text, long long a,
+                              long long b)
+{
+    if (!ok && atomic_exchange(&test_failure.failed, 1) == 0)
+        snprintf(test_failure.what, sizeof(test_failure.what), "%s:%d: %s (%lld vs %lld)", file,
+                 line, text, a, b);
+    return ok;
+}
+#define EXPECT(cond) expect_note(!!(cond), __FILE__, __LINE__, #cond, 0, 0)
+#define EXPECT_EQ(a, b)                                                                           \
+    expect_note((long long)(a) == (long long)(b), __FILE__, __LINE__, #a " == " #b, (long long)(a), \
+                (long long)(b))
+
+/* On the main thread, after the runtime returned: fails the test with the first recorded failure. */
+#define expect_no_failure()                                                                       \
+    do {                                                                                          \
+        if (atomic_exchange(&test_failure.failed, 0))                                             \
+            fail_msg("%s", test_failure.what);                                                    \
+    } while (0)
 
 struct run_once {
     mica_runtime_t *rt;

@@ -280,12 +280,12 @@ struct echo {
 static void echo_server(void *arg)
 {
     struct echo *e = arg;
-    int c = mica_net_accept(e->lfd, mica_deadline_in(2000));
+    int c = mica_net_accept(e->lfd, NULL, mica_deadline_in(2000));
     assert_true(c >= 0);
     char buf[16];
-    ssize_t n = mica_net_read(c, buf, sizeof(buf), mica_deadline_in(2000));
+    ssize_t n = mica_net_read(c, buf, sizeof(buf), NULL, mica_deadline_in(2000));
     assert_true(n > 0);
-    assert_int_equal(mica_net_write(c, buf, (size_t)n, mica_deadline_in(2000)), 0);
+    assert_int_equal(mica_net_write(c, buf, (size_t)n, NULL, mica_deadline_in(2000)), 0);
     mica_net_close(c);
 }
 
@@ -301,11 +301,11 @@ static void echo_client(int worker, void *arg)
     assert_int_equal(mica_net_format_addr((struct sockaddr *)&ss, addr, sizeof(addr)), 0);
     assert_int_equal(mica_go(echo_server, e), 0);
 
-    int fd = mica_net_connect(addr, mica_deadline_in(2000));
+    int fd = mica_net_connect(addr, NULL, mica_deadline_in(2000));
     assert_true(fd >= 0);
-    e->read_timeout_rc = (int)mica_net_read(fd, e->got, sizeof(e->got), mica_deadline_in(20));
-    assert_int_equal(mica_net_write(fd, "ping", 4, mica_deadline_in(2000)), 0);
-    ssize_t n = mica_net_read(fd, e->got, sizeof(e->got) - 1, mica_deadline_in(2000));
+    e->read_timeout_rc = (int)mica_net_read(fd, e->got, sizeof(e->got), NULL, mica_deadline_in(20));
+    assert_int_equal(mica_net_write(fd, "ping", 4, NULL, mica_deadline_in(2000)), 0);
+    ssize_t n = mica_net_read(fd, e->got, sizeof(e->got) - 1, NULL, mica_deadline_in(2000));
     assert_int_equal(n, 4);
     e->got[n] = '\0';
     mica_net_close(fd);
