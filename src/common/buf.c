@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/buf.h"
 #include "mica/error.h"
 
@@ -13,7 +13,7 @@ void mica__buf_init(mica__buf_t *b, size_t max)
 
 void mica__buf_free(mica__buf_t *b)
 {
-    free(b->data);
+    mica__free(b->data);
     b->data = NULL;
     b->off = b->len = b->cap = 0;
 }
@@ -44,7 +44,7 @@ char *mica__buf_reserve(mica__buf_t *b, size_t n, int *err)
         cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
     if (cap > b->max)
         cap = b->max;
-    char *d = realloc(b->data, cap);
+    char *d = mica__realloc(b->data, cap);
     if (!d) {
         *err = MICA_ENOMEM;
         return NULL;
