@@ -5,7 +5,8 @@
 #   2. channels/select/spawn/offload vs Go (bench/micro/chan.sh)
 #   3. HTTP /health: Gin, nginx and mica under wrk (bench/load/http.sh)
 #   4. HTTPS /health: nginx and mica over TLS under wrk (bench/load/http.sh, BENCH_TLS=1)
-#   5. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
+#   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
+#   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -39,6 +40,10 @@ if [ -x "$root/bench/load/http.sh" ]; then
     "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
     echo "== HTTPS /health vs nginx"
     BENCH_TLS=1 BENCH_CONNS=256 "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/h2.sh" ]; then
+    echo "== HTTP/2 (h2c) /health vs h2o and nginx"
+    "$root/bench/load/h2.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 if [ -x "$root/bench/load/grpc.sh" ]; then
     echo "== gRPC GetUser vs grpc-go"

@@ -11,7 +11,7 @@ test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghtt
       protobuf-compiler golang-github-golang-protobuf-1-3-dev)
 # The fresh-machine check's own tools on the host (scripts/fresh-machine.sh).
 fresh=(debootstrap curl nghttp2-client git util-linux)
-bench=(wrk nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)
+bench=(wrk h2o nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux)
 
 want=("${build[@]}")
 for t in "$@"; do
