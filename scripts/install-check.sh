@@ -34,7 +34,10 @@ echo "install-check: installed under $top ($soname)"
 cp -r "$root/tests/install" "$tmp/pc"
 PKG_CONFIG_PATH="$lib/pkgconfig" make -s -C "$tmp/pc" consumer
 LD_LIBRARY_PATH="$lib" "$tmp/pc/consumer"
-LD_LIBRARY_PATH="$lib" ldd "$tmp/pc/consumer" | grep -q "libmica.so.0 => $lib/" ||
+# (ldd's output is kept first: `ldd | grep -q` fails under pipefail when
+# grep exits at the first match and ldd is still writing.)
+deps=$(LD_LIBRARY_PATH="$lib" ldd "$tmp/pc/consumer")
+grep -q "libmica.so.0 => $lib/" <<<"$deps" ||
     { echo "install-check: the pkg-config build does not load $lib/libmica.so.0" >&2; exit 1; }
 echo "install-check: pkg-config build runs"
 
