@@ -1,17 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Response serialization and helpers. A response is written straight into
- * the connection's output buffer (status line, Date from the worker's
- * per-second cache, Content-Type, Content-Length, Connection, the handler's
- * extra headers, body), so pipelined responses leave in one write.
+ * Responses, whatever their protocol: header and trailer fields kept as
+ * name/value pairs in the request arena (HTTP/1.1 writes them as
+ * "Name: value" lines, HTTP/2 as lower-cased HPACK fields; neither parses
+ * the other's form), the public send/start/write/end calls that go to the
+ * protocol through the request's operations table, and JSON helpers.
  */
 #include <string.h>
+#include <strings.h>
 
 #include "http/internal.h"
-
-#define OUT_CAP_BYTES (64u << 20) /* one connection's pending output */
-#define RESP_HEADERS_CAP 8192
-
 const char *mica_http_status_reason(int status)
 {
     switch (status) {
@@ -55,33 +53,6 @@ const char *mica_http_status_reason(int status)
     }
 }
 
-int mica__http_status_of(int err)
-{
-    return mica_err_http_status(err); /* the table in include/mica/error.h */
-}
-
-int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len)
-{
-    if (len > c->out_cap - c->out_len) {
-        if (len > OUT_CAP_BYTES - c->out_len)
-            return MICA_ELIMIT;
-        size_t cap = c->out_cap ? c->out_cap : MICA__HTTP_BUF_BYTES;
-        while (cap - c->out_len < len)
-            cap *= 2;
-        if (cap > OUT_CAP_BYTES)
-            cap = OUT_CAP_BYTES;
-        char *out = !c->out && cap == MICA__HTTP_BUF_BYTES ? mica__http_buf_get(c->w)
-                                                            : realloc(c->out, cap);
-        if (!out)
-            return MICA_ENOMEM;
-        c->out = out;
-        c->out_cap = cap;
-    }
-    memcpy(c->out + c->out_len, p, len);
-    c->out_len += len;
-    return 0;
-}
-
 size_t mica__http_u64_dec(char *buf, uint64_t v)
 {
     char tmp[20];
@@ -95,20 +66,35 @@ size_t mica__http_u64_dec(char *buf, uint64_t v)
     return n;
 }
 
-static void refresh_date(mica__http_worker_t *w)
+void mica__http_date(mica__http_worker_t *w, const char **line, size_t *len)
 {
     time_t now = time(NULL);
-    if (now == w->date_sec && w->date_len)
-        return;
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    w->date_len = strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-    w->date_sec = now;
+    if (now != w->date_sec || !w->date_len) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        w->date_len =
+            strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        w->date_sec = now;
+    }
+    *line = w->date;
+    *len = w->date_len;
 }
 
-int mica_http_resp_header(mica_http_resp_t *resp, const char *name, const char *value)
+bool mica__http_hop_field(const char *name, size_t len)
 {
-    if (resp->sent || !name || !*name || !value)
+    return mica__http_token_eq(name, len, "connection") ||
+           mica__http_token_eq(name, len, "keep-alive") ||
+           mica__http_token_eq(name, len, "transfer-encoding") ||
+           mica__http_token_eq(name, len, "upgrade") ||
+           mica__http_token_eq(name, len, "proxy-connection");
+}
+
+/* ---- fields --------------------------------------------------------------------- */
+
+static int add_field(mica_http_resp_t *resp, mica__http_field_t **list, size_t *n, size_t *bytes,
+                     const char *name, const char *value)
+{
+    if (!name || !*name || !value)
         return MICA_EINVAL;
     for (const char *p = name; *p; p++) {
         unsigned char ch = (unsigned char)*p;
@@ -118,98 +104,99 @@ int mica_http_resp_header(mica_http_resp_t *resp, const char *name, const char *
     for (const char *p = value; *p; p++)
         if (*p == '\r' || *p == '\n')
             return MICA_EINVAL;
-    size_t nl = strlen(name), vl = strlen(value), need = nl + vl + 4;
-    if (need > RESP_HEADERS_CAP - resp->headers_len)
+    size_t nl = strlen(name), vl = strlen(value);
+    if (*n >= MICA__HTTP_RESP_MAX_FIELDS || nl + vl + 4 > MICA__HTTP_RESP_FIELDS_BYTES - *bytes)
         return MICA_ELIMIT;
-    if (need > resp->headers_cap - resp->headers_len) {
-        size_t cap = resp->headers_cap ? resp->headers_cap * 2 : 512;
-        while (cap - resp->headers_len < need)
-            cap *= 2;
-        char *h = mica_http_req_alloc(resp->req, cap);
-        if (!h)
+    if (!*list) { /* room for every field at once: one arena allocation */
+        *list = mica_http_req_alloc(resp->req, MICA__HTTP_RESP_MAX_FIELDS * sizeof(**list));
+        if (!*list)
             return MICA_ENOMEM;
-        if (resp->headers_len)
-            memcpy(h, resp->headers, resp->headers_len);
-        resp->headers = h;
-        resp->headers_cap = cap;
     }
-    char *h = resp->headers + resp->headers_len;
-    memcpy(h, name, nl);
-    memcpy(h + nl, ": ", 2);
-    memcpy(h + nl + 2, value, vl);
-    memcpy(h + nl + 2 + vl, "\r\n", 2);
-    resp->headers_len += need;
+    char *copy = mica_http_req_alloc(resp->req, nl + vl + 2);
+    if (!copy)
+        return MICA_ENOMEM;
+    memcpy(copy, name, nl + 1);
+    memcpy(copy + nl + 1, value, vl + 1);
+    (*list)[(*n)++] = (mica__http_field_t){copy, nl, copy + nl + 1, vl};
+    *bytes += nl + vl + 4;
     return 0;
+}
+
+int mica_http_resp_header(mica_http_resp_t *resp, const char *name, const char *value)
+{
+    if (resp->sent)
+        return MICA_EINVAL;
+    return add_field(resp, &resp->fields, &resp->nfields, &resp->fields_bytes, name, value);
+}
+
+int mica_http_resp_trailer(mica_http_resp_t *resp, const char *name, const char *value)
+{
+    if (resp->ended)
+        return MICA_EINVAL;
+    return add_field(resp, &resp->trailers, &resp->ntrailers, &resp->trailers_bytes, name, value);
+}
+
+const char *mica_http_resp_field(const mica_http_resp_t *resp, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < resp->nfields; i++)
+        if (resp->fields[i].name_len == len && strncasecmp(resp->fields[i].name, name, len) == 0)
+            return resp->fields[i].value;
+    for (size_t i = 0; i < resp->ntrailers; i++)
+        if (resp->trailers[i].name_len == len && strncasecmp(resp->trailers[i].name, name, len) == 0)
+            return resp->trailers[i].value;
+    return NULL;
+}
+
+int mica_http_resp_status(const mica_http_resp_t *resp)
+{
+    return resp->sent || resp->started ? resp->status : 0;
+}
+
+/* ---- sending --------------------------------------------------------------------- */
+
+static bool bad_content_type(const char *ct)
+{
+    return ct && (strchr(ct, '\r') || strchr(ct, '\n'));
 }
 
 int mica_http_resp_send(mica_http_resp_t *resp, int status, const char *content_type,
                         const void *body, size_t len)
 {
-    mica__http_conn_t *c = resp->conn;
-    if (resp->sent || status < 200 || status > 599)
+    if (resp->sent || resp->started || status < 200 || status > 599 || bad_content_type(content_type))
         return MICA_EINVAL;
-    if (content_type && (strchr(content_type, '\r') || strchr(content_type, '\n')))
-        return MICA_EINVAL;
-    if (resp->h2)
-        return mica__h2_respond(resp, status, content_type, body, len);
-    refresh_date(c->w);
-
-    /* Fixed-size part: status line, Date, Content-Length, Connection. */
-    char head[256];
-    size_t n = 0;
-    memcpy(head, "HTTP/1.1 ", 9);
-    n = 9;
-    n += mica__http_u64_dec(head + n, (uint64_t)status);
-    head[n++] = ' ';
-    const char *reason = mica_http_status_reason(status);
-    size_t rl = strlen(reason);
-    memcpy(head + n, reason, rl);
-    n += rl;
-    memcpy(head + n, "\r\n", 2);
-    n += 2;
-    memcpy(head + n, c->w->date, c->w->date_len);
-    n += c->w->date_len;
-
-    bool no_body = status == 204 || status == 304;
-    size_t start = c->out_len;
-    int rc = mica__http_out_append(c, head, n);
-    if (rc == 0 && content_type && !no_body) {
-        rc = mica__http_out_append(c, "Content-Type: ", 14);
-        if (rc == 0)
-            rc = mica__http_out_append(c, content_type, strlen(content_type));
-        if (rc == 0)
-            rc = mica__http_out_append(c, "\r\n", 2);
-    }
-    n = 0;
-    if (status != 204) {
-        memcpy(head, "Content-Length: ", 16);
-        n = 16 + mica__http_u64_dec(head + 16, no_body ? 0 : len);
-        memcpy(head + n, "\r\n", 2);
-        n += 2;
-    }
-    if (c->close || mica_worker_stopping()) {
-        c->close = true;
-        memcpy(head + n, "Connection: close\r\n", 19);
-        n += 19;
-    } else if (c->version_minor == 0) {
-        memcpy(head + n, "Connection: keep-alive\r\n", 24);
-        n += 24;
-    }
-    if (rc == 0)
-        rc = mica__http_out_append(c, head, n);
-    if (rc == 0 && resp->headers_len)
-        rc = mica__http_out_append(c, resp->headers, resp->headers_len);
-    if (rc == 0)
-        rc = mica__http_out_append(c, "\r\n", 2);
-    if (rc == 0 && len && !no_body && !c->head_only)
-        rc = mica__http_out_append(c, body, len);
-    if (rc != 0) {
-        c->out_len = start; /* drop the partial response; the caller maps rc */
-        return rc;
-    }
-    resp->sent = true;
     resp->status = status;
+    int rc = resp->req->ops->send(resp, content_type, body, len);
+    if (rc == 0)
+        resp->sent = resp->ended = true;
+    return rc;
+}
+
+int mica_http_resp_start(mica_http_resp_t *resp, int status, const char *content_type)
+{
+    if (resp->sent || resp->started || status < 200 || status > 599 || bad_content_type(content_type))
+        return MICA_EINVAL;
+    resp->status = status;
+    resp->content_type = content_type;
+    resp->started = true;
     return 0;
+}
+
+int mica_http_resp_write(mica_http_resp_t *resp, const void *data, size_t len)
+{
+    if (!resp->started || resp->ended)
+        return MICA_EINVAL;
+    if (len > MICA__HTTP_OUT_CAP_BYTES)
+        return MICA_ELIMIT;
+    return resp->req->ops->write(resp, data, len);
+}
+
+int mica_http_resp_end(mica_http_resp_t *resp)
+{
+    if (!resp->started || resp->ended)
+        return MICA_EINVAL;
+    resp->ended = true;
+    return resp->req->ops->end(resp);
 }
 
 int mica_http_resp_text(mica_http_resp_t *resp, int status, const char *text)
@@ -249,12 +236,4 @@ int mica_http_resp_error(mica_http_resp_t *resp, int status, const char *msg)
     int rc = mica_http_resp_json(resp, status, o);
     json_decref(o);
     return rc;
-}
-
-int mica__http_send_error(mica__http_conn_t *c, int status, const char *msg)
-{
-    c->close = true;
-    c->resp.sent = false;
-    c->resp.headers_len = 0;
-    return mica_http_resp_error(&c->resp, status, msg);
 }

@@ -91,16 +91,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     mica_runtime_t *rt;
     mica_http_server_t *srv;
+    mica_grpc_server_t *gs;
     mica_runtime_opts_t ro = {.workers = 1, .no_signals = true};
-    mica_http_server_opts_t ho = {.max_body_bytes = 64 * 1024, .max_message_bytes = 64 * 1024,
-                                  .idle_timeout_ms = IO_LIMIT_MS};
+    mica_http_server_opts_t ho = {.max_body_bytes = 64 * 1024, .idle_timeout_ms = IO_LIMIT_MS};
+    mica_grpc_server_opts_t go = {.max_message_bytes = 64 * 1024};
     const ProtobufCServiceDescriptor *d = &mica__interop__echo__descriptor;
     if (mica_runtime_new(&rt, &ro) || mica_http_server_new(&srv, &ho) ||
-        mica_grpc_register(srv, d, "Unary", MICA_GRPC_UNARY, unary, NULL) ||
-        mica_grpc_register(srv, d, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream, NULL) ||
-        mica_grpc_register(srv, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, streaming, NULL) ||
-        mica_grpc_register(srv, d, "Bidi", MICA_GRPC_BIDI, streaming, (void *)1) ||
-        mica_grpc_enable_health(srv) || mica_http_route(srv, "POST", "/echo", rest, NULL) ||
+        mica_grpc_server_new(&gs, srv, &go) ||
+        mica_grpc_register(gs, d, "Unary", MICA_GRPC_UNARY, unary, NULL) ||
+        mica_grpc_register(gs, d, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream, NULL) ||
+        mica_grpc_register(gs, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, streaming, NULL) ||
+        mica_grpc_register(gs, d, "Bidi", MICA_GRPC_BIDI, streaming, (void *)1) ||
+        mica_grpc_enable_health(gs) || mica_http_route(srv, "POST", "/echo", rest, NULL) ||
         mica_http_server_listen(srv, "127.0.0.1:0") || mica_http_server_attach(srv, rt)) {
         fprintf(stderr, "fuzz_h2_grpc: server setup failed\n");
         abort();
