@@ -134,7 +134,9 @@ int mica_http_next(mica_http_next_t *next)
         return MICA_EINVAL; /* the handler has run already */
     if (next->i < srv->nmw) {
         const mica__http_mw_t *mw = &srv->mw[next->i++];
-        return mw->fn(req, next->resp, next, mw->arg);
+        int rc = mw->fn(req, next->resp, next, mw->arg);
+        settle(req, next->resp, rc); /* a short-circuit's error, answered for those outside */
+        return rc;
     }
     next->i = SIZE_MAX;
     void *arg;
@@ -163,8 +165,7 @@ void mica__http_serve(mica_http_req_t *req, mica_http_resp_t *resp)
 
 int mica__http_send_error(mica_http_resp_t *resp, int status, const char *msg)
 {
-    resp->sent = false;
-    resp->nfields = resp->fields_bytes = 0;
+    /* Fields stay: a middleware's (a request id, say) belong on errors too. */
     return mica_http_resp_error(resp, status, msg);
 }
 
