@@ -159,8 +159,8 @@ void mica__http_serve(mica_http_req_t *req, mica_http_resp_t *resp)
         rc = mica_http_next(&next);
     }
     settle(req, resp, rc);
+    mica__http_observe(req, resp); /* before the release: observers read ctx values */
     mica__http_req_release(req);
-    mica__http_observe(req, resp);
 }
 
 int mica__http_send_error(mica_http_resp_t *resp, int status, const char *msg)
