@@ -754,8 +754,10 @@ static int session_new(h2conn_t *hc)
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_BYTES},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)hc->srv->o.max_head_bytes},
     };
-    if (nghttp2_submit_settings(hc->sess, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0)
+    if (nghttp2_submit_settings(hc->sess, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0) {
+        nghttp2_session_del(hc->sess); /* found by the fault-injection sweep */
         return MICA_ENOMEM;
+    }
     return 0;
 }
 

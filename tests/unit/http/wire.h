@@ -58,7 +58,8 @@ static inline void wire_frame(char **p, int type, int flags, uint32_t stream, co
     h[6] = (unsigned char)(stream >> 16);
     h[7] = (unsigned char)(stream >> 8);
     h[8] = (unsigned char)stream;
-    memcpy(*p + 9, payload, len);
+    if (len)
+        memcpy(*p + 9, payload, len);
     *p += 9 + len;
 }
 
