@@ -346,6 +346,17 @@ static int h1_write(mica_http_resp_t *resp, const void *p, size_t n)
     return 0;
 }
 
+/* Whether a TE field value lists "trailers" (RFC 9110 §10.1.4). */
+static bool te_trailers(const mica_http_req_t *req)
+{
+    const char *te = mica_http_req_header(req, "te");
+    for (const char *p = te; p && (p = strcasestr(p, "trailers")); p += 8)
+        if ((p == te || p[-1] == ' ' || p[-1] == ',') && (!p[8] || p[8] == ',' || p[8] == ' ' ||
+                                                          p[8] == ';'))
+            return true;
+    return false;
+}
+
 static int h1_end(mica_http_resp_t *resp)
 {
     mica__http_conn_t *c = resp->req->proto;
@@ -365,7 +376,8 @@ static int h1_end(mica_http_resp_t *resp)
         return 0;
     size_t start = c->out.len;
     int rc = out_append(c, "0\r\n", 3);
-    for (size_t i = 0; resp->req->trailers_ok && i < resp->ntrailers && rc == 0; i++) {
+    bool trailers = resp->ntrailers && c->version_minor == 1 && te_trailers(resp->req);
+    for (size_t i = 0; trailers && i < resp->ntrailers && rc == 0; i++) {
         const mica__http_field_t *f = &resp->trailers[i];
         rc = out_append(c, f->name, f->name_len);
         if (rc == 0)
@@ -686,17 +698,6 @@ static const char *error_message(int status)
     }
 }
 
-/* Whether a TE field value lists "trailers" (RFC 9110 §10.1.4). */
-static bool te_trailers(const mica_http_req_t *req)
-{
-    const char *te = mica_http_req_header(req, "te");
-    for (const char *p = te; p && (p = strcasestr(p, "trailers")); p += 8)
-        if ((p == te || p[-1] == ' ' || p[-1] == ',') && (!p[8] || p[8] == ',' || p[8] == ' ' ||
-                                                          p[8] == ';'))
-            return true;
-    return false;
-}
-
 /* Sets req's method, path and query from the head (absolute-form routes on its path). */
 static void set_target(mica__http_conn_t *c)
 {
@@ -844,7 +845,6 @@ void mica__http_conn_main(void *arg)
             return;
         }
         set_target(c);
-        req->trailers_ok = c->version_minor == 1 && te_trailers(req);
         if (req->streaming) {
             c->boff = c->bend = c->braw = head_len;
             c->bchunked = h->chunked;

@@ -172,7 +172,6 @@ struct mica_http_req {
     int route_rc;  /* 0, -404, -405, -400 (bad target) */
     bool streaming; /* the body is read through ops->body_wait */
     bool cancelled; /* client gone before the ctx existed */
-    bool trailers_ok; /* HTTP/1.1: TE: trailers */
     const char *params[MICA__HTTP_MAX_PARAMS]; /* decoded lazily */
     int64_t deadline_ms;
     mica_ctx_t *ctx;      /* innermost: created on first mica_http_req_ctx() */

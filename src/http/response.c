@@ -107,10 +107,14 @@ static int add_field(mica_http_resp_t *resp, mica__http_field_t **list, size_t *
     size_t nl = strlen(name), vl = strlen(value);
     if (*n >= MICA__HTTP_RESP_MAX_FIELDS || nl + vl + 4 > MICA__HTTP_RESP_FIELDS_BYTES - *bytes)
         return MICA_ELIMIT;
-    if (!*list) { /* room for every field at once: one arena allocation */
-        *list = mica_http_req_alloc(resp->req, MICA__HTTP_RESP_MAX_FIELDS * sizeof(**list));
-        if (!*list)
+    if (*n == 0 || (*n >= 8 && (*n & (*n - 1)) == 0)) { /* 8, then double: arena space is cheap */
+        size_t room = *n ? *n * 2 : 8;
+        mica__http_field_t *grown = mica_http_req_alloc(resp->req, room * sizeof(**list));
+        if (!grown)
             return MICA_ENOMEM;
+        if (*n)
+            memcpy(grown, *list, *n * sizeof(**list));
+        *list = grown;
     }
     char *copy = mica_http_req_alloc(resp->req, nl + vl + 2);
     if (!copy)
