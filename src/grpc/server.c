@@ -496,8 +496,12 @@ static bool parse_timeout(const char *v, int64_t *deadline_ms)
 
 static void finish(mica_grpc_call_t *call, int code)
 {
-    char st[24];
-    snprintf(st, sizeof(st), "%d", code);
+    char st[4]; /* 0..16, without printf on every call */
+    int k = 0;
+    if (code >= 10)
+        st[k++] = (char)('0' + code / 10 % 10);
+    st[k++] = (char)('0' + code % 10);
+    st[k] = '\0';
     mica_http_resp_t *resp = call->resp;
     mica_http_resp_trailer(resp, "grpc-status", st);
     if (call->message && code != 0) {
@@ -583,11 +587,14 @@ static int serve(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     mica_grpc_call_t call = {.req = req, .resp = resp, .m = m, .gs = m->gs,
                              .max_msg = m->gs->o.max_message_bytes};
     mica_http_resp_start(resp, 200, "application/grpc");
-    mica_http_resp_header(resp, "grpc-accept-encoding", ACCEPT_ENCODING);
-
-    int code;
     const char *timeout = mica_http_req_header(req, "grpc-timeout");
     const char *encoding = mica_http_req_header(req, "grpc-encoding");
+    /* Optional in a response (PROTOCOL-HTTP2): said to clients that compress,
+     * who need to know what we inflate; a field less on every other call. */
+    if (encoding)
+        mica_http_resp_header(resp, "grpc-accept-encoding", ACCEPT_ENCODING);
+
+    int code;
     call.gzip = encoding && strcmp(encoding, "gzip") == 0;
     int64_t deadline;
     if (encoding && !call.gzip && strcmp(encoding, "identity") != 0) {

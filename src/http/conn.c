@@ -178,11 +178,22 @@ static int conn_flush(mica__http_conn_t *c)
     return rc;
 }
 
-static int out_append(mica__http_conn_t *c, const void *p, size_t len)
+static int out_append_slow(mica__http_conn_t *c, const void *p, size_t len)
 {
     if (!c->out.data && mica__http_buf_ready(c->w, &c->out) != 0)
         return MICA_ENOMEM;
     return mica__buf_append(&c->out, p, len);
+}
+
+/* The response path appends a dozen small pieces: the common case is inline. */
+static inline int out_append(mica__http_conn_t *c, const void *p, size_t len)
+{
+    mica__buf_t *b = &c->out;
+    if (len == 0 || len > b->cap - b->len)
+        return out_append_slow(c, p, len);
+    memcpy(b->data + b->len, p, len);
+    b->len += len;
+    return 0;
 }
 
 /* Flush, half-close, drain the client's unread bytes briefly, then close. */
@@ -442,7 +453,18 @@ static size_t stream_max(const mica_http_req_t *req)
     return r && r->max_buffer ? r->max_buffer : req->srv->o.max_body_bytes;
 }
 
-static int h1_body_wait(mica_http_req_t *req, size_t want)
+static int h1_body_wait_(mica_http_req_t *req, size_t want);
+
+static int h1_body_wait(mica_http_req_t *req, size_t want, const char **data, size_t *len)
+{
+    mica__http_conn_t *c = req->proto;
+    int rc = h1_body_wait_(req, want);
+    *data = c->in.data + c->boff;
+    *len = c->bend - c->boff;
+    return rc;
+}
+
+static int h1_body_wait_(mica_http_req_t *req, size_t want)
 {
     mica__http_conn_t *c = req->proto;
     mica_http_server_t *srv = c->w->srv;
@@ -493,13 +515,6 @@ static int h1_body_wait(mica_http_req_t *req, size_t want)
     }
 }
 
-static const char *h1_body_data(mica_http_req_t *req, size_t *len)
-{
-    mica__http_conn_t *c = req->proto;
-    *len = c->bend - c->boff;
-    return c->in.data + c->boff;
-}
-
 static void h1_body_consume(mica_http_req_t *req, size_t n)
 {
     mica__http_conn_t *c = req->proto;
@@ -512,7 +527,6 @@ static const mica__http_ops_t h1_ops = {
     .end = h1_end,
     .abort = h1_abort,
     .body_wait = h1_body_wait,
-    .body_data = h1_body_data,
     .body_consume = h1_body_consume,
 };
 
@@ -570,7 +584,8 @@ static int read_head(mica__http_conn_t *c, int64_t *head_deadline)
         if (c->idle) {
             c->idle = false;
             *head_deadline = mica_deadline_in(srv->o.header_timeout_ms);
-            mica__http_clock_start(&c->req);
+            if (srv->nobs)
+                c->start_ns = mica__http_now_ns(); /* observers time from the first byte */
         }
         if (n == 0)
             return READ_EOF;
@@ -795,9 +810,9 @@ void mica__http_conn_main(void *arg)
             mica__http_conn_close(c);
             return;
         }
-        mica__http_req_init(&c->req, &c->resp, srv, &h1_ops, c, &c->arena);
         c->head_len = 0;
-        mica__http_clock_start(&c->req);
+        if (srv->nobs)
+            c->start_ns = mica__http_now_ns();
         int r = read_head(c, &head_deadline);
         if (r == READ_H2) {
             mica__h2_serve(c);
@@ -816,6 +831,8 @@ void mica__http_conn_main(void *arg)
             mica__http_conn_close(c);
             return;
         }
+        mica__http_req_init(&c->req, &c->resp, srv, &h1_ops, c, &c->arena);
+        c->req.start_ns = c->start_ns;
         c->version_minor = r > 0 ? c->head->version_minor : 1;
         c->head_only = false;
         c->req.version = 10 + c->version_minor;

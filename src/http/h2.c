@@ -68,8 +68,8 @@ struct mica__h2_stream {
     mica__arena_t arena; /* header strings, response fields */
     mica__buf_t body;    /* request body: all of it, or (streaming) what is unread */
     mica__buf_t out;     /* response body bytes not yet taken by nghttp2 */
-    mica__http_field_t headers[MICA__HTTP_MAX_HEADERS];
-    size_t nheaders, head_bytes;
+    mica__http_field_t headers[MICA__HTTP_MAX_HEADERS]; /* stream_new() keeps it unzeroed */
+    size_t nheaders, head_bytes; /* nheaders must follow headers */
     const char *method, *path;
     size_t method_len, path_len;
     bool too_large, bad;
@@ -86,6 +86,16 @@ struct mica__h2_stream {
 };
 
 static const mica__http_ops_t h2_ops;
+
+/* mica__buf_append() with the common case (room at the end) inline. */
+static inline int buf_put(mica__buf_t *b, const void *p, size_t n)
+{
+    if (n == 0 || n > b->cap - b->len)
+        return mica__buf_append(b, p, n);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
 
 /* ---- memory: nghttp2 allocates through mica's wrappers (fault injection) ---- */
 
@@ -130,7 +140,9 @@ static mica__h2_stream_t *stream_new(h2conn_t *hc, int32_t id)
         w->nh2_spare--;
         mica__arena_t arena = s->arena;
         mica__buf_t body = s->body, out = s->out;
-        memset(s, 0, sizeof(*s));
+        /* Everything but the header array (2 KiB, filled as headers come). */
+        memset(s, 0, offsetof(mica__h2_stream_t, headers));
+        memset(&s->nheaders, 0, sizeof(*s) - offsetof(mica__h2_stream_t, nheaders));
         s->arena = arena;
         s->body = (mica__buf_t){.data = body.data, .cap = body.cap};
         s->out = (mica__buf_t){.data = out.data, .cap = out.cap};
@@ -233,27 +245,26 @@ static nghttp2_nv nv(const char *name, const char *value, size_t vlen)
 
 /*
  * Appends fields f[0..n) to nva (up to MAX_NV): names lower-cased (RFC 9113
- * §8.2.1; copied to the arena only when needed), connection-specific
- * fields left out (§8.2.2). Returns the new count, or SIZE_MAX on ENOMEM;
- * *octets grows by what the fields weigh.
+ * §8.2.1; copied to the arena, only those `upper` marks), connection-specific
+ * fields (`hop`) left out (§8.2.2). Returns the new count, or SIZE_MAX on
+ * ENOMEM; *octets grows by what the fields weigh.
  */
 static size_t put_fields(mica__h2_stream_t *s, nghttp2_nv *nva, size_t k,
-                         const mica__http_field_t *f, size_t n, uint64_t *octets)
+                         const mica__http_field_t *f, size_t n, uint64_t upper, uint64_t hop,
+                         uint64_t *octets)
 {
     for (size_t i = 0; i < n && k < MAX_NV; i++) {
-        const char *name = f[i].name;
-        if (mica__http_hop_field(name, f[i].name_len))
+        uint64_t bit = (uint64_t)1 << i;
+        if (hop & bit)
             continue;
-        for (size_t j = 0; j < f[i].name_len; j++) {
-            if (name[j] >= 'A' && name[j] <= 'Z') {
-                char *low = mica__arena_alloc(&s->arena, f[i].name_len + 1);
-                if (!low)
-                    return SIZE_MAX;
-                for (size_t m = 0; m <= f[i].name_len; m++)
-                    low[m] = (char)(name[m] >= 'A' && name[m] <= 'Z' ? name[m] + 32 : name[m]);
-                name = low;
-                break;
-            }
+        const char *name = f[i].name;
+        if (upper & bit) {
+            char *low = mica__arena_alloc(&s->arena, f[i].name_len + 1);
+            if (!low)
+                return SIZE_MAX;
+            for (size_t m = 0; m <= f[i].name_len; m++)
+                low[m] = (char)(name[m] >= 'A' && name[m] <= 'Z' ? name[m] + 32 : name[m]);
+            name = low;
         }
         nva[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)f[i].value, f[i].name_len,
                                 f[i].value_len, NGHTTP2_NV_FLAG_NONE};
@@ -283,7 +294,8 @@ static ssize_t provide(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t l
     if (s->resp.ntrailers) {
         nghttp2_nv nva[MAX_NV];
         uint64_t octets = 0;
-        size_t k = put_fields(s, nva, 0, s->resp.trailers, s->resp.ntrailers, &octets);
+        size_t k = put_fields(s, nva, 0, s->resp.trailers, s->resp.ntrailers,
+                              s->resp.trailers_upper, s->resp.trailers_hop, &octets);
         if (k != SIZE_MAX && nghttp2_submit_trailer(sess, id, nva, k) == 0)
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     }
@@ -292,8 +304,7 @@ static ssize_t provide(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t l
 
 /* Submits the response head (:status, content-type, [content-length], fields, `extra`). */
 static int submit_head(mica__h2_stream_t *s, mica_http_resp_t *resp, const char *content_type,
-                       bool length, size_t len, const mica__http_field_t *extra, size_t nextra,
-                       bool with_body)
+                       bool length, size_t len, bool with_trailers, bool with_body)
 {
     nghttp2_nv nva[MAX_NV];
     size_t n = 0;
@@ -310,9 +321,11 @@ static int submit_head(mica__h2_stream_t *s, mica_http_resp_t *resp, const char 
         nva[n++] = nv("content-length", cl, dec(cl, len));
         octets += 14 + nva[n - 1].valuelen;
     }
-    n = put_fields(s, nva, n, resp->fields, resp->nfields, &octets);
-    if (n != SIZE_MAX && nextra)
-        n = put_fields(s, nva, n, extra, nextra, &octets);
+    n = put_fields(s, nva, n, resp->fields, resp->nfields, resp->fields_upper, resp->fields_hop,
+                   &octets);
+    if (n != SIZE_MAX && with_trailers)
+        n = put_fields(s, nva, n, resp->trailers, resp->ntrailers, resp->trailers_upper,
+                       resp->trailers_hop, &octets);
     if (n == SIZE_MAX)
         return MICA_ENOMEM;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = provide};
@@ -340,12 +353,12 @@ static int h2_send(mica_http_resp_t *resp, const char *content_type, const void 
     bool with_body = len && !no_body && !is_head(s);
     if (with_body) {
         mica__buf_reset(&s->out);
-        int rc = mica__buf_append(&s->out, body, len);
+        int rc = buf_put(&s->out, body, len);
         if (rc != 0)
             return rc;
     }
     s->out_eof = true;
-    int rc = submit_head(s, resp, content_type, true, len, NULL, 0, with_body);
+    int rc = submit_head(s, resp, content_type, true, len, false, with_body);
     if (rc == 0 && with_body)
         resp->bytes_out += len;
     return rc;
@@ -372,11 +385,11 @@ static int h2_write(mica_http_resp_t *resp, const void *p, size_t n)
         return MICA_ECANCELED;
     int rc;
     if (!s->out_started &&
-        (rc = submit_head(s, resp, resp->content_type, false, 0, NULL, 0, true)) != 0)
+        (rc = submit_head(s, resp, resp->content_type, false, 0, false, true)) != 0)
         return rc;
     bool no_body = resp->status == 204 || resp->status == 304 || is_head(s);
     if (n && !no_body) {
-        if ((rc = mica__buf_append(&s->out, p, n)) != 0)
+        if ((rc = buf_put(&s->out, p, n)) != 0)
             return rc;
         resp->bytes_out += n;
         out_kick(s);
@@ -393,8 +406,7 @@ static int h2_end(mica_http_resp_t *resp)
         return MICA_ECANCELED;
     s->out_eof = true;
     if (!s->out_started) /* trailers-only: one HEADERS frame that ends the stream */
-        return submit_head(s, resp, resp->content_type, false, 0, resp->trailers,
-                           resp->ntrailers, false);
+        return submit_head(s, resp, resp->content_type, false, 0, true, false);
     for (size_t i = 0; i < resp->ntrailers; i++)
         resp->bytes_out += resp->trailers[i].name_len + resp->trailers[i].value_len;
     out_kick(s); /* the provider sends the trailers after the last byte */
@@ -446,24 +458,20 @@ static bool in_ready(const mica__h2_stream_t *s, size_t want)
     return mica__buf_len(&s->body) >= want || s->in_eof;
 }
 
-static int h2_body_wait(mica_http_req_t *req, size_t want)
+static int h2_body_wait(mica_http_req_t *req, size_t want, const char **data, size_t *len)
 {
     mica__h2_stream_t *s = req->proto;
-    if (want > stream_max(s) && mica__buf_len(&s->body) < want && !s->in_eof)
-        return MICA_ELIMIT;
-    int rc = wait_until(s, &s->in_ev, &s->in_waiting, in_ready, want);
-    if (rc != 0)
-        return rc;
-    if (mica__buf_len(&s->body) >= want)
-        return 0;
-    return s->closed ? MICA_ECANCELED : MICA_ECLOSED;
-}
-
-static const char *h2_body_data(mica_http_req_t *req, size_t *len)
-{
-    mica__h2_stream_t *s = req->proto;
+    int rc = 0;
+    if (mica__buf_len(&s->body) < want) { /* else it is all there: the common case */
+        if (want > stream_max(s) && !s->in_eof)
+            rc = MICA_ELIMIT;
+        else if ((rc = wait_until(s, &s->in_ev, &s->in_waiting, in_ready, want)) == 0 &&
+                 mica__buf_len(&s->body) < want)
+            rc = s->closed ? MICA_ECANCELED : MICA_ECLOSED;
+    }
     *len = mica__buf_len(&s->body);
-    return *len ? mica__buf_data(&s->body) : "";
+    *data = *len ? mica__buf_data(&s->body) : "";
+    return rc;
 }
 
 static void h2_body_consume(mica_http_req_t *req, size_t n)
@@ -485,7 +493,6 @@ static const mica__http_ops_t h2_ops = {
     .end = h2_end,
     .abort = h2_abort,
     .body_wait = h2_body_wait,
-    .body_data = h2_body_data,
     .body_consume = h2_body_consume,
 };
 
@@ -616,7 +623,7 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
     mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
     if (s && s->req.streaming) {
         nghttp2_session_consume_connection(sess, len);
-        if (mica__buf_append(&s->body, data, len) != 0)
+        if (buf_put(&s->body, data, len) != 0)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets this stream */
         s->req.bytes_in += len;
         s->unconsumed += len;
@@ -633,7 +640,7 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
         s->too_large = true; /* answered with 413 once the request ends */
         return 0;
     }
-    if (mica__buf_append(&s->body, data, len) != 0)
+    if (buf_put(&s->body, data, len) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -707,7 +714,7 @@ static int flush(h2conn_t *hc)
             break;
         int rc = mica__http_buf_ready(c->w, &c->out);
         if (rc == 0)
-            rc = mica__buf_append(&c->out, data, (size_t)n);
+            rc = buf_put(&c->out, data, (size_t)n);
         if (rc != 0)
             return rc;
         if (mica__buf_len(&c->out) >= 64 * 1024) {

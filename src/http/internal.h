@@ -24,7 +24,7 @@
 #define MICA__HTTP_BUF_BYTES 4096
 #define MICA__HTTP_OUT_CAP_BYTES ((size_t)64 << 20) /* one connection's/stream's pending output */
 #define MICA__HTTP_RESP_FIELDS_BYTES 8192           /* response header (or trailer) octets */
-#define MICA__HTTP_RESP_MAX_FIELDS 64
+#define MICA__HTTP_RESP_MAX_FIELDS 64 /* the masks in mica_http_resp_t have 64 bits */
 #define MICA__HTTP_OUT_HIGH_WATER (256 * 1024) /* a streaming writer waits above this */
 #define MICA__HTTP_OUT_LOW_WATER (64 * 1024)
 
@@ -143,10 +143,9 @@ typedef struct mica__http_ops {
     int (*end)(mica_http_resp_t *resp);
     /* A streamed response that cannot be completed: reset the stream / close. */
     void (*abort)(mica_http_resp_t *resp);
-    /* Streaming body: wait until `want` unread bytes, or the end (MICA_ECLOSED). */
-    int (*body_wait)(mica_http_req_t *req, size_t want);
-    /* The unread body bytes. */
-    const char *(*body_data)(mica_http_req_t *req, size_t *len);
+    /* Streaming body: wait until `want` unread bytes, or the end (MICA_ECLOSED);
+     * *data and *len get the unread bytes either way. */
+    int (*body_wait)(mica_http_req_t *req, size_t want, const char **data, size_t *len);
     void (*body_consume)(mica_http_req_t *req, size_t n);
 } mica__http_ops_t;
 
@@ -191,6 +190,9 @@ struct mica_http_resp {
     const char *content_type;
     mica__http_field_t *fields, *trailers; /* in the request arena */
     size_t nfields, ntrailers, fields_bytes, trailers_bytes;
+    /* Bit i: field i's name has upper-case letters (HTTP/2 lower-cases a copy),
+     * or is connection-specific (HTTP/2 leaves it out). Set once, when added. */
+    uint64_t fields_upper, fields_hop, trailers_upper, trailers_hop;
     uint64_t bytes_out;
 };
 
@@ -214,6 +216,8 @@ int mica__http_send_error(mica_http_resp_t *resp, int status, const char *msg);
 void mica__http_observe(mica_http_req_t *req, mica_http_resp_t *resp);
 /* Starts the observers' clock for a request (no-op without observers). */
 void mica__http_clock_start(mica_http_req_t *req);
+/* The monotonic clock in ns (observers' durations). */
+int64_t mica__http_now_ns(void);
 /* Cancels the request's ctx (client gone); a later ctx starts cancelled. */
 void mica__http_req_cancel(mica_http_req_t *req);
 /* Frees the ctxs made for the request. */
@@ -260,6 +264,7 @@ struct mica__http_conn {
     mica__http_chunked_t bdec;
     bool bchunked, beof, berr, bcontinue;
     bool chunked_out; /* the response streams with chunked encoding */
+    int64_t start_ns; /* observers: when this request's first byte came */
 };
 
 /* The connection coroutine of an accepted socket (accept loop, parked wake-ups). */

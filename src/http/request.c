@@ -195,7 +195,7 @@ int mica_http_observe(mica_http_server_t *srv, mica_http_observer_fn fn, void *a
     return 0;
 }
 
-static int64_t now_ns(void)
+int64_t mica__http_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -205,7 +205,7 @@ static int64_t now_ns(void)
 void mica__http_clock_start(mica_http_req_t *req)
 {
     if (req->srv->nobs)
-        req->start_ns = now_ns();
+        req->start_ns = mica__http_now_ns();
 }
 
 void mica__http_observe(mica_http_req_t *req, mica_http_resp_t *resp)
@@ -213,7 +213,7 @@ void mica__http_observe(mica_http_req_t *req, mica_http_resp_t *resp)
     mica_http_server_t *srv = req->srv;
     if (!srv->nobs)
         return;
-    int64_t start = req->start_ns ? req->start_ns : now_ns();
+    int64_t start = req->start_ns ? req->start_ns : mica__http_now_ns();
     mica_http_completion_t c = {
         .method = req->method ? req->method : "",
         .route = req->route_rc == 0 && req->match.route ? req->match.route->pattern : NULL,
@@ -222,7 +222,7 @@ void mica__http_observe(mica_http_req_t *req, mica_http_resp_t *resp)
         .http_version = req->version,
         .bytes_in = req->bytes_in,
         .bytes_out = resp->bytes_out,
-        .duration_us = (now_ns() - start) / 1000,
+        .duration_us = (mica__http_now_ns() - start) / 1000,
         .req = req,
         .resp = resp,
     };
@@ -429,8 +429,7 @@ int mica_http_req_body_wait(mica_http_req_t *req, size_t want, const void **data
     const char *p;
     size_t n;
     if (req->streaming) {
-        rc = req->ops->body_wait(req, want);
-        p = req->ops->body_data(req, &n);
+        rc = req->ops->body_wait(req, want, &p, &n);
     } else { /* buffered: the whole body is there */
         p = (req->body ? req->body : "") + req->body_taken;
         n = req->body_len - req->body_taken;

@@ -82,29 +82,50 @@ void mica__http_date(mica__http_worker_t *w, const char **line, size_t *len)
 
 bool mica__http_hop_field(const char *name, size_t len)
 {
-    return mica__http_token_eq(name, len, "connection") ||
-           mica__http_token_eq(name, len, "keep-alive") ||
-           mica__http_token_eq(name, len, "transfer-encoding") ||
-           mica__http_token_eq(name, len, "upgrade") ||
-           mica__http_token_eq(name, len, "proxy-connection");
+    switch (len) { /* by length first: most fields are none of these */
+    case 7: return mica__http_token_eq(name, len, "upgrade");
+    case 10: return mica__http_token_eq(name, len, "connection") ||
+                    mica__http_token_eq(name, len, "keep-alive");
+    case 16: return mica__http_token_eq(name, len, "proxy-connection");
+    case 17: return mica__http_token_eq(name, len, "transfer-encoding");
+    default: return false;
+    }
 }
+
+/* RFC 9110 §5.6.2 tchar, as a table: a field name is checked byte by byte. */
+static const bool tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
 
 /* ---- fields --------------------------------------------------------------------- */
 
 static int add_field(mica_http_resp_t *resp, mica__http_field_t **list, size_t *n, size_t *bytes,
-                     const char *name, const char *value)
+                     uint64_t *upper, uint64_t *hop, const char *name, const char *value)
 {
     if (!name || !*name || !value)
         return MICA_EINVAL;
-    for (const char *p = name; *p; p++) {
-        unsigned char ch = (unsigned char)*p;
-        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch))
+    size_t nl = 0, vl = 0;
+    bool up = false;
+    for (; name[nl]; nl++) {
+        unsigned char ch = (unsigned char)name[nl];
+        if (!tchar[ch])
             return MICA_EINVAL;
+        up |= ch >= 'A' && ch <= 'Z';
     }
-    for (const char *p = value; *p; p++)
-        if (*p == '\r' || *p == '\n')
-            return MICA_EINVAL;
-    size_t nl = strlen(name), vl = strlen(value);
+    vl = strcspn(value, "\r\n"); /* header injection: no CR or LF in a value */
+    if (value[vl])
+        return MICA_EINVAL;
     if (*n >= MICA__HTTP_RESP_MAX_FIELDS || nl + vl + 4 > MICA__HTTP_RESP_FIELDS_BYTES - *bytes)
         return MICA_ELIMIT;
     if (*n == 0 || (*n >= 8 && (*n & (*n - 1)) == 0)) { /* 8, then double: arena space is cheap */
@@ -121,6 +142,10 @@ static int add_field(mica_http_resp_t *resp, mica__http_field_t **list, size_t *
         return MICA_ENOMEM;
     memcpy(copy, name, nl + 1);
     memcpy(copy + nl + 1, value, vl + 1);
+    if (up)
+        *upper |= (uint64_t)1 << *n;
+    if (mica__http_hop_field(name, nl))
+        *hop |= (uint64_t)1 << *n;
     (*list)[(*n)++] = (mica__http_field_t){copy, nl, copy + nl + 1, vl};
     *bytes += nl + vl + 4;
     return 0;
@@ -130,14 +155,16 @@ int mica_http_resp_header(mica_http_resp_t *resp, const char *name, const char *
 {
     if (resp->sent)
         return MICA_EINVAL;
-    return add_field(resp, &resp->fields, &resp->nfields, &resp->fields_bytes, name, value);
+    return add_field(resp, &resp->fields, &resp->nfields, &resp->fields_bytes, &resp->fields_upper,
+                     &resp->fields_hop, name, value);
 }
 
 int mica_http_resp_trailer(mica_http_resp_t *resp, const char *name, const char *value)
 {
     if (resp->ended)
         return MICA_EINVAL;
-    return add_field(resp, &resp->trailers, &resp->ntrailers, &resp->trailers_bytes, name, value);
+    return add_field(resp, &resp->trailers, &resp->ntrailers, &resp->trailers_bytes,
+                     &resp->trailers_upper, &resp->trailers_hop, name, value);
 }
 
 const char *mica_http_resp_field(const mica_http_resp_t *resp, const char *name)
