@@ -87,11 +87,9 @@ typedef struct mica_grpc_server_opts {
 MICA_API int mica_grpc_server_opts_from_env(mica_grpc_server_opts_t *opts);
 
 /**
- * Creates a gRPC server whose methods `http` (borrowed; it must outlive the
- * gRPC server's use) serves on its listeners, with `opts` (NULL: defaults).
- * It takes http's fallback route (mica_http_route_fallback) to answer
- * unknown methods with UNIMPLEMENTED. Call before attach. Returns 0,
- * MICA_EINVAL or MICA_ENOMEM.
+ * Creates a gRPC server served by `http` (borrowed, outlives it) with `opts`
+ * (NULL: defaults); it takes http's fallback route to answer unknown methods
+ * UNIMPLEMENTED. Call before attach. Returns 0, MICA_EINVAL or MICA_ENOMEM.
  */
 MICA_API int mica_grpc_server_new(mica_grpc_server_t **out, mica_http_server_t *http,
                                   const mica_grpc_server_opts_t *opts);
@@ -132,13 +130,10 @@ MICA_API int mica_grpc_register(mica_grpc_server_t *gs, const ProtobufCServiceDe
 MICA_API int mica_grpc_enable_health(mica_grpc_server_t *gs);
 
 /**
- * A server interceptor (grpc-go's UnaryServerInterceptor and
- * StreamServerInterceptor in one): runs around the handler of every call,
- * every kind (mica_grpc_call_kind()), after a unary or server-streaming
- * call's request was decoded (`req`; NULL for client and bidi streams). It
- * may read metadata, add headers/trailers, reject the call by returning a
- * status without calling next, or wrap the handler: pass on (or replace)
- * `req` with mica_grpc_next() and look at its result.
+ * A server interceptor, around every call's handler (any kind; `req` is the
+ * decoded request of unary and server-streaming calls, else NULL): it may read
+ * metadata, reject with a status instead of calling mica_grpc_next(), or wrap
+ * the handler (pass on `req` or another, look at the result).
  */
 typedef int (*mica_grpc_interceptor_fn)(mica_grpc_call_t *call, const ProtobufCMessage *req,
                                         mica_grpc_next_t *next, void *arg);

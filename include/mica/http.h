@@ -86,12 +86,9 @@ MICA_API int mica_http_route(mica_http_server_t *srv, const char *method, const 
                              mica_http_handler_fn fn, void *arg);
 
 /**
- * Registers a streaming route (h2o's supports_request_streaming): `fn` runs
- * as soon as the request head is in, on HTTP/1.1 and HTTP/2 alike, reads
- * the body as it arrives (mica_http_req_body_wait(), mica_http_req_read())
- * and may answer in parts (mica_http_resp_start(), _write(), _trailer(),
- * _end()). At most `max_buffer_bytes` (0: max_body_bytes) of body are held
- * unread; the client is slowed down beyond. Errors as mica_http_route().
+ * As mica_http_route(), but `fn` runs once the head is in (HTTP/1.1 and 2) and
+ * reads the body as it arrives (mica_http_req_body_wait/_read); the body's size
+ * is unlimited, at most `max_buffer_bytes` (0: max_body_bytes) wait unread.
  */
 MICA_API int mica_http_route_stream(mica_http_server_t *srv, const char *method,
                                     const char *pattern, size_t max_buffer_bytes,
@@ -108,13 +105,10 @@ MICA_API int mica_http_route_fallback(mica_http_server_t *srv, mica_http_handler
 /* ---- middleware and observers ------------------------------------------- */
 
 /**
- * A middleware: runs around the handler of every request, HTTP/1.1 and
- * HTTP/2, streaming routes and gRPC calls included, and around the server's
- * own 404/405/OPTIONS answers. It may act before mica_http_next(next) (read
- * headers, add response headers, attach ctx values), after it (read
- * mica_http_resp_status()), or short-circuit by not calling it: respond
- * itself, or return a MICA_E* code (mapped as a handler's). Return what
- * mica_http_next() returned to pass the handler's result on.
+ * A middleware, run around every handler (HTTP/1.1, HTTP/2, streams, gRPC, the
+ * server's 404/405): it acts before and after mica_http_next(next), whose
+ * result it returns, or short-circuits by responding or returning a MICA_E*
+ * code instead of calling it.
  */
 typedef int (*mica_http_middleware_fn)(mica_http_req_t *req, mica_http_resp_t *resp,
                                        mica_http_next_t *next, void *arg);
@@ -295,13 +289,10 @@ MICA_API const char *mica_http_req_body(const mica_http_req_t *req, size_t *len)
 MICA_API void *mica_http_req_alloc(mica_http_req_t *req, size_t size);
 
 /**
- * Waits until `want` body bytes are buffered unread (streaming routes; on
- * others the whole body is), then sets *data and *len to all of them
- * (valid until the next wait or consume). Returns 0; MICA_ECLOSED when the
- * body ended with fewer (*data and *len: the rest); MICA_ELIMIT (want over the
- * route's buffer); MICA_EPROTO (malformed chunked body); MICA_ECANCELED
- * (client gone, stream reset, shutdown); MICA_ETIMEDOUT (the deadline, or
- * body_timeout_ms between two reads on HTTP/1.1).
+ * Waits until `want` body bytes are unread, then points *data, *len at all of
+ * them (until the next wait or consume). 0; MICA_ECLOSED (ended with fewer),
+ * MICA_ELIMIT (over the route's buffer), MICA_EPROTO (bad chunking),
+ * MICA_ECANCELED (client gone), MICA_ETIMEDOUT (deadline, HTTP/1.1 body timeout).
  */
 MICA_API int mica_http_req_body_wait(mica_http_req_t *req, size_t want, const void **data,
                                      size_t *len);

@@ -81,6 +81,22 @@ static int rest(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     return mica_http_resp_send(resp, 200, "text/plain", body, len);
 }
 
+/* A streaming route: echoes the body in parts as it arrives, then a trailer. */
+static int stream(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    char buf[4096];
+    ssize_t n = 0;
+    int rc = mica_http_resp_start(resp, 200, "application/octet-stream");
+    while (rc == 0 && (n = mica_http_req_read(req, buf, sizeof(buf))) > 0)
+        rc = mica_http_resp_write(resp, buf, (size_t)n);
+    if (rc != 0)
+        return rc;
+    if (n < 0)
+        return (int)n;
+    mica_http_resp_trailer(resp, "x-done", "yes");
+    return mica_http_resp_end(resp);
+}
+
 static void *serve(void *arg)
 {
     mica_runtime_run(arg);
@@ -103,6 +119,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         mica_grpc_register(gs, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, streaming, NULL) ||
         mica_grpc_register(gs, d, "Bidi", MICA_GRPC_BIDI, streaming, (void *)1) ||
         mica_grpc_enable_health(gs) || mica_http_route(srv, "POST", "/echo", rest, NULL) ||
+        mica_http_route_stream(srv, "POST", "/stream", 8192, stream, NULL) ||
         mica_http_server_listen(srv, "127.0.0.1:0") || mica_http_server_attach(srv, rt)) {
         fprintf(stderr, "fuzz_h2_grpc: server setup failed\n");
         abort();

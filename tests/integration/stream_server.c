@@ -11,7 +11,8 @@
  *                       ctx; logs the same way ("socket: ...")
  *   GET  /parts         "a", 50 ms, "b", then trailer x-done: yes
  *
- * Listens on $MICA_LISTEN (default 127.0.0.1:0); logs the bound port.
+ * Listens on $MICA_LISTEN (default 127.0.0.1:0), and $MICA_TLS_LISTEN as the
+ * examples do; logs the bound ports.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,7 @@ int main(void)
     }
     const char *listen = getenv("MICA_LISTEN");
     if ((rc = mica_http_server_listen_list(srv, listen && *listen ? listen : "127.0.0.1:0")) != 0 ||
+        (rc = mica_http_server_tls_from_env(srv)) != 0 ||
         (rc = mica_http_server_attach(srv, rt)) != 0) {
         fprintf(stderr, "stream_server: listen: %s\n", mica_strerror(rc));
         return 1;
