@@ -85,6 +85,8 @@ static int final_400(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 /* The answer for a handler that returned `rc` without a complete response. */
 static void settle(mica_http_req_t *req, mica_http_resp_t *resp, int rc)
 {
+    if (resp->started && !resp->sent && rc != 0) /* nothing went out: answer the error */
+        resp->started = resp->ended = false;
     if (resp->started) { /* a response in parts: end it, or cut it off on error */
         if (!resp->ended) {
             resp->ended = true;
