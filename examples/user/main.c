@@ -110,14 +110,18 @@ int main(void)
         return fail("runtime", rc);
 
     mica_http_server_opts_t opts = {0};
+    mica_grpc_server_opts_t gopts = {0};
     mica_http_server_t *srv;
+    mica_grpc_server_t *gs;
     if ((rc = mica_http_server_opts_from_env(&opts)) != 0 ||
-        (rc = mica_http_server_new(&srv, &opts)) != 0)
+        (rc = mica_grpc_server_opts_from_env(&gopts)) != 0 ||
+        (rc = mica_http_server_new(&srv, &opts)) != 0 ||
+        (rc = mica_grpc_server_new(&gs, srv, &gopts)) != 0)
         return fail("server options", rc);
 
-    if ((rc = mica_grpc_register(srv, &user__user_service__descriptor, "GetUser", MICA_GRPC_UNARY,
+    if ((rc = mica_grpc_register(gs, &user__user_service__descriptor, "GetUser", MICA_GRPC_UNARY,
                                  get_user, NULL)) != 0 ||
-        (rc = mica_grpc_enable_health(srv)) != 0)
+        (rc = mica_grpc_enable_health(gs)) != 0)
         return fail("gRPC", rc);
     mica_http_route(srv, "GET", "/users/{id}", rest_user, NULL);
     mica_http_route(srv, "GET", "/users/", rest_no_id, NULL);
@@ -135,6 +139,7 @@ int main(void)
         return fail("listen", rc);
 
     rc = mica_runtime_run(rt);
+    mica_grpc_server_free(gs);
     mica_http_server_free(srv);
     mica_runtime_free(rt);
     return rc == 0 ? 0 : fail("shutdown", rc);

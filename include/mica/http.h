@@ -12,6 +12,13 @@
  *     mica_http_server_tls(srv, "cert.pem", "key.pem");   // optional: TLS
  *     mica_http_server_listen_tls(srv, "127.0.0.1:8443");
  *     mica_http_server_attach(srv, rt);   // then mica_runtime_run(rt)
+ *
+ * Seams for the layers above (docs/guide.md, "Middleware and observers"):
+ * mica_http_use() wraps every handler in a middleware chain,
+ * mica_http_observe() sees every finished request, and
+ * mica_http_route_stream() serves a route as a stream: the handler starts
+ * once the head is in, reads the body as it arrives and writes the
+ * response in parts (headers, chunks, trailers), on HTTP/1.1 and HTTP/2.
  */
 #ifndef MICA_HTTP_H
 #define MICA_HTTP_H
@@ -19,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -29,6 +37,7 @@
 typedef struct mica_http_server mica_http_server_t;
 typedef struct mica_http_req mica_http_req_t;
 typedef struct mica_http_resp mica_http_resp_t;
+typedef struct mica_http_next mica_http_next_t;
 
 /**
  * A route handler. It fills `resp` (mica_http_resp_send() and friends) and
@@ -41,8 +50,8 @@ typedef int (*mica_http_handler_fn)(mica_http_req_t *req, mica_http_resp_t *resp
 
 /* Limits and timeouts; 0 picks the default shown. */
 typedef struct mica_http_server_opts {
-    size_t max_head_bytes;   /* request line + fields: 8192, beyond -> 431 */
-    size_t max_target_bytes; /* request-target: 4096, beyond -> 414 */
+    size_t max_head_bytes;   /* request line + fields: 16384, beyond -> 431 */
+    size_t max_target_bytes; /* request-target: 8192 (RFC 9110 §4.1: >= 8000), beyond -> 414 */
     size_t max_headers;      /* fields per request: 64 (at most 64), beyond -> 431 */
     size_t max_body_bytes;   /* decoded body: 1 MiB, beyond -> 413 */
     int header_timeout_ms;   /* whole head, from its first byte or accept: 5000 -> 408 */
@@ -50,8 +59,8 @@ typedef struct mica_http_server_opts {
     int write_timeout_ms;    /* one response flush: 5000, then the connection closes */
     int idle_timeout_ms;     /* keep-alive wait for the next request: 60000 */
     int max_conns;           /* open connections per worker: 100000; beyond, refused */
-    int request_timeout_ms;  /* deadline of a handler's ctx (mica_http_req_ctx): 30000 */
-    size_t max_message_bytes; /* gRPC message, either way: 4 MiB, beyond -> RESOURCE_EXHAUSTED */
+    int request_timeout_ms;  /* deadline of a handler's ctx (mica_http_req_ctx): 30000;
+                                streaming routes have none unless they set one */
 } mica_http_server_opts_t;
 
 /**
@@ -59,7 +68,7 @@ typedef struct mica_http_server_opts {
  * MICA_HTTP_MAX_TARGET_BYTES, MICA_HTTP_MAX_HEADERS, MICA_HTTP_MAX_BODY_BYTES,
  * MICA_HTTP_HEADER_TIMEOUT_MS, MICA_HTTP_BODY_TIMEOUT_MS,
  * MICA_HTTP_WRITE_TIMEOUT_MS, MICA_HTTP_IDLE_TIMEOUT_MS, MICA_HTTP_MAX_CONNS,
- * MICA_HTTP_REQUEST_TIMEOUT_MS, MICA_GRPC_MAX_MESSAGE_BYTES.
+ * MICA_HTTP_REQUEST_TIMEOUT_MS.
  * Returns 0 or MICA_EINVAL (naming the bad variable in a log line).
  */
 MICA_API int mica_http_server_opts_from_env(mica_http_server_opts_t *opts);
@@ -75,6 +84,73 @@ MICA_API int mica_http_server_new(mica_http_server_t **out, const mica_http_serv
  */
 MICA_API int mica_http_route(mica_http_server_t *srv, const char *method, const char *pattern,
                              mica_http_handler_fn fn, void *arg);
+
+/**
+ * As mica_http_route(), but `fn` runs once the head is in (HTTP/1.1 and 2) and
+ * reads the body as it arrives (mica_http_req_body_wait/_read); the body's size
+ * is unlimited, at most `max_buffer_bytes` (0: max_body_bytes) wait unread.
+ */
+MICA_API int mica_http_route_stream(mica_http_server_t *srv, const char *method,
+                                    const char *pattern, size_t max_buffer_bytes,
+                                    mica_http_handler_fn fn, void *arg);
+
+/**
+ * Sets the handler of requests that match no route (instead of the
+ * server's 404), run as a streaming route with max_body_bytes of buffer; it
+ * may return MICA_ENOTFOUND for the usual 404. A path that matches with
+ * another method still gets 405. Returns 0 or MICA_EINVAL (fn NULL).
+ */
+MICA_API int mica_http_route_fallback(mica_http_server_t *srv, mica_http_handler_fn fn, void *arg);
+
+/* ---- middleware and observers ------------------------------------------- */
+
+/**
+ * A middleware, run around every handler (HTTP/1.1, HTTP/2, streams, gRPC, the
+ * server's 404/405): it acts before and after mica_http_next(next), whose
+ * result it returns, or short-circuits by responding or returning a MICA_E*
+ * code instead of calling it.
+ */
+typedef int (*mica_http_middleware_fn)(mica_http_req_t *req, mica_http_resp_t *resp,
+                                       mica_http_next_t *next, void *arg);
+
+/**
+ * Runs the rest of the chain (the next middleware, else the handler) and
+ * returns its result. A handler's error is already answered (its mapped
+ * status) when this returns. Call it at most once per middleware.
+ */
+MICA_API int mica_http_next(mica_http_next_t *next);
+
+/**
+ * Adds `fn` to the middleware chain; the first added runs outermost. Call
+ * before attach. With no middleware the chain costs nothing. Returns 0,
+ * MICA_EINVAL (fn NULL, or after attach) or MICA_ENOMEM.
+ */
+MICA_API int mica_http_use(mica_http_server_t *srv, mica_http_middleware_fn fn, void *arg);
+
+/* What an observer learns about a finished request (valid during the call). */
+typedef struct mica_http_completion {
+    const char *method;      /* "GET"; "" when the request line could not be parsed */
+    const char *route;       /* the matched pattern ("/users/{id}"; gRPC: the method
+                                path), or NULL: no route (404, 405, refused requests) */
+    const char *path;        /* as received, without the query; "" if unparsed */
+    int status;              /* the HTTP status sent, 0 if none could be (client gone) */
+    int http_version;        /* 10, 11 or 20 */
+    uint64_t bytes_in;       /* request octets read: head and body (HTTP/2: fields, DATA) */
+    uint64_t bytes_out;      /* response octets queued: head, body, trailers */
+    int64_t duration_us;     /* from the head's arrival (refused: detection) to the end */
+    mica_http_req_t *req;    /* the request (ctx values: mica_http_req_ctx) */
+    const mica_http_resp_t *resp; /* the response: mica_http_resp_field("grpc-status") */
+} mica_http_completion_t;
+
+/** A request-completion observer; runs on the request's worker and must not suspend. */
+typedef void (*mica_http_observer_fn)(const mica_http_completion_t *c, void *arg);
+
+/**
+ * Calls `fn` once for every request the server answers or gives up on,
+ * including the 400/404/405/408/413/414/431 it answers itself, after the
+ * response is queued. Call before attach. Returns 0, MICA_EINVAL, MICA_ENOMEM.
+ */
+MICA_API int mica_http_observe(mica_http_server_t *srv, mica_http_observer_fn fn, void *arg);
 
 /** Adds a listen address ("host:port", "[v6]:port", ":port"). Returns 0, MICA_EINVAL, MICA_ENOMEM. */
 MICA_API int mica_http_server_listen(mica_http_server_t *srv, const char *addr);
@@ -152,6 +228,33 @@ MICA_API mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req);
  */
 MICA_API const char *mica_http_req_tls_peer(const mica_http_req_t *req);
 
+/**
+ * Attaches `value` (borrowed) under `key` to the request's ctx: later
+ * mica_http_req_ctx() calls return a child carrying it (Go's
+ * r.WithContext(context.WithValue(...))), for the middlewares and handler
+ * downstream. Returns 0 or MICA_ENOMEM.
+ */
+MICA_API int mica_http_req_with_value(mica_http_req_t *req, const void *key, void *value);
+
+/** Returns the value under `key` in the request's ctx (mica_http_req_with_value()), or NULL. */
+MICA_API void *mica_http_req_value(mica_http_req_t *req, const void *key);
+
+/**
+ * Moves the request's deadline earlier to `deadline_ms` (mica_now_ms()
+ * clock; a later one is ignored): its ctx and body waits end then. Returns
+ * 0 or MICA_ENOMEM.
+ */
+MICA_API int mica_http_req_set_deadline(mica_http_req_t *req, int64_t deadline_ms);
+
+/** Returns the request's deadline (mica_now_ms() clock). */
+MICA_API int64_t mica_http_req_deadline(const mica_http_req_t *req);
+
+/** Returns the matched route's pattern ("/users/{id}"), or NULL (no route). */
+MICA_API const char *mica_http_req_route(const mica_http_req_t *req);
+
+/** Returns the request's HTTP version: 10, 11 or 20. */
+MICA_API int mica_http_req_version(const mica_http_req_t *req);
+
 /** Returns the request method ("GET"). */
 MICA_API const char *mica_http_req_method(const mica_http_req_t *req);
 
@@ -173,7 +276,10 @@ MICA_API const char *mica_http_req_param(const mica_http_req_t *req, const char 
  */
 MICA_API int mica_http_req_param_i64(const mica_http_req_t *req, const char *name, int64_t *out);
 
-/** Returns the decoded request body and its length in *len (an empty body: "" and 0). */
+/**
+ * Returns the decoded request body and its length in *len (an empty body: ""
+ * and 0). On a streaming route the body has not been read: "" and 0.
+ */
 MICA_API const char *mica_http_req_body(const mica_http_req_t *req, size_t *len);
 
 /**
@@ -181,6 +287,24 @@ MICA_API const char *mica_http_req_body(const mica_http_req_t *req, size_t *len)
  * from the request's arena. Returns NULL when memory runs out.
  */
 MICA_API void *mica_http_req_alloc(mica_http_req_t *req, size_t size);
+
+/**
+ * Waits until `want` body bytes are unread, then points *data, *len at all of
+ * them (until the next wait or consume). 0; MICA_ECLOSED (ended with fewer),
+ * MICA_ELIMIT (over the route's buffer), MICA_EPROTO (bad chunking),
+ * MICA_ECANCELED (client gone), MICA_ETIMEDOUT (deadline, HTTP/1.1 body timeout).
+ */
+MICA_API int mica_http_req_body_wait(mica_http_req_t *req, size_t want, const void **data,
+                                     size_t *len);
+
+/** Drops `n` (<= *len of the last wait) bytes from the front of the buffered body. */
+MICA_API void mica_http_req_body_consume(mica_http_req_t *req, size_t n);
+
+/**
+ * Copies up to `len` body bytes into `buf`, waiting for some. Returns the
+ * count (> 0), 0 at the end of the body, or the errors of body_wait.
+ */
+MICA_API ssize_t mica_http_req_read(mica_http_req_t *req, void *buf, size_t len);
 
 /* ---- responses ----------------------------------------------------------- */
 
@@ -198,6 +322,46 @@ MICA_API int mica_http_resp_header(mica_http_resp_t *resp, const char *name, con
  */
 MICA_API int mica_http_resp_send(mica_http_resp_t *resp, int status, const char *content_type,
                                  const void *body, size_t len);
+
+/**
+ * Begins a response sent in parts: records `status` and `content_type`
+ * (NULL: none); the head goes out with the first write or the end. HTTP/1.1
+ * frames the body with chunked encoding (HTTP/1.0: by closing). Returns 0,
+ * MICA_EINVAL (bad status, or already started or sent).
+ */
+MICA_API int mica_http_resp_start(mica_http_resp_t *resp, int status, const char *content_type);
+
+/**
+ * Sends `len` bytes of body (copied), the head first if it has not gone
+ * out. Suspends while the client is more than 256 KiB behind. Returns 0,
+ * MICA_EINVAL (not started, or ended), MICA_ECANCELED (client gone),
+ * MICA_ETIMEDOUT, MICA_ELIMIT (over 64 MiB in one write) or MICA_ENOMEM.
+ */
+MICA_API int mica_http_resp_write(mica_http_resp_t *resp, const void *data, size_t len);
+
+/**
+ * Adds a trailer field (copied) sent by mica_http_resp_end(): HTTP/2
+ * always; HTTP/1.1 when the client sent "TE: trailers", else dropped
+ * (RFC 9110 §6.5.1). Errors as mica_http_resp_header().
+ */
+MICA_API int mica_http_resp_trailer(mica_http_resp_t *resp, const char *name, const char *value);
+
+/**
+ * Ends a started response: trailers after the body. If no byte was
+ * written, one head carries the fields and trailers together (HTTP/2
+ * "trailers-only"). A handler that returns without ending gets it ended.
+ * Returns 0, MICA_EINVAL (not started, or twice), MICA_ECANCELED, MICA_ENOMEM.
+ */
+MICA_API int mica_http_resp_end(mica_http_resp_t *resp);
+
+/** Returns the response's status once sent or started, else 0. */
+MICA_API int mica_http_resp_status(const mica_http_resp_t *resp);
+
+/**
+ * Returns the value of response header or trailer `name` (case-insensitive;
+ * headers first), or NULL. Valid until the request ends.
+ */
+MICA_API const char *mica_http_resp_field(const mica_http_resp_t *resp, const char *name);
 
 /** Sends a text/plain; charset=utf-8 response. Errors as mica_http_resp_send(). */
 MICA_API int mica_http_resp_text(mica_http_resp_t *resp, int status, const char *text);

@@ -16,9 +16,9 @@ typedef Grpc__Health__V1__HealthCheckRequest health_req_t;
 typedef Grpc__Health__V1__HealthCheckResponse health_resp_t;
 
 /* The status of `service`, or -1 when the server does not know it. */
-static int status_of(const mica__grpc_registry_t *r, const char *service)
+static int status_of(const mica_grpc_server_t *gs, const char *service)
 {
-    if (*service && !mica__grpc_has_service(r, service))
+    if (*service && !mica__grpc_has_service(gs, service))
         return -1;
     return mica_worker_stopping() ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                                   : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
@@ -62,14 +62,11 @@ static int watch(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
     }
 }
 
-int mica_grpc_enable_health(mica_http_server_t *srv)
+int mica_grpc_enable_health(mica_grpc_server_t *gs)
 {
-    mica__grpc_registry_t *r = mica__grpc_registry(srv);
-    if (!r)
-        return MICA_ENOMEM;
     const ProtobufCServiceDescriptor *d = &grpc__health__v1__health__descriptor;
-    int rc = mica_grpc_register(srv, d, "Check", MICA_GRPC_UNARY, check, r);
+    int rc = mica_grpc_register(gs, d, "Check", MICA_GRPC_UNARY, check, gs);
     if (rc == 0)
-        rc = mica_grpc_register(srv, d, "Watch", MICA_GRPC_SERVER_STREAM, watch, r);
+        rc = mica_grpc_register(gs, d, "Watch", MICA_GRPC_SERVER_STREAM, watch, gs);
     return rc;
 }

@@ -1,18 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gRPC server calls over HTTP/2 streams (the "gRPC over HTTP2" spec:
- * https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md).
+ * gRPC server calls over the HTTP server's streaming routes (the "gRPC over
+ * HTTP2" spec: https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md),
+ * through include/mica/http.h only.
  *
- * The HTTP/2 layer hands every application/grpc request stream to serve()
- * in a coroutine of its own as soon as its headers are in. serve() finds the
- * method by its path, turns grpc-timeout into a deadline, reads the
- * length-prefixed messages as they arrive (unpacking with protoc-c's
- * descriptors), runs the handler and ends the stream with grpc-status and
- * grpc-message in the trailers, or in a trailers-only HEADERS frame when no
- * message went out.
+ * Each registered method is a streaming POST route at its path, so its
+ * handler (serve()) starts as soon as the request head is in. serve()
+ * checks the content-type (415 otherwise), turns grpc-timeout into the
+ * request's deadline, reads the length-prefixed messages as they arrive
+ * (unpacking with protoc-c's descriptors), runs the interceptors and the
+ * handler, and ends the response with grpc-status and grpc-message as
+ * trailers -- which the HTTP layer sends as a trailers-only HEADERS frame
+ * when no message went out. Unknown methods reach the HTTP server's
+ * fallback route, which answers gRPC requests with UNIMPLEMENTED.
  *
- * A call lives on its coroutine's stack; strings it keeps (metadata, status
- * message) and the unary request go to the stream's arena.
+ * A call lives on its coroutine's stack; strings it keeps (status message)
+ * and the unary request go to the request's arena.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,71 +23,97 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "grpc/internal.h"
-#include "http/internal.h"
 #include "mica/grpc.h"
 
-#define MAX_MD 16 /* custom metadata entries each way */
+#define STACK_MSG_BYTES 512 /* responses this small are packed on the stack */
 
 /* Request messages may come gzip-compressed (RFC 1952, as grpc-go and
  * grpc-js send them); responses always go uncompressed ("identity"). */
 #define ACCEPT_ENCODING "identity,gzip"
 
 struct mica_grpc_call {
-    mica__h2_stream_t *s;
     mica_http_req_t *req;
+    mica_http_resp_t *resp;
     const mica__grpc_method_t *m;
+    mica_grpc_server_t *gs;
     size_t max_msg;
-    bool headers_sent;
     bool replied;
-    bool gzip; /* grpc-encoding: gzip, so compressed messages are inflated */
+    bool gzip;           /* grpc-encoding: gzip, so compressed messages are inflated */
     const char *message; /* grpc-message, or NULL */
-    mica__http_field_t hdrs[MAX_MD], trls[MAX_MD];
-    size_t nhdrs, ntrls;
 };
 
-/* ---- registry ---------------------------------------------------------------- */
+struct mica_grpc_next {
+    mica_grpc_call_t *call;
+    size_t i; /* the next interceptor */
+};
 
-static void registry_free(void *arg)
+static int serve(mica_http_req_t *req, mica_http_resp_t *resp, void *arg);
+static int unknown(mica_http_req_t *req, mica_http_resp_t *resp, void *arg);
+
+/* ---- the server and its methods ------------------------------------------------- */
+
+int mica_grpc_server_opts_from_env(mica_grpc_server_opts_t *o)
 {
-    mica__grpc_registry_t *r = arg;
-    for (size_t i = 0; i < r->n; i++)
-        free(r->methods[i].path);
-    free(r->methods);
-    free(r);
-}
-
-static void serve(mica__h2_stream_t *s, void *arg);
-
-mica__grpc_registry_t *mica__grpc_registry(mica_http_server_t *srv)
-{
-    if (!srv->stream_arg) {
-        mica__grpc_registry_t *r = calloc(1, sizeof(*r));
-        if (!r)
-            return NULL;
-        r->srv = srv;
-        srv->stream_fn = serve;
-        srv->stream_arg = r;
-        srv->stream_free = registry_free;
+    if (o->max_message_bytes)
+        return 0;
+    const char *s = getenv("MICA_GRPC_MAX_MESSAGE_BYTES");
+    if (!s || !*s)
+        return 0;
+    char *end;
+    long long n = strtoll(s, &end, 10);
+    if (*end || n <= 0 || n > (1LL << 30)) {
+        mica__log_error("invalid environment variable", "name", "MICA_GRPC_MAX_MESSAGE_BYTES",
+                        "value", s);
+        return MICA_EINVAL;
     }
-    return srv->stream_arg;
+    o->max_message_bytes = (size_t)n;
+    return 0;
 }
 
-static const mica__grpc_method_t *find_method(const mica__grpc_registry_t *r, const char *path,
-                                              size_t len)
+int mica_grpc_server_new(mica_grpc_server_t **out, mica_http_server_t *http,
+                         const mica_grpc_server_opts_t *opts)
 {
-    for (size_t i = 0; i < r->n; i++)
-        if (r->methods[i].path_len == len && memcmp(r->methods[i].path, path, len) == 0)
-            return &r->methods[i];
-    return NULL;
+    if (!http)
+        return MICA_EINVAL;
+    mica_grpc_server_t *gs = mica__calloc(1, sizeof(*gs));
+    if (!gs)
+        return MICA_ENOMEM;
+    gs->http = http;
+    if (opts)
+        gs->o = *opts;
+    if (!gs->o.max_message_bytes)
+        gs->o.max_message_bytes = 4 << 20;
+    mica__list_init(&gs->methods);
+    int rc = mica_http_route_fallback(http, unknown, gs);
+    if (rc != 0) {
+        mica__free(gs);
+        return rc;
+    }
+    *out = gs;
+    return 0;
 }
 
-int mica_grpc_register(mica_http_server_t *srv, const ProtobufCServiceDescriptor *service,
+void mica_grpc_server_free(mica_grpc_server_t *gs)
+{
+    if (!gs)
+        return;
+    mica__list_foreach_safe(n, nx, &gs->methods) {
+        mica__grpc_method_t *m = mica__list_entry(n, mica__grpc_method_t, link);
+        mica__free(m->path);
+        mica__free(m);
+    }
+    mica__free(gs->ic);
+    mica__free(gs);
+}
+
+int mica_grpc_register(mica_grpc_server_t *gs, const ProtobufCServiceDescriptor *service,
                        const char *method, mica_grpc_kind_t kind, mica_grpc_handler_fn fn,
                        void *arg)
 {
-    if (!srv || !service || !method || !fn || kind < MICA_GRPC_UNARY || kind > MICA_GRPC_BIDI)
+    if (!gs || !service || !method || !fn || kind < MICA_GRPC_UNARY || kind > MICA_GRPC_BIDI)
         return MICA_EINVAL;
     const ProtobufCMethodDescriptor *md = NULL;
     for (unsigned i = 0; i < service->n_methods; i++)
@@ -92,36 +121,46 @@ int mica_grpc_register(mica_http_server_t *srv, const ProtobufCServiceDescriptor
             md = &service->methods[i];
     if (!md)
         return MICA_ENOTFOUND;
-    mica__grpc_registry_t *r = mica__grpc_registry(srv);
-    if (!r)
+    mica__grpc_method_t *m = mica__calloc(1, sizeof(*m));
+    char *path = mica__aprintf("/%s/%s", service->name, method);
+    if (!m || !path) {
+        mica__free(m);
+        mica__free(path);
         return MICA_ENOMEM;
-    char *path;
-    if (asprintf(&path, "/%s/%s", service->name, method) < 0)
-        return MICA_ENOMEM;
-    if (find_method(r, path, strlen(path))) {
-        free(path);
-        return MICA_EEXIST;
     }
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 8;
-        mica__grpc_method_t *m = realloc(r->methods, cap * sizeof(*m));
-        if (!m) {
-            free(path);
-            return MICA_ENOMEM;
-        }
-        r->methods = m;
-        r->cap = cap;
+    *m = (mica__grpc_method_t){.path = path, .service = service, .method = md, .kind = kind,
+                               .fn = fn, .arg = arg, .gs = gs};
+    /* One message and its prefix may wait unread; the sender is slowed beyond. */
+    int rc = mica_http_route_stream(gs->http, "POST", path, gs->o.max_message_bytes + 5, serve, m);
+    if (rc != 0) {
+        mica__free(path);
+        mica__free(m);
+        return rc;
     }
-    r->methods[r->n++] = (mica__grpc_method_t){path, strlen(path), service, md, kind, fn, arg};
+    mica__list_push_back(&gs->methods, &m->link);
     return 0;
 }
 
-bool mica__grpc_has_service(const mica__grpc_registry_t *r, const char *name)
+bool mica__grpc_has_service(const mica_grpc_server_t *gs, const char *name)
 {
-    for (size_t i = 0; i < r->n; i++)
-        if (strcmp(r->methods[i].service->name, name) == 0)
+    mica__list_foreach(n, &gs->methods) {
+        const mica__grpc_method_t *m = mica__list_entry(n, mica__grpc_method_t, link);
+        if (strcmp(m->service->name, name) == 0)
             return true;
+    }
     return false;
+}
+
+int mica_grpc_use(mica_grpc_server_t *gs, mica_grpc_interceptor_fn fn, void *arg)
+{
+    if (!gs || !fn)
+        return MICA_EINVAL;
+    mica__grpc_interceptor_t *ic = mica__realloc(gs->ic, (gs->nic + 1) * sizeof(*ic));
+    if (!ic)
+        return MICA_ENOMEM;
+    ic[gs->nic++] = (mica__grpc_interceptor_t){fn, arg};
+    gs->ic = ic;
+    return 0;
 }
 
 /* ---- statuses ---------------------------------------------------------------- */
@@ -188,12 +227,21 @@ static char *encode_message(mica_http_req_t *req, const char *msg, size_t *len)
     return out;
 }
 
-/* ---- metadata ---------------------------------------------------------------- */
-
-static mica__http_field_t field(const char *name, const char *value)
+int mica_grpc_resp_code(const mica_http_resp_t *resp)
 {
-    return (mica__http_field_t){name, strlen(name), value, strlen(value)};
+    const char *v = mica_http_resp_field(resp, "grpc-status");
+    if (!v || !*v)
+        return -1;
+    int code = 0;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9' || code > 100)
+            return -1;
+        code = code * 10 + (*p - '0');
+    }
+    return code;
 }
+
+/* ---- metadata ---------------------------------------------------------------- */
 
 const char *mica_grpc_call_metadata(const mica_grpc_call_t *call, const char *key)
 {
@@ -210,9 +258,19 @@ const char *mica_grpc_call_method(const mica_grpc_call_t *call)
     return call->m->path;
 }
 
+mica_grpc_kind_t mica_grpc_call_kind(const mica_grpc_call_t *call)
+{
+    return call->m->kind;
+}
+
+mica_http_req_t *mica_grpc_call_req(mica_grpc_call_t *call)
+{
+    return call->req;
+}
+
 mica_ctx_t *mica_grpc_call_ctx(mica_grpc_call_t *call)
 {
-    return mica_http_req_ctx(call->req); /* deadline_ms is the grpc-timeout's */
+    return mica_http_req_ctx(call->req); /* its deadline is the grpc-timeout's */
 }
 
 static bool valid_key(const char *k)
@@ -236,41 +294,21 @@ static bool valid_value(const char *v)
     return true;
 }
 
-static int add_md(mica_grpc_call_t *call, mica__http_field_t *list, size_t *n, const char *key,
-                  const char *value)
+int mica_grpc_call_header(mica_grpc_call_t *call, const char *key, const char *value)
 {
     if (!key || !value || !valid_key(key) || !valid_value(value))
         return MICA_EINVAL;
-    if (*n == MAX_MD)
-        return MICA_ELIMIT;
-    size_t kl = strlen(key), vl = strlen(value);
-    char *k = mica_http_req_alloc(call->req, kl + vl + 2);
-    if (!k)
-        return MICA_ENOMEM;
-    memcpy(k, key, kl + 1);
-    memcpy(k + kl + 1, value, vl + 1);
-    list[(*n)++] = (mica__http_field_t){k, kl, k + kl + 1, vl};
-    return 0;
-}
-
-int mica_grpc_call_header(mica_grpc_call_t *call, const char *key, const char *value)
-{
-    if (call->headers_sent)
-        return MICA_EINVAL;
-    return add_md(call, call->hdrs, &call->nhdrs, key, value);
+    return mica_http_resp_header(call->resp, key, value);
 }
 
 int mica_grpc_call_trailer(mica_grpc_call_t *call, const char *key, const char *value)
 {
-    return add_md(call, call->trls, &call->ntrls, key, value);
+    if (!key || !value || !valid_key(key) || !valid_value(value))
+        return MICA_EINVAL;
+    return mica_http_resp_trailer(call->resp, key, value);
 }
 
 /* ---- messages ---------------------------------------------------------------- */
-
-static mica_ctx_t *wait_ctx(mica_grpc_call_t *call)
-{
-    return call->req->ctx; /* NULL until the handler asks for it: then waits honour it too */
-}
 
 static void *arena_alloc(void *data, size_t size)
 {
@@ -280,8 +318,22 @@ static void *arena_alloc(void *data, size_t size)
 static void arena_free(void *data, void *p)
 {
     (void)data;
-    (void)p; /* freed with the stream */
+    (void)p; /* freed with the request */
 }
+
+/* Streamed requests are the caller's to free with protobuf_c_message_free_unpacked(m, NULL),
+ * which calls free(): mica__malloc's memory is malloc's. */
+static void *heap_alloc(void *data, size_t size)
+{
+    return mica__malloc(size);
+}
+
+static void heap_free(void *data, void *p)
+{
+    mica__free(p);
+}
+
+static ProtobufCAllocator heap = {heap_alloc, heap_free, NULL};
 
 /*
  * Inflates a gzip message of n bytes into a malloc'ed buffer of at most max
@@ -297,7 +349,7 @@ static int gunzip(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t
     size_t cap = n * 4 < 4096 ? 4096 : n * 4;
     if (cap > max + 1)
         cap = max + 1; /* one byte over the limit tells "too large" */
-    uint8_t *buf = malloc(cap);
+    uint8_t *buf = mica__malloc(cap);
     int rc = buf ? 0 : MICA_ENOMEM;
     z.next_in = (Bytef *)in;
     z.avail_in = (uInt)n;
@@ -315,7 +367,7 @@ static int gunzip(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t
                 rc = MICA_ELIMIT;
             } else {
                 size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
-                uint8_t *nb = realloc(buf, ncap);
+                uint8_t *nb = mica__realloc(buf, ncap);
                 if (!nb)
                     rc = MICA_ENOMEM;
                 else
@@ -330,7 +382,7 @@ static int gunzip(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t
     *out_len = z.total_out;
     inflateEnd(&z);
     if (rc != 0) {
-        free(buf);
+        mica__free(buf);
         return rc;
     }
     *out = buf;
@@ -339,16 +391,17 @@ static int gunzip(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t
 
 /*
  * Reads one length-prefixed message, inflating it if it is compressed, and
- * unpacks it with `a` (NULL: malloc). Returns 0, MICA_ECLOSED (clean end of
- * the request), MICA_ELIMIT, MICA_EPROTO (truncated, compressed without an
- * encoding, or undecodable), MICA_ENOMEM, or a wait's error.
+ * unpacks it with `a`. Returns 0, MICA_ECLOSED (clean end of the request),
+ * MICA_ELIMIT, MICA_EPROTO (truncated, compressed without an encoding, or
+ * undecodable), MICA_ENOMEM, or a wait's error.
  */
 static int read_message(mica_grpc_call_t *call, ProtobufCAllocator *a, ProtobufCMessage **out)
 {
-    mica__h2_stream_t *s = call->s;
-    int rc = mica__h2_in_wait(s, 5, wait_ctx(call), call->req->deadline_ms);
+    mica_http_req_t *req = call->req;
+    const void *d;
     size_t len;
-    const uint8_t *p = (const uint8_t *)mica__h2_in_data(s, &len);
+    int rc = mica_http_req_body_wait(req, 5, &d, &len);
+    const uint8_t *p = d;
     if (rc == MICA_ECLOSED)
         return len == 0 ? MICA_ECLOSED : MICA_EPROTO;
     if (rc != 0)
@@ -359,23 +412,23 @@ static int read_message(mica_grpc_call_t *call, ProtobufCAllocator *a, ProtobufC
     size_t n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
     if (n > call->max_msg)
         return MICA_ELIMIT;
-    rc = mica__h2_in_wait(s, 5 + n, wait_ctx(call), call->req->deadline_ms);
+    rc = mica_http_req_body_wait(req, 5 + n, &d, &len);
     if (rc != 0)
         return rc == MICA_ECLOSED ? MICA_EPROTO : rc;
-    p = (const uint8_t *)mica__h2_in_data(s, &len);
+    p = d;
     if (!compressed) {
         *out = protobuf_c_message_unpack(call->m->method->input, a, n, p + 5);
     } else {
         uint8_t *plain;
         size_t plain_len;
         if ((rc = gunzip(p + 5, n, call->max_msg, &plain, &plain_len)) != 0) {
-            mica__h2_in_consume(s, 5 + n);
+            mica_http_req_body_consume(req, 5 + n);
             return rc;
         }
         *out = protobuf_c_message_unpack(call->m->method->input, a, plain_len, plain);
-        free(plain);
+        mica__free(plain);
     }
-    mica__h2_in_consume(s, 5 + n);
+    mica_http_req_body_consume(req, 5 + n);
     return *out ? 0 : MICA_EPROTO;
 }
 
@@ -384,19 +437,7 @@ int mica_grpc_recv(mica_grpc_call_t *call, ProtobufCMessage **out)
     *out = NULL;
     if (call->m->kind == MICA_GRPC_UNARY || call->m->kind == MICA_GRPC_SERVER_STREAM)
         return MICA_ECLOSED; /* the one request was the handler's argument */
-    return read_message(call, NULL, out);
-}
-
-static int send_headers(mica_grpc_call_t *call)
-{
-    mica__http_field_t f[MAX_MD + 2];
-    f[0] = field("content-type", "application/grpc");
-    f[1] = field("grpc-accept-encoding", ACCEPT_ENCODING);
-    memcpy(f + 2, call->hdrs, call->nhdrs * sizeof(*f));
-    int rc = mica__h2_out_headers(call->s, 200, f, call->nhdrs + 2);
-    if (rc == 0)
-        call->headers_sent = true;
-    return rc;
+    return read_message(call, &heap, out);
 }
 
 int mica_grpc_send(mica_grpc_call_t *call, const ProtobufCMessage *msg)
@@ -407,10 +448,8 @@ int mica_grpc_send(mica_grpc_call_t *call, const ProtobufCMessage *msg)
     size_t n = protobuf_c_message_get_packed_size(msg);
     if (n > call->max_msg)
         return MICA_ELIMIT;
-    int rc;
-    if (!call->headers_sent && (rc = send_headers(call)) != 0)
-        return rc;
-    uint8_t *p = (uint8_t *)mica__h2_out_reserve(call->s, 5 + n);
+    uint8_t stack[STACK_MSG_BYTES];
+    uint8_t *p = 5 + n <= sizeof(stack) ? stack : mica__malloc(5 + n);
     if (!p)
         return MICA_ENOMEM;
     p[0] = 0;
@@ -419,10 +458,12 @@ int mica_grpc_send(mica_grpc_call_t *call, const ProtobufCMessage *msg)
     p[3] = (uint8_t)(n >> 8);
     p[4] = (uint8_t)n;
     protobuf_c_message_pack(msg, p + 5);
-    if ((rc = mica__h2_out_commit(call->s, 5 + n)) != 0)
-        return rc;
-    call->replied = true;
-    return mica__h2_out_wait(call->s, wait_ctx(call), call->req->deadline_ms);
+    int rc = mica_http_resp_write(call->resp, p, 5 + n); /* copied; waits while the client lags */
+    if (p != stack)
+        mica__free(p);
+    if (rc == 0)
+        call->replied = true;
+    return rc;
 }
 
 /* ---- one call ----------------------------------------------------------------- */
@@ -455,24 +496,21 @@ static bool parse_timeout(const char *v, int64_t *deadline_ms)
 
 static void finish(mica_grpc_call_t *call, int code)
 {
-    mica__http_field_t f[MAX_MD * 2 + 4];
-    size_t n = 0;
-    char st[24];
-    st[mica__http_u64_dec(st, (uint64_t)code)] = '\0';
-    if (!call->headers_sent) { /* trailers-only: one HEADERS frame carries it all */
-        f[n++] = field("content-type", "application/grpc");
-        f[n++] = field("grpc-accept-encoding", ACCEPT_ENCODING);
-        memcpy(f + n, call->hdrs, call->nhdrs * sizeof(*f));
-        n += call->nhdrs;
+    char st[4]; /* 0..16, without printf on every call */
+    int k = 0;
+    if (code >= 10)
+        st[k++] = (char)('0' + code / 10 % 10);
+    st[k++] = (char)('0' + code % 10);
+    st[k] = '\0';
+    mica_http_resp_t *resp = call->resp;
+    mica_http_resp_trailer(resp, "grpc-status", st);
+    if (call->message && code != 0) {
+        size_t mlen;
+        const char *m = encode_message(call->req, call->message, &mlen);
+        if (m)
+            mica_http_resp_trailer(resp, "grpc-message", m);
     }
-    f[n++] = field("grpc-status", st);
-    size_t mlen;
-    const char *m = call->message && code != 0 ? encode_message(call->req, call->message, &mlen) : NULL;
-    if (m)
-        f[n++] = (mica__http_field_t){"grpc-message", 12, m, mlen};
-    memcpy(f + n, call->trls, call->ntrls * sizeof(*f));
-    n += call->ntrls;
-    mica__h2_out_finish(call->s, 200, f, n);
+    mica_http_resp_end(resp);
 }
 
 /* Maps a failure to read the request to the call's status. */
@@ -493,44 +531,80 @@ static int read_failure(mica_grpc_call_t *call, int rc)
     }
 }
 
+int mica_grpc_next(mica_grpc_next_t *next, const ProtobufCMessage *req)
+{
+    mica_grpc_call_t *call = next->call;
+    mica_grpc_server_t *gs = call->gs;
+    if (next->i < gs->nic) {
+        const mica__grpc_interceptor_t *ic = &gs->ic[next->i++];
+        return ic->fn(call, req, next, ic->arg);
+    }
+    if (next->i != gs->nic)
+        return MICA_GRPC_INTERNAL; /* the handler has run already */
+    next->i++;
+    return call->m->fn(call, req, call->m->arg);
+}
+
 static int run(mica_grpc_call_t *call)
 {
     const mica__grpc_method_t *m = call->m;
-    if (m->kind == MICA_GRPC_CLIENT_STREAM || m->kind == MICA_GRPC_BIDI)
-        return m->fn(call, NULL, m->arg);
-    ProtobufCAllocator a = {arena_alloc, arena_free, call->req};
-    ProtobufCMessage *in;
-    int rc = read_message(call, &a, &in);
-    if (rc != 0)
-        return read_failure(call, rc);
-    rc = m->fn(call, in, m->arg);
-    return rc;
+    ProtobufCMessage *in = NULL;
+    if (m->kind == MICA_GRPC_UNARY || m->kind == MICA_GRPC_SERVER_STREAM) {
+        ProtobufCAllocator a = {arena_alloc, arena_free, call->req};
+        int rc = read_message(call, &a, &in);
+        if (rc != 0)
+            return read_failure(call, rc);
+        /* Exactly one request (PROTOCOL-HTTP2, cardinality): a second one
+         * fails the call before the handler runs, INTERNAL as in grpc-go. */
+        const void *d;
+        size_t len;
+        rc = mica_http_req_body_wait(call->req, 1, &d, &len);
+        if (rc == 0)
+            return mica_grpc_status(call, MICA_GRPC_INTERNAL,
+                                    "received more than one request message for a "
+                                    "non-client-streaming RPC");
+        if (rc != MICA_ECLOSED)
+            return read_failure(call, rc);
+    }
+    if (call->gs->nic == 0)
+        return m->fn(call, in, m->arg);
+    mica_grpc_next_t next = {call, 0};
+    return mica_grpc_next(&next, in);
 }
 
-static void serve(mica__h2_stream_t *s, void *arg)
+/* application/grpc, optionally followed by "+proto", ";..." (PROTOCOL-HTTP2). */
+static bool grpc_content_type(const char *ct)
 {
-    mica__grpc_registry_t *r = arg;
-    mica_http_req_t *req = mica__h2_req(s);
-    mica_grpc_call_t call = {.s = s, .req = req, .max_msg = r->srv->o.max_message_bytes};
-    const char *path = req->path;
-    const mica__grpc_method_t *m = find_method(r, path, strlen(path));
-    static const mica__grpc_method_t unknown = {.path = "", .kind = MICA_GRPC_UNARY};
-    call.m = m ? m : &unknown;
+    return ct && strncmp(ct, "application/grpc", 16) == 0 &&
+           (ct[16] == '\0' || ct[16] == '+' || ct[16] == ';');
+}
 
-    int code;
+static int serve(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    const mica__grpc_method_t *m = arg;
+    if (!grpc_content_type(mica_http_req_header(req, "content-type")))
+        return mica_http_resp_error(resp, 415, "content-type must be application/grpc");
+    mica_grpc_call_t call = {.req = req, .resp = resp, .m = m, .gs = m->gs,
+                             .max_msg = m->gs->o.max_message_bytes};
+    mica_http_resp_start(resp, 200, "application/grpc");
     const char *timeout = mica_http_req_header(req, "grpc-timeout");
     const char *encoding = mica_http_req_header(req, "grpc-encoding");
+    /* Optional in a response (PROTOCOL-HTTP2): said to clients that compress,
+     * who need to know what we inflate; a field less on every other call. */
+    if (encoding)
+        mica_http_resp_header(resp, "grpc-accept-encoding", ACCEPT_ENCODING);
+
+    int code;
     call.gzip = encoding && strcmp(encoding, "gzip") == 0;
-    if (!m) {
-        code = mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "unknown method %s", path);
-    } else if (strcmp(req->method, "POST") != 0) {
-        code = mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "gRPC needs POST, not %s", req->method);
-    } else if (encoding && !call.gzip && strcmp(encoding, "identity") != 0) {
+    int64_t deadline;
+    if (encoding && !call.gzip && strcmp(encoding, "identity") != 0) {
         code = mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "grpc-encoding %s not supported",
                                 encoding);
-    } else if (timeout && !parse_timeout(timeout, &req->deadline_ms)) {
+    } else if (timeout && !parse_timeout(timeout, &deadline)) {
         code = mica_grpc_status(&call, MICA_GRPC_INTERNAL, "malformed grpc-timeout");
     } else {
+        if (timeout)
+            mica_http_req_set_deadline(req, deadline);
         int rc = run(&call);
         code = code_of(rc);
         if (code == MICA_GRPC_OK && !call.replied &&
@@ -538,9 +612,24 @@ static void serve(mica__h2_stream_t *s, void *arg)
             code = mica_grpc_status(&call, MICA_GRPC_INTERNAL, "handler sent no response");
         else if (rc < 0 && !call.message)
             mica_grpc_status(&call, code, "%s", mica_strerror(rc));
-        if (req->deadline_ms != MICA_NO_DEADLINE && mica_now_ms() >= req->deadline_ms &&
-            code != MICA_GRPC_OK)
+        int64_t d = mica_http_req_deadline(req);
+        if (d != MICA_NO_DEADLINE && mica_now_ms() >= d && code != MICA_GRPC_OK)
             code = MICA_GRPC_DEADLINE_EXCEEDED;
     }
     finish(&call, code);
+    return 0;
+}
+
+/* The HTTP server's fallback: gRPC requests for methods nobody registered. */
+static int unknown(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    if (!grpc_content_type(mica_http_req_header(req, "content-type")))
+        return MICA_ENOTFOUND; /* the server's usual 404 */
+    static const mica__grpc_method_t none = {.path = "", .kind = MICA_GRPC_UNARY};
+    mica_grpc_call_t call = {.req = req, .resp = resp, .m = &none, .gs = arg};
+    mica_http_resp_start(resp, 200, "application/grpc");
+    mica_http_resp_header(resp, "grpc-accept-encoding", ACCEPT_ENCODING);
+    finish(&call, mica_grpc_status(&call, MICA_GRPC_UNIMPLEMENTED, "unknown method %s",
+                                   mica_http_req_path(req)));
+    return 0;
 }

@@ -1,17 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Response serialization and helpers. A response is written straight into
- * the connection's output buffer (status line, Date from the worker's
- * per-second cache, Content-Type, Content-Length, Connection, the handler's
- * extra headers, body), so pipelined responses leave in one write.
+ * Responses, whatever their protocol: header and trailer fields kept as
+ * name/value pairs in the request arena (HTTP/1.1 writes them as
+ * "Name: value" lines, HTTP/2 as lower-cased HPACK fields; neither parses
+ * the other's form), the public send/start/write/end calls that go to the
+ * protocol through the request's operations table, and JSON helpers.
  */
 #include <string.h>
+#include <strings.h>
 
 #include "http/internal.h"
-
-#define OUT_CAP_BYTES (64u << 20) /* one connection's pending output */
-#define RESP_HEADERS_CAP 8192
-
 const char *mica_http_status_reason(int status)
 {
     switch (status) {
@@ -55,33 +53,6 @@ const char *mica_http_status_reason(int status)
     }
 }
 
-int mica__http_status_of(int err)
-{
-    return mica_err_http_status(err); /* the table in include/mica/error.h */
-}
-
-int mica__http_out_append(mica__http_conn_t *c, const void *p, size_t len)
-{
-    if (len > c->out_cap - c->out_len) {
-        if (len > OUT_CAP_BYTES - c->out_len)
-            return MICA_ELIMIT;
-        size_t cap = c->out_cap ? c->out_cap : MICA__HTTP_BUF_BYTES;
-        while (cap - c->out_len < len)
-            cap *= 2;
-        if (cap > OUT_CAP_BYTES)
-            cap = OUT_CAP_BYTES;
-        char *out = !c->out && cap == MICA__HTTP_BUF_BYTES ? mica__http_buf_get(c->w)
-                                                            : realloc(c->out, cap);
-        if (!out)
-            return MICA_ENOMEM;
-        c->out = out;
-        c->out_cap = cap;
-    }
-    memcpy(c->out + c->out_len, p, len);
-    c->out_len += len;
-    return 0;
-}
-
 size_t mica__http_u64_dec(char *buf, uint64_t v)
 {
     char tmp[20];
@@ -95,121 +66,168 @@ size_t mica__http_u64_dec(char *buf, uint64_t v)
     return n;
 }
 
-static void refresh_date(mica__http_worker_t *w)
+void mica__http_date(mica__http_worker_t *w, const char **line, size_t *len)
 {
     time_t now = time(NULL);
-    if (now == w->date_sec && w->date_len)
-        return;
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    w->date_len = strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-    w->date_sec = now;
+    if (now != w->date_sec || !w->date_len) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        w->date_len =
+            strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        w->date_sec = now;
+    }
+    *line = w->date;
+    *len = w->date_len;
+}
+
+bool mica__http_hop_field(const char *name, size_t len)
+{
+    switch (len) { /* by length first: most fields are none of these */
+    case 7: return mica__http_token_eq(name, len, "upgrade");
+    case 10: return mica__http_token_eq(name, len, "connection") ||
+                    mica__http_token_eq(name, len, "keep-alive");
+    case 16: return mica__http_token_eq(name, len, "proxy-connection");
+    case 17: return mica__http_token_eq(name, len, "transfer-encoding");
+    default: return false;
+    }
+}
+
+/* RFC 9110 §5.6.2 tchar, as a table: a field name is checked byte by byte. */
+static const bool tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
+
+/* ---- fields --------------------------------------------------------------------- */
+
+static int add_field(mica_http_resp_t *resp, mica__http_field_t **list, size_t *n, size_t *bytes,
+                     uint64_t *upper, uint64_t *hop, const char *name, const char *value)
+{
+    if (!name || !*name || !value)
+        return MICA_EINVAL;
+    size_t nl = 0, vl = 0;
+    bool up = false;
+    for (; name[nl]; nl++) {
+        unsigned char ch = (unsigned char)name[nl];
+        if (!tchar[ch])
+            return MICA_EINVAL;
+        up |= ch >= 'A' && ch <= 'Z';
+    }
+    vl = strcspn(value, "\r\n"); /* header injection: no CR or LF in a value */
+    if (value[vl])
+        return MICA_EINVAL;
+    if (*n >= MICA__HTTP_RESP_MAX_FIELDS || nl + vl + 4 > MICA__HTTP_RESP_FIELDS_BYTES - *bytes)
+        return MICA_ELIMIT;
+    if (*n == 0 || (*n >= 8 && (*n & (*n - 1)) == 0)) { /* 8, then double: arena space is cheap */
+        size_t room = *n ? *n * 2 : 8;
+        mica__http_field_t *grown = mica_http_req_alloc(resp->req, room * sizeof(**list));
+        if (!grown)
+            return MICA_ENOMEM;
+        if (*n)
+            memcpy(grown, *list, *n * sizeof(**list));
+        *list = grown;
+    }
+    char *copy = mica_http_req_alloc(resp->req, nl + vl + 2);
+    if (!copy)
+        return MICA_ENOMEM;
+    memcpy(copy, name, nl + 1);
+    memcpy(copy + nl + 1, value, vl + 1);
+    if (up)
+        *upper |= (uint64_t)1 << *n;
+    if (mica__http_hop_field(name, nl))
+        *hop |= (uint64_t)1 << *n;
+    (*list)[(*n)++] = (mica__http_field_t){copy, nl, copy + nl + 1, vl};
+    *bytes += nl + vl + 4;
+    return 0;
 }
 
 int mica_http_resp_header(mica_http_resp_t *resp, const char *name, const char *value)
 {
-    if (resp->sent || !name || !*name || !value)
+    if (resp->sent)
         return MICA_EINVAL;
-    for (const char *p = name; *p; p++) {
-        unsigned char ch = (unsigned char)*p;
-        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch))
-            return MICA_EINVAL;
-    }
-    for (const char *p = value; *p; p++)
-        if (*p == '\r' || *p == '\n')
-            return MICA_EINVAL;
-    size_t nl = strlen(name), vl = strlen(value), need = nl + vl + 4;
-    if (need > RESP_HEADERS_CAP - resp->headers_len)
-        return MICA_ELIMIT;
-    if (need > resp->headers_cap - resp->headers_len) {
-        size_t cap = resp->headers_cap ? resp->headers_cap * 2 : 512;
-        while (cap - resp->headers_len < need)
-            cap *= 2;
-        char *h = mica_http_req_alloc(resp->req, cap);
-        if (!h)
-            return MICA_ENOMEM;
-        if (resp->headers_len)
-            memcpy(h, resp->headers, resp->headers_len);
-        resp->headers = h;
-        resp->headers_cap = cap;
-    }
-    char *h = resp->headers + resp->headers_len;
-    memcpy(h, name, nl);
-    memcpy(h + nl, ": ", 2);
-    memcpy(h + nl + 2, value, vl);
-    memcpy(h + nl + 2 + vl, "\r\n", 2);
-    resp->headers_len += need;
-    return 0;
+    return add_field(resp, &resp->fields, &resp->nfields, &resp->fields_bytes, &resp->fields_upper,
+                     &resp->fields_hop, name, value);
+}
+
+int mica_http_resp_trailer(mica_http_resp_t *resp, const char *name, const char *value)
+{
+    if (resp->ended)
+        return MICA_EINVAL;
+    return add_field(resp, &resp->trailers, &resp->ntrailers, &resp->trailers_bytes,
+                     &resp->trailers_upper, &resp->trailers_hop, name, value);
+}
+
+const char *mica_http_resp_field(const mica_http_resp_t *resp, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < resp->nfields; i++)
+        if (resp->fields[i].name_len == len && strncasecmp(resp->fields[i].name, name, len) == 0)
+            return resp->fields[i].value;
+    for (size_t i = 0; i < resp->ntrailers; i++)
+        if (resp->trailers[i].name_len == len && strncasecmp(resp->trailers[i].name, name, len) == 0)
+            return resp->trailers[i].value;
+    return NULL;
+}
+
+int mica_http_resp_status(const mica_http_resp_t *resp)
+{
+    return resp->sent || resp->started ? resp->status : 0;
+}
+
+/* ---- sending --------------------------------------------------------------------- */
+
+static bool bad_content_type(const char *ct)
+{
+    return ct && (strchr(ct, '\r') || strchr(ct, '\n'));
 }
 
 int mica_http_resp_send(mica_http_resp_t *resp, int status, const char *content_type,
                         const void *body, size_t len)
 {
-    mica__http_conn_t *c = resp->conn;
-    if (resp->sent || status < 200 || status > 599)
+    if (resp->sent || resp->started || status < 200 || status > 599 || bad_content_type(content_type))
         return MICA_EINVAL;
-    if (content_type && (strchr(content_type, '\r') || strchr(content_type, '\n')))
-        return MICA_EINVAL;
-    if (resp->h2)
-        return mica__h2_respond(resp, status, content_type, body, len);
-    refresh_date(c->w);
-
-    /* Fixed-size part: status line, Date, Content-Length, Connection. */
-    char head[256];
-    size_t n = 0;
-    memcpy(head, "HTTP/1.1 ", 9);
-    n = 9;
-    n += mica__http_u64_dec(head + n, (uint64_t)status);
-    head[n++] = ' ';
-    const char *reason = mica_http_status_reason(status);
-    size_t rl = strlen(reason);
-    memcpy(head + n, reason, rl);
-    n += rl;
-    memcpy(head + n, "\r\n", 2);
-    n += 2;
-    memcpy(head + n, c->w->date, c->w->date_len);
-    n += c->w->date_len;
-
-    bool no_body = status == 204 || status == 304;
-    size_t start = c->out_len;
-    int rc = mica__http_out_append(c, head, n);
-    if (rc == 0 && content_type && !no_body) {
-        rc = mica__http_out_append(c, "Content-Type: ", 14);
-        if (rc == 0)
-            rc = mica__http_out_append(c, content_type, strlen(content_type));
-        if (rc == 0)
-            rc = mica__http_out_append(c, "\r\n", 2);
-    }
-    n = 0;
-    if (status != 204) {
-        memcpy(head, "Content-Length: ", 16);
-        n = 16 + mica__http_u64_dec(head + 16, no_body ? 0 : len);
-        memcpy(head + n, "\r\n", 2);
-        n += 2;
-    }
-    if (c->close || mica_worker_stopping()) {
-        c->close = true;
-        memcpy(head + n, "Connection: close\r\n", 19);
-        n += 19;
-    } else if (c->version_minor == 0) {
-        memcpy(head + n, "Connection: keep-alive\r\n", 24);
-        n += 24;
-    }
-    if (rc == 0)
-        rc = mica__http_out_append(c, head, n);
-    if (rc == 0 && resp->headers_len)
-        rc = mica__http_out_append(c, resp->headers, resp->headers_len);
-    if (rc == 0)
-        rc = mica__http_out_append(c, "\r\n", 2);
-    if (rc == 0 && len && !no_body && !c->head_only)
-        rc = mica__http_out_append(c, body, len);
-    if (rc != 0) {
-        c->out_len = start; /* drop the partial response; the caller maps rc */
-        return rc;
-    }
-    resp->sent = true;
     resp->status = status;
+    int rc = resp->req->ops->send(resp, content_type, body, len);
+    if (rc == 0)
+        resp->sent = resp->ended = true;
+    return rc;
+}
+
+int mica_http_resp_start(mica_http_resp_t *resp, int status, const char *content_type)
+{
+    if (resp->sent || resp->started || status < 200 || status > 599 || bad_content_type(content_type))
+        return MICA_EINVAL;
+    resp->status = status;
+    resp->content_type = content_type;
+    resp->started = true;
     return 0;
+}
+
+int mica_http_resp_write(mica_http_resp_t *resp, const void *data, size_t len)
+{
+    if (!resp->started || resp->ended)
+        return MICA_EINVAL;
+    if (len > MICA__HTTP_OUT_CAP_BYTES)
+        return MICA_ELIMIT;
+    return resp->req->ops->write(resp, data, len);
+}
+
+int mica_http_resp_end(mica_http_resp_t *resp)
+{
+    if (!resp->started || resp->ended)
+        return MICA_EINVAL;
+    resp->ended = true;
+    return resp->req->ops->end(resp);
 }
 
 int mica_http_resp_text(mica_http_resp_t *resp, int status, const char *text)
@@ -249,12 +267,4 @@ int mica_http_resp_error(mica_http_resp_t *resp, int status, const char *msg)
     int rc = mica_http_resp_json(resp, status, o);
     json_decref(o);
     return rc;
-}
-
-int mica__http_send_error(mica__http_conn_t *c, int status, const char *msg)
-{
-    c->close = true;
-    c->resp.sent = false;
-    c->resp.headers_len = 0;
-    return mica_http_resp_error(&c->resp, status, msg);
 }

@@ -10,13 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "http/internal.h"
 
-typedef struct handler {
-    char *method;
-    mica_http_handler_fn fn;
-    void *arg;
-} handler_t;
+typedef mica__route_t handler_t;
 
 typedef struct node node_t;
 struct node {
@@ -36,7 +33,7 @@ struct mica__router {
 
 int mica__router_new(mica__router_t **out)
 {
-    *out = calloc(1, sizeof(**out));
+    *out = mica__calloc(1, sizeof(**out));
     return *out ? 0 : MICA_ENOMEM;
 }
 
@@ -44,18 +41,20 @@ static void node_free(node_t *n)
 {
     for (size_t i = 0; i < n->nkids; i++) {
         node_free(n->kids[i]);
-        free(n->kids[i]);
+        mica__free(n->kids[i]);
     }
     if (n->param_kid) {
         node_free(n->param_kid);
-        free(n->param_kid);
+        mica__free(n->param_kid);
     }
-    for (size_t i = 0; i < n->nhandlers; i++)
-        free(n->handlers[i].method);
-    free(n->kids);
-    free(n->handlers);
-    free(n->lit);
-    free(n->param);
+    for (size_t i = 0; i < n->nhandlers; i++) {
+        mica__free(n->handlers[i].method);
+        mica__free(n->handlers[i].pattern);
+    }
+    mica__free(n->kids);
+    mica__free(n->handlers);
+    mica__free(n->lit);
+    mica__free(n->param);
 }
 
 void mica__router_free(mica__router_t *r)
@@ -63,7 +62,7 @@ void mica__router_free(mica__router_t *r)
     if (!r)
         return;
     node_free(&r->root);
-    free(r);
+    mica__free(r);
 }
 
 static bool is_tchar(unsigned char c)
@@ -85,9 +84,9 @@ static node_t *child(node_t *n, const char *seg, size_t len, bool create)
         }
         if (!create)
             return NULL;
-        node_t *k = calloc(1, sizeof(*k));
-        if (!k || !(k->param = strndup(seg + 1, len - 2))) {
-            free(k);
+        node_t *k = mica__calloc(1, sizeof(*k));
+        if (!k || !(k->param = mica__strndup(seg + 1, len - 2))) {
+            mica__free(k);
             return NULL;
         }
         n->param_kid = k;
@@ -98,13 +97,13 @@ static node_t *child(node_t *n, const char *seg, size_t len, bool create)
             return n->kids[i];
     if (!create)
         return NULL;
-    node_t **kids = realloc(n->kids, (n->nkids + 1) * sizeof(*kids));
+    node_t **kids = mica__realloc(n->kids, (n->nkids + 1) * sizeof(*kids));
     if (!kids)
         return NULL;
     n->kids = kids;
-    node_t *k = calloc(1, sizeof(*k));
-    if (!k || !(k->lit = strndup(seg, len))) {
-        free(k);
+    node_t *k = mica__calloc(1, sizeof(*k));
+    if (!k || !(k->lit = mica__strndup(seg, len))) {
+        mica__free(k);
         return NULL;
     }
     k->lit_len = len;
@@ -129,7 +128,7 @@ static bool valid_segment(const char *seg, size_t len)
 }
 
 int mica__router_add(mica__router_t *r, const char *method, const char *pattern,
-                     mica_http_handler_fn fn, void *arg)
+                     mica_http_handler_fn fn, void *arg, bool stream, size_t max_buffer)
 {
     if (!method || !*method || !pattern || pattern[0] != '/' || !fn)
         return MICA_EINVAL;
@@ -158,14 +157,17 @@ int mica__router_add(mica__router_t *r, const char *method, const char *pattern,
     for (size_t i = 0; i < n->nhandlers; i++)
         if (strcmp(n->handlers[i].method, method) == 0)
             return MICA_EEXIST;
-    handler_t *h = realloc(n->handlers, (n->nhandlers + 1) * sizeof(*h));
+    handler_t *h = mica__realloc(n->handlers, (n->nhandlers + 1) * sizeof(*h));
     if (!h)
         return MICA_ENOMEM;
     n->handlers = h;
-    char *m = strdup(method);
-    if (!m)
+    char *m = mica__strdup(method), *pat = mica__strdup(pattern);
+    if (!m || !pat) {
+        mica__free(m);
+        mica__free(pat);
         return MICA_ENOMEM;
-    h[n->nhandlers++] = (handler_t){m, fn, arg};
+    }
+    h[n->nhandlers++] = (handler_t){m, pat, fn, arg, stream, max_buffer};
     return 0;
 }
 
@@ -218,7 +220,7 @@ static void append_allow(char *buf, size_t size, const char *method)
 int mica__router_match(const mica__router_t *r, const char *method, size_t method_len,
                        const char *path, size_t path_len, mica__route_match_t *m)
 {
-    m->fn = NULL;
+    m->route = NULL;
     m->nparams = 0;
     m->allow[0] = '\0';
     if (path_len == 0 || path[0] != '/')
@@ -232,16 +234,14 @@ int mica__router_match(const mica__router_t *r, const char *method, size_t metho
     for (size_t i = 0; i < n->nhandlers; i++) {
         const handler_t *h = &n->handlers[i];
         if (strlen(h->method) == method_len && memcmp(h->method, method, method_len) == 0) {
-            m->fn = h->fn;
-            m->arg = h->arg;
+            m->route = h;
             return 0;
         }
         if (strcmp(h->method, "GET") == 0)
             get = h;
     }
     if (is_head && get) {
-        m->fn = get->fn;
-        m->arg = get->arg;
+        m->route = get;
         return 0;
     }
     for (size_t i = 0; i < n->nhandlers; i++) {

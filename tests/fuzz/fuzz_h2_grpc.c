@@ -81,6 +81,22 @@ static int rest(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     return mica_http_resp_send(resp, 200, "text/plain", body, len);
 }
 
+/* A streaming route: echoes the body in parts as it arrives, then a trailer. */
+static int stream(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    char buf[4096];
+    ssize_t n = 0;
+    int rc = mica_http_resp_start(resp, 200, "application/octet-stream");
+    while (rc == 0 && (n = mica_http_req_read(req, buf, sizeof(buf))) > 0)
+        rc = mica_http_resp_write(resp, buf, (size_t)n);
+    if (rc != 0)
+        return rc;
+    if (n < 0)
+        return (int)n;
+    mica_http_resp_trailer(resp, "x-done", "yes");
+    return mica_http_resp_end(resp);
+}
+
 static void *serve(void *arg)
 {
     mica_runtime_run(arg);
@@ -91,16 +107,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     mica_runtime_t *rt;
     mica_http_server_t *srv;
+    mica_grpc_server_t *gs;
     mica_runtime_opts_t ro = {.workers = 1, .no_signals = true};
-    mica_http_server_opts_t ho = {.max_body_bytes = 64 * 1024, .max_message_bytes = 64 * 1024,
-                                  .idle_timeout_ms = IO_LIMIT_MS};
+    mica_http_server_opts_t ho = {.max_body_bytes = 64 * 1024, .idle_timeout_ms = IO_LIMIT_MS};
+    mica_grpc_server_opts_t go = {.max_message_bytes = 64 * 1024};
     const ProtobufCServiceDescriptor *d = &mica__interop__echo__descriptor;
     if (mica_runtime_new(&rt, &ro) || mica_http_server_new(&srv, &ho) ||
-        mica_grpc_register(srv, d, "Unary", MICA_GRPC_UNARY, unary, NULL) ||
-        mica_grpc_register(srv, d, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream, NULL) ||
-        mica_grpc_register(srv, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, streaming, NULL) ||
-        mica_grpc_register(srv, d, "Bidi", MICA_GRPC_BIDI, streaming, (void *)1) ||
-        mica_grpc_enable_health(srv) || mica_http_route(srv, "POST", "/echo", rest, NULL) ||
+        mica_grpc_server_new(&gs, srv, &go) ||
+        mica_grpc_register(gs, d, "Unary", MICA_GRPC_UNARY, unary, NULL) ||
+        mica_grpc_register(gs, d, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream, NULL) ||
+        mica_grpc_register(gs, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, streaming, NULL) ||
+        mica_grpc_register(gs, d, "Bidi", MICA_GRPC_BIDI, streaming, (void *)1) ||
+        mica_grpc_enable_health(gs) || mica_http_route(srv, "POST", "/echo", rest, NULL) ||
+        mica_http_route_stream(srv, "POST", "/stream", 8192, stream, NULL) ||
         mica_http_server_listen(srv, "127.0.0.1:0") || mica_http_server_attach(srv, rt)) {
         fprintf(stderr, "fuzz_h2_grpc: server setup failed\n");
         abort();

@@ -152,6 +152,32 @@ def test_unknown_service_and_method_are_unimplemented(srv):
 
 
 @test("examples/user")
+def test_two_request_messages_on_a_unary_call_are_internal_as_in_grpc_go(srv):
+    # grpc-go: "cardinality violation: received multiple request messages for
+    # non-client-streaming RPC", codes.Internal; the handler never runs.
+    f, out = call(srv, "/user.UserService/GetUser", grpc_frame(pb_string(1, "1001")) * 2)
+    assert f.get("grpc-status") == "13" and b"Alice" not in out, f
+    assert "more than one request message" in f.get("grpc-message", ""), f
+    f, _ = call(srv, "/grpc.health.v1.Health/Watch", grpc_frame(b"") * 2)  # server-streaming too
+    assert f.get("grpc-status") == "13", f
+    still_serves(srv)
+
+
+@test("examples/user")
+def test_a_non_grpc_content_type_on_a_method_path_is_415(srv):
+    for proto in ("--http2-prior-knowledge", "--http1.1"):
+        r = subprocess.run(["curl", "-sS", proto, "-o", "/dev/null", "-w", "%{http_code}",
+                            "-H", "content-type: application/json", "-d", '{"user_id":"1001"}',
+                            srv.url("/user.UserService/GetUser")], capture_output=True, text=True)
+        assert r.stdout == "415", (proto, r.stdout, r.stderr)
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                        "%{http_code}", srv.url("/user.UserService/GetUser")],
+                       capture_output=True, text=True)
+    assert r.stdout == "405", r.stdout  # a method path answers POST only
+    still_serves(srv)
+
+
+@test("examples/user")
 def test_bad_messages_get_their_status_and_the_server_keeps_serving(srv):
     cases = [
         (grpc_frame(b"\x0a\xff\xff\xff\xff\x0f"), "13"),         # protobuf: length past the end

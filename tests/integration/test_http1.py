@@ -104,9 +104,9 @@ BAD = [
     ("bad chunk size", b"POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
     ("chunk without CRLF", b"POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n", 400),
     ("chunk size overflow", b"POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", 400),
-    ("head too large", b"GET /health HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    ("head too large", b"GET /health HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 17000 + b"\r\n\r\n", 431),
     ("too many headers", b"GET /health HTTP/1.1\r\nHost: t\r\n" + b"X-A: a\r\n" * 70 + b"\r\n", 431),
-    ("target too long", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    ("target too long", b"GET /" + b"a" * 8200 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
     ("body too large by Content-Length", b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n", 413),
     ("unknown expectation", b"POST /health HTTP/1.1\r\nHost: t\r\nExpect: magic\r\nContent-Length: 1\r\n\r\na", 417),
 ]
@@ -127,6 +127,16 @@ def test_every_bad_input_gets_its_status_a_close_and_the_server_keeps_serving():
             s.close()
             serves(srv)
         assert not wrong, wrong
+    with_server(body)
+
+
+def test_an_8000_octet_request_target_is_served():
+    """RFC 9110 §4.1: recipients SHOULD support request-lines of at least 8000 octets."""
+    def body(srv):
+        target = b"/health?q=" + b"a" * (8000 - len(b"/health?q="))
+        assert len(target) == 8000
+        r = exchange(srv, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert r and r[0] == 200 and r[2] == b'{"status":"ok"}', r
     with_server(body)
 
 

@@ -106,6 +106,29 @@ def echo_pair():
     stop(p, log, "tests/interop_echo_server")
 
 
+def stream_server():
+    """Streaming routes: bodies in and parts out over HTTP/1.1, h2c and TLS, a reset."""
+    p, port, log = start("tests/stream_server")
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"s" * 200000)
+        f.flush()
+        for proto in ("--http1.1", "--http2-prior-knowledge"):
+            out = run(["curl", "-sS", proto, "-H", "Transfer-Encoding: chunked", "--data-binary",
+                       "@" + f.name, f"{base}/stream/echo"]).stdout
+            assert out == b"s" * 200000, (proto, len(out))
+        out = run(["curl", "-sS", "--cacert", CERT, "--data-binary", "@" + f.name,
+                   f"https://localhost:{start.tls_port}/stream/count"]).stdout
+        assert out == b'{"bytes":200000}', out
+    assert run(["curl", "-sS", f"{base}/parts"]).stdout == b"ab"
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"POST /stream/hold HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab")
+    time.sleep(0.5)
+    s.close()  # the held handler is cancelled
+    stop(p, log, "tests/stream_server")
+
+
 if __name__ == "__main__":
     user_server()
     echo_pair()
+    stream_server()

@@ -146,18 +146,22 @@ int main(void)
 {
     mica_runtime_t *rt;
     mica_http_server_t *srv;
+    mica_grpc_server_t *gs;
     mica_http_server_opts_t opts = {0};
+    mica_grpc_server_opts_t gopts = {0};
     const ProtobufCServiceDescriptor *d = &mica__interop__echo__descriptor;
     int rc;
     if ((rc = mica_runtime_new(&rt, NULL)) != 0 || (rc = mica_http_server_opts_from_env(&opts)) != 0 ||
+        (rc = mica_grpc_server_opts_from_env(&gopts)) != 0 ||
         (rc = mica_http_server_new(&srv, &opts)) != 0 ||
-        (rc = mica_grpc_register(srv, d, "Unary", MICA_GRPC_UNARY, unary, NULL)) != 0 ||
-        (rc = mica_grpc_register(srv, d, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream,
+        (rc = mica_grpc_server_new(&gs, srv, &gopts)) != 0 ||
+        (rc = mica_grpc_register(gs, d, "Unary", MICA_GRPC_UNARY, unary, NULL)) != 0 ||
+        (rc = mica_grpc_register(gs, d, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream,
                                  NULL)) != 0 ||
-        (rc = mica_grpc_register(srv, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, client_stream,
+        (rc = mica_grpc_register(gs, d, "ClientStream", MICA_GRPC_CLIENT_STREAM, client_stream,
                                  NULL)) != 0 ||
-        (rc = mica_grpc_register(srv, d, "Bidi", MICA_GRPC_BIDI, bidi, NULL)) != 0 ||
-        (rc = mica_grpc_enable_health(srv)) != 0 ||
+        (rc = mica_grpc_register(gs, d, "Bidi", MICA_GRPC_BIDI, bidi, NULL)) != 0 ||
+        (rc = mica_grpc_enable_health(gs)) != 0 ||
         (rc = mica_http_route(srv, "GET", "/whoami", whoami, NULL)) != 0) {
         fprintf(stderr, "echo_server: %s\n", mica_strerror(rc));
         return 1;
@@ -170,6 +174,7 @@ int main(void)
         return 1;
     }
     rc = mica_runtime_run(rt);
+    mica_grpc_server_free(gs);
     mica_http_server_free(srv);
     mica_runtime_free(rt);
     if (rc != 0)

@@ -19,12 +19,12 @@ static int setup(void **state)
 {
     mica__router_t *r;
     assert_int_equal(mica__router_new(&r), 0);
-    assert_int_equal(mica__router_add(r, "GET", "/", h_a, NULL), 0);
-    assert_int_equal(mica__router_add(r, "GET", "/users/{id}", h_b, NULL), 0);
-    assert_int_equal(mica__router_add(r, "DELETE", "/users/{id}", h_c, NULL), 0);
-    assert_int_equal(mica__router_add(r, "GET", "/users/me", h_c, NULL), 0);
-    assert_int_equal(mica__router_add(r, "GET", "/users/{id}/orders/{order}", h_d, NULL), 0);
-    assert_int_equal(mica__router_add(r, "POST", "/users/me/avatar", h_a, NULL), 0);
+    assert_int_equal(mica__router_add(r, "GET", "/", h_a, NULL, false, 0), 0);
+    assert_int_equal(mica__router_add(r, "GET", "/users/{id}", h_b, NULL, false, 0), 0);
+    assert_int_equal(mica__router_add(r, "DELETE", "/users/{id}", h_c, NULL, false, 0), 0);
+    assert_int_equal(mica__router_add(r, "GET", "/users/me", h_c, NULL, false, 0), 0);
+    assert_int_equal(mica__router_add(r, "GET", "/users/{id}/orders/{order}", h_d, NULL, false, 0), 0);
+    assert_int_equal(mica__router_add(r, "POST", "/users/me/avatar", h_a, NULL, false, 0), 0);
     *state = r;
     return 0;
 }
@@ -44,9 +44,9 @@ static void test_root_and_literal_routes_match(void **state)
 {
     mica__route_match_t m;
     assert_int_equal(match(*state, "GET", "/", &m), 0);
-    assert_ptr_equal(m.fn, h_a);
+    assert_ptr_equal(m.route->fn, h_a);
     assert_int_equal(match(*state, "GET", "/users/me", &m), 0);
-    assert_ptr_equal(m.fn, h_c);
+    assert_ptr_equal(m.route->fn, h_c);
     assert_int_equal(m.nparams, 0);
 }
 
@@ -54,7 +54,7 @@ static void test_parameters_capture_one_segment(void **state)
 {
     mica__route_match_t m;
     assert_int_equal(match(*state, "GET", "/users/1001", &m), 0);
-    assert_ptr_equal(m.fn, h_b);
+    assert_ptr_equal(m.route->fn, h_b);
     assert_int_equal(m.nparams, 1);
     assert_string_equal(m.names[0], "id");
     assert_int_equal(m.value_lens[0], 4);
@@ -66,7 +66,7 @@ static void test_literal_dead_end_backtracks_to_parameter(void **state)
     mica__route_match_t m;
     /* "me" is a literal child, but only /users/{id}/orders/{order} goes deeper. */
     assert_int_equal(match(*state, "GET", "/users/me/orders/7", &m), 0);
-    assert_ptr_equal(m.fn, h_d);
+    assert_ptr_equal(m.route->fn, h_d);
     assert_int_equal(m.nparams, 2);
     assert_memory_equal(m.values[0], "me", 2);
     assert_memory_equal(m.values[1], "7", 1);
@@ -93,18 +93,18 @@ static void test_head_falls_back_to_get(void **state)
 {
     mica__route_match_t m;
     assert_int_equal(match(*state, "HEAD", "/users/9", &m), 0);
-    assert_ptr_equal(m.fn, h_b);
+    assert_ptr_equal(m.route->fn, h_b);
 }
 
 static void test_bad_patterns_and_duplicates_are_refused(void **state)
 {
     mica__router_t *r = *state;
-    assert_int_equal(mica__router_add(r, "GET", "/users/{id}", h_a, NULL), MICA_EEXIST);
-    assert_int_equal(mica__router_add(r, "GET", "/users/{name}/x", h_a, NULL), MICA_EINVAL);
-    assert_int_equal(mica__router_add(r, "GET", "no-slash", h_a, NULL), MICA_EINVAL);
-    assert_int_equal(mica__router_add(r, "GET", "/a b", h_a, NULL), MICA_EINVAL);
-    assert_int_equal(mica__router_add(r, "GE T", "/x", h_a, NULL), MICA_EINVAL);
-    assert_int_equal(mica__router_add(r, "GET", "/{}", h_a, NULL), MICA_EINVAL);
+    assert_int_equal(mica__router_add(r, "GET", "/users/{id}", h_a, NULL, false, 0), MICA_EEXIST);
+    assert_int_equal(mica__router_add(r, "GET", "/users/{name}/x", h_a, NULL, false, 0), MICA_EINVAL);
+    assert_int_equal(mica__router_add(r, "GET", "no-slash", h_a, NULL, false, 0), MICA_EINVAL);
+    assert_int_equal(mica__router_add(r, "GET", "/a b", h_a, NULL, false, 0), MICA_EINVAL);
+    assert_int_equal(mica__router_add(r, "GE T", "/x", h_a, NULL, false, 0), MICA_EINVAL);
+    assert_int_equal(mica__router_add(r, "GET", "/{}", h_a, NULL, false, 0), MICA_EINVAL);
 }
 
 int main(void)

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../runtime/helpers.h"
+#include "wire.h"
 #include "mica/http.h"
 #include "mica/net.h"
 #include "mica/runtime.h"
@@ -59,12 +61,14 @@ static void timeout_client(int worker, void *arg)
 {
     struct fixture *f = arg;
     int fd = mica_net_connect(f->addr, NULL, mica_deadline_in(1000));
-    assert_true(fd >= 0);
-    assert_int_equal(mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, NULL, mica_deadline_in(1000)), 0);
-    ssize_t n = mica_net_read(fd, f->reply, sizeof(f->reply) - 1, NULL, mica_deadline_in(3000));
-    assert_true(n > 0);
-    f->reply[n] = '\0';
-    mica_net_close(fd);
+    if (EXPECT(fd >= 0)) {
+        int w = mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, NULL, mica_deadline_in(1000));
+        EXPECT_EQ(w, 0); /* (EXPECT_EQ evaluates its arguments twice) */
+        ssize_t n = mica_net_read(fd, f->reply, sizeof(f->reply) - 1, NULL, mica_deadline_in(3000));
+        if (EXPECT(n > 0))
+            f->reply[n] = '\0';
+        mica_net_close(fd);
+    }
     mica_runtime_stop(f->rt);
 }
 
@@ -72,6 +76,7 @@ static void test_handler_ctx_ends_at_the_request_timeout_with_504(void **state)
 {
     struct fixture f = {0};
     start(&f, 50, timeout_client);
+    expect_no_failure();
     assert_int_equal(f.handler_rc, MICA_ETIMEDOUT);
     assert_memory_equal(f.reply, "HTTP/1.1 504 Gateway Timeout\r\n", 30);
 }
@@ -80,8 +85,12 @@ static void hangup_client(int worker, void *arg)
 {
     struct fixture *f = arg;
     int fd = mica_net_connect(f->addr, NULL, mica_deadline_in(1000));
-    assert_true(fd >= 0);
-    assert_int_equal(mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, NULL, mica_deadline_in(1000)), 0);
+    if (!EXPECT(fd >= 0)) {
+        mica_runtime_stop(f->rt);
+        return;
+    }
+    int w = mica_net_write(fd, req_sleep, sizeof(req_sleep) - 1, NULL, mica_deadline_in(1000));
+    EXPECT_EQ(w, 0);
     mica_sleep_ms(50); /* the handler is now sleeping on its ctx */
     int64_t t0 = mica_now_ms();
     mica_net_close(fd);
@@ -94,6 +103,7 @@ static void test_handler_ctx_is_cancelled_when_the_client_disconnects(void **sta
 {
     struct fixture f = {0};
     start(&f, 10000, hangup_client);
+    expect_no_failure();
     assert_int_equal(f.handler_runs, 1);
     assert_int_equal(f.handler_rc, MICA_ECANCELED);
 }
@@ -111,11 +121,13 @@ static void close_then_stop_client(int worker, void *arg)
     struct fixture *f = arg;
     static const char req_ok[] = "GET /ok HTTP/1.1\r\nHost: t\r\n\r\n";
     int fd = mica_net_connect(f->addr, NULL, mica_deadline_in(1000));
-    assert_true(fd >= 0);
-    assert_int_equal(mica_net_write(fd, req_ok, sizeof(req_ok) - 1, NULL, mica_deadline_in(1000)), 0);
-    assert_true(mica_net_read(fd, f->reply, sizeof(f->reply), NULL, mica_deadline_in(1000)) > 0);
-    mica_sleep_ms(2); /* the server parks the idle connection */
-    mica_net_close(fd);
+    if (EXPECT(fd >= 0)) {
+        int w = mica_net_write(fd, req_ok, sizeof(req_ok) - 1, NULL, mica_deadline_in(1000));
+        EXPECT_EQ(w, 0);
+        EXPECT(mica_net_read(fd, f->reply, sizeof(f->reply), NULL, mica_deadline_in(1000)) > 0);
+        mica_sleep_ms(2); /* the server parks the idle connection */
+        mica_net_close(fd);
+    }
     mica_runtime_stop(f->rt);
     /* Block the worker (deliberately, in a test) until the main thread has
      * relayed the stop: the hang-up edge and the stop then arrive in one
@@ -136,10 +148,151 @@ static void test_drain_closing_a_parked_connection_with_a_pending_spawn_is_safe(
         snprintf(f.addr, sizeof(f.addr), "127.0.0.1:%d", mica_http_server_port(f.srv, 0));
         mica_runtime_on_start(f.rt, close_then_stop_client, &f);
         assert_int_equal(mica_runtime_run(f.rt), 0);
+        expect_no_failure();
         assert_memory_equal(f.reply, "HTTP/1.1 200 OK\r\n", 17);
         mica_http_server_free(f.srv);
         mica_runtime_free(f.rt);
     }
+}
+
+/* ---- middleware, observers, the request ctx ------------------------------------ */
+
+struct seams {
+    mica_runtime_t *rt;
+    mica_http_server_t *srv;
+    char addr[64];
+    char replies[4][1024];
+    int after_status[8]; /* what the outer middleware saw after next() */
+    int nafter;
+    struct {
+        char method[8], route[32], path[32];
+        int status, version;
+        uint64_t in, out;
+    } seen[8];
+    int nseen;
+    char order[16];
+};
+
+static void add_order(struct seams *s, char c)
+{
+    size_t n = strlen(s->order);
+    if (n + 1 < sizeof(s->order))
+        s->order[n] = c;
+}
+
+static const char principal_key = 0; /* ctx keys compare by address */
+
+static int outer(mica_http_req_t *req, mica_http_resp_t *resp, mica_http_next_t *next, void *arg)
+{
+    struct seams *s = arg;
+    add_order(s, 'o');
+    mica_http_resp_header(resp, "X-Outer", "1");
+    mica_http_req_with_value(req, &principal_key, "alice");
+    int rc = mica_http_next(next);
+    if (s->nafter < 8)
+        s->after_status[s->nafter++] = mica_http_resp_status(resp);
+    return rc;
+}
+
+static int guard(mica_http_req_t *req, mica_http_resp_t *resp, mica_http_next_t *next, void *arg)
+{
+    struct seams *s = arg;
+    add_order(s, 'g');
+    if (strcmp(mica_http_req_path(req), "/deny") == 0)
+        return MICA_EUNAUTHENTICATED; /* short-circuit: the handler never runs */
+    return mica_http_next(next);
+}
+
+static int user(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    struct seams *s = arg;
+    add_order(s, 'h');
+    const char *who = mica_http_req_value(req, &principal_key);
+    const char *who_ctx = mica_ctx_value(mica_http_req_ctx(req), &principal_key);
+    if (!who || !who_ctx || strcmp(who, who_ctx) != 0)
+        return MICA_EINTERNAL;
+    char body[128];
+    snprintf(body, sizeof(body), "%s %s %s", who, mica_http_req_param(req, "id"),
+             mica_http_req_route(req));
+    return mica_http_resp_text(resp, 200, body);
+}
+
+static void observe(const mica_http_completion_t *c, void *arg)
+{
+    struct seams *s = arg;
+    if (s->nseen >= 8)
+        return;
+    snprintf(s->seen[s->nseen].method, sizeof(s->seen[0].method), "%s", c->method);
+    snprintf(s->seen[s->nseen].route, sizeof(s->seen[0].route), "%s", c->route ? c->route : "-");
+    snprintf(s->seen[s->nseen].path, sizeof(s->seen[0].path), "%s", c->path);
+    s->seen[s->nseen].status = c->status;
+    s->seen[s->nseen].version = c->http_version;
+    s->seen[s->nseen].in = c->bytes_in;
+    s->seen[s->nseen].out = c->bytes_out;
+    s->nseen++;
+}
+
+static void seams_client(int worker, void *arg)
+{
+    struct seams *s = arg;
+    static const char *reqs[4] = {
+        "GET /users/7 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /deny HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /users/7 HTTP/1.1\r\n\r\n", /* no Host: the parser's 400 */
+    };
+    for (int i = 0; i < 4; i++)
+        EXPECT(wire_exchange(s->addr, reqs[i], strlen(reqs[i]), s->replies[i],
+                             sizeof(s->replies[i]), 2000) > 0);
+    mica_runtime_stop(s->rt);
+}
+
+static void test_middleware_wraps_handlers_and_404s_and_observers_see_every_request(void **state)
+{
+    struct seams s = {0};
+    mica_runtime_opts_t ro = {.workers = 1, .no_signals = true, .drain_timeout_ms = 3000};
+    assert_int_equal(mica_runtime_new(&s.rt, &ro), 0);
+    assert_int_equal(mica_http_server_new(&s.srv, NULL), 0);
+    assert_int_equal(mica_http_route(s.srv, "GET", "/users/{id}", user, &s), 0);
+    assert_int_equal(mica_http_route(s.srv, "GET", "/deny", user, &s), 0);
+    assert_int_equal(mica_http_use(s.srv, outer, &s), 0);
+    assert_int_equal(mica_http_use(s.srv, guard, &s), 0);
+    assert_int_equal(mica_http_observe(s.srv, observe, &s), 0);
+    assert_int_equal(mica_http_server_listen(s.srv, "127.0.0.1:0"), 0);
+    assert_int_equal(mica_http_server_attach(s.srv, s.rt), 0);
+    assert_int_equal(mica_http_use(s.srv, outer, &s), MICA_EINVAL); /* after attach */
+    snprintf(s.addr, sizeof(s.addr), "127.0.0.1:%d", mica_http_server_port(s.srv, 0));
+    mica_runtime_on_start(s.rt, seams_client, &s);
+    assert_int_equal(mica_runtime_run(s.rt), 0);
+    mica_http_server_free(s.srv);
+    mica_runtime_free(s.rt);
+    expect_no_failure();
+
+    assert_non_null(strstr(s.replies[0], "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(s.replies[0], "X-Outer: 1\r\n"));
+    assert_non_null(strstr(s.replies[0], "\r\n\r\nalice 7 /users/{id}"));
+    assert_non_null(strstr(s.replies[1], "HTTP/1.1 401 Unauthorized\r\n"));
+    assert_non_null(strstr(s.replies[1], "X-Outer: 1\r\n")); /* set before the short-circuit */
+    assert_non_null(strstr(s.replies[2], "HTTP/1.1 404 Not Found\r\n"));
+    assert_non_null(strstr(s.replies[3], "HTTP/1.1 400 Bad Request\r\n"));
+    assert_string_equal(s.order, "oghogog"); /* the 404 ran the chain too; the 400 did not */
+    assert_int_equal(s.nafter, 3);
+    assert_int_equal(s.after_status[0], 200);
+    assert_int_equal(s.after_status[1], 401); /* the guard's error, already answered */
+    assert_int_equal(s.after_status[2], 404);
+
+    assert_int_equal(s.nseen, 4);
+    assert_string_equal(s.seen[0].route, "/users/{id}");
+    assert_string_equal(s.seen[0].path, "/users/7");
+    assert_int_equal(s.seen[0].status, 200);
+    assert_int_equal(s.seen[0].version, 11);
+    assert_true(s.seen[0].in > 40 && s.seen[0].out > 100);
+    assert_string_equal(s.seen[1].route, "/deny");
+    assert_int_equal(s.seen[1].status, 401);
+    assert_string_equal(s.seen[2].route, "-");
+    assert_int_equal(s.seen[2].status, 404);
+    assert_string_equal(s.seen[3].method, "");
+    assert_int_equal(s.seen[3].status, 400);
 }
 
 int main(void)
@@ -148,6 +301,7 @@ int main(void)
         cmocka_unit_test(test_handler_ctx_ends_at_the_request_timeout_with_504),
         cmocka_unit_test(test_handler_ctx_is_cancelled_when_the_client_disconnects),
         cmocka_unit_test(test_drain_closing_a_parked_connection_with_a_pending_spawn_is_safe),
+        cmocka_unit_test(test_middleware_wraps_handlers_and_404s_and_observers_see_every_request),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
