@@ -190,7 +190,8 @@ if ! inroot 'set -e
     make -C /tmp/consumer consumer && /tmp/consumer/consumer
     cmake -S /tmp/consumer -B /tmp/consumer/build && cmake --build /tmp/consumer/build
     /tmp/consumer/build/consumer
-    ldd /tmp/consumer/build/consumer | grep -q "libmica.so.0 => /usr/local/lib/"
+    ldd /tmp/consumer/build/consumer >/tmp/consumer/ldd.txt
+    grep -q "libmica.so.0 => /usr/local/lib/" /tmp/consumer/ldd.txt
     cd /root/mica && make uninstall
     test ! -e /usr/local/lib/libmica.so.0 && test ! -e /usr/local/include/mica/mica.h' \
     >"$logs/install.log" 2>&1; then
