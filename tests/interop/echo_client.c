@@ -60,7 +60,7 @@ static int unary_call(int64_t timeout_ms, const req_t *req, resp_t **out, mica_g
 {
     mica_ctx_t *ctx = NULL;
     mica_ctx_with_timeout(NULL, timeout_ms, &ctx);
-    int code = mica_grpc_unary(client, ctx, echo, "Unary", &req->base, (ProtobufCMessage **)out, r);
+    int code = mica_grpc_unary(client, ctx, echo, "Unary", NULL, &req->base, (ProtobufCMessage **)out, r);
     mica_ctx_free(ctx);
     return code;
 }
@@ -86,8 +86,9 @@ static int c_unary_metadata(void)
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5000, &ctx);
     mica_grpc_md_t md[] = {{"x-echo-in", "v1"}};
+    mica_grpc_call_opts_t o = {.md = md, .nmd = 1};
     mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(client, ctx, echo, "Unary", md, 1, &st);
+    int rc = mica_grpc_stream_open(client, ctx, echo, "Unary", &o, &st);
     if (rc != 0) {
         mica_ctx_free(ctx);
         return fail("open: %s", mica_strerror(rc));
@@ -169,7 +170,7 @@ static int c_unary_cancel(void)
     ProtobufCMessage *out;
     mica_grpc_result_t r;
     int64_t t0 = mica_now_ms();
-    int code = mica_grpc_unary(client, k.ctx, echo, "Unary", &req.base, &out, &r);
+    int code = mica_grpc_unary(client, k.ctx, echo, "Unary", NULL, &req.base, &out, &r);
     int64_t took = mica_now_ms() - t0;
     mica_wg_wait(k.wg, NULL);
     mica_wg_free(k.wg);
@@ -218,7 +219,7 @@ static int c_unary_too_large(void)
     mica_ctx_with_timeout(NULL, 10000, &ctx);
     ProtobufCMessage *out;
     mica_grpc_result_t r;
-    int code = mica_grpc_unary(big, ctx, echo, "Unary", &req.base, &out, &r);
+    int code = mica_grpc_unary(big, ctx, echo, "Unary", NULL, &req.base, &out, &r);
     mica_ctx_free(ctx);
     free(p);
     return expect_code(code, MICA_GRPC_RESOURCE_EXHAUSTED, &r);
@@ -240,7 +241,7 @@ static int stream_call(const char *method, const req_t *reqs, int nreq, int *nre
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5000, &ctx);
     mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(client, ctx, echo, method, NULL, 0, &st);
+    int rc = mica_grpc_stream_open(client, ctx, echo, method, NULL, &st);
     if (rc != 0) {
         mica_ctx_free(ctx);
         snprintf(r->message, sizeof(r->message), "open: %s", mica_strerror(rc));
@@ -335,7 +336,7 @@ static int bidi(int nreq, int fail_at, int want_code, int want_answers)
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5000, &ctx);
     mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(client, ctx, echo, "Bidi", NULL, 0, &st);
+    int rc = mica_grpc_stream_open(client, ctx, echo, "Bidi", NULL, &st);
     if (rc != 0) {
         mica_ctx_free(ctx);
         return fail("open: %s", mica_strerror(rc));
@@ -395,7 +396,7 @@ static int c_unimplemented(void)
     req_t req = REQ_INIT;
     ProtobufCMessage *out;
     mica_grpc_result_t r;
-    return expect_code(mica_grpc_unary(client, NULL, &svc, "Nope", &req.base, &out, &r),
+    return expect_code(mica_grpc_unary(client, NULL, &svc, "Nope", NULL, &req.base, &out, &r),
                        MICA_GRPC_UNIMPLEMENTED, &r);
 }
 
@@ -406,7 +407,7 @@ static int c_unknown_service(void)
     req_t req = REQ_INIT;
     ProtobufCMessage *out;
     mica_grpc_result_t r;
-    return expect_code(mica_grpc_unary(client, NULL, &svc, "Unary", &req.base, &out, &r),
+    return expect_code(mica_grpc_unary(client, NULL, &svc, "Unary", NULL, &req.base, &out, &r),
                        MICA_GRPC_UNIMPLEMENTED, &r);
 }
 
@@ -481,7 +482,7 @@ static void bench_worker(void *arg)
     while (b->left > 0) {
         b->left--;
         ProtobufCMessage *out;
-        if (mica_grpc_unary(client, NULL, echo, "Unary", &req.base, &out, NULL) == MICA_GRPC_OK)
+        if (mica_grpc_unary(client, NULL, echo, "Unary", NULL, &req.base, &out, NULL) == MICA_GRPC_OK)
             protobuf_c_message_free_unpacked(out, NULL);
         else
             b->failed++;
