@@ -81,7 +81,8 @@ typedef struct mica_resolver_opts {
  * and mica_resolver_report_error(), from any thread.
  */
 typedef struct mica_resolver_ops {
-    /* Validates `t` and creates the backend's state. 0, MICA_EINVAL (logged) or MICA_ENOMEM. */
+    /* Validates `t` and creates the backend's state; a failure leaves nothing to destroy.
+     * Returns 0, MICA_EINVAL (logged) or MICA_ENOMEM. */
     int (*init)(mica_resolver_t *r, const mica_target_t *t, const mica_resolver_opts_t *opts,
                 void **state);
     /* Starts resolving (may stay running; NULL: nothing to run). */

@@ -341,8 +341,9 @@ int mica_resolver_new(mica_resolver_t **out, mica_runtime_t *rt, const char *tar
     mica_resolver_opts_t o = opts ? *opts : (mica_resolver_opts_t){0};
     if (o.refresh_interval_ms <= 0)
         o.refresh_interval_ms = 30000;
-    if ((rc = r->ops->init(r, &r->t, &o, &r->state)) != 0 ||
-        (rc = mica_runtime_on_stop(rt, on_stop, r)) != 0) {
+    if ((rc = r->ops->init(r, &r->t, &o, &r->state)) != 0)
+        r->state = NULL; /* a failed init cleans up after itself */
+    if (rc != 0 || (rc = mica_runtime_on_stop(rt, on_stop, r)) != 0) {
         mica_resolver_free(r);
         return rc;
     }
