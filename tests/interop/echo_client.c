@@ -6,8 +6,15 @@
  * clients: one `PASS <case> (<ms> ms)` or `FAIL <case>: <reason>` line each,
  * exit status 0 only if every selected case passed.
  *
- * Usage: echo_client -addr 127.0.0.1:PORT [-cases a,b,c] [-ca ca.pem (TLS)
+ * Usage: echo_client -addr TARGET [-cases a,b,c] [-ca ca.pem (TLS)
  *        [-cert cert.pem -key key.pem (mTLS)]]
+ *
+ * TARGET is any client target: 127.0.0.1:PORT, dns:///localhost:PORT,
+ * static:///A,B. Three cases run only when named in -cases, for checks
+ * made from the servers' side (tests/integration/test_grpc.py): `spread`
+ * (-n N unary calls, all OK), `update` (N calls, then the static list
+ * becomes -update A,B, then N more) and `unavailable` (a call must fail
+ * UNAVAILABLE). -resolve-ms sets the DNS re-resolution interval.
  *
  * -bench N [-conc C]: instead of the cases, N unary calls ("hello", from C
  * coroutines, default 1) on one worker; prints calls/s and the client's own
@@ -35,6 +42,9 @@ static const char *cert_file, *key_file; /* -cert, -key: mTLS client certificate
 static mica_runtime_t *rt;
 static const char *only;
 static int failures;
+static long spread_n = 100;       /* -n */
+static const char *update_list;   /* -update */
+static int64_t resolve_ms;        /* -resolve-ms */
 
 /* A case's failure: formats the reason into `why` and returns -1. */
 static char why[512];
@@ -443,6 +453,56 @@ static int c_many_streams(void)
     return m.ok == 100 ? 0 : fail("%d of 100 OK", m.ok);
 }
 
+/* ---- cases checked from the servers' side ------------------------------------------ */
+
+static int n_calls(long n)
+{
+    for (long i = 0; i < n; i++) {
+        req_t req = REQ_INIT;
+        req.message = "spread";
+        resp_t *out;
+        mica_grpc_result_t r;
+        if (expect_code(unary_call(5000, &req, &out, &r), MICA_GRPC_OK, &r))
+            return -1;
+        protobuf_c_message_free_unpacked(&out->base, NULL);
+    }
+    return 0;
+}
+
+static int c_spread(void)
+{
+    return n_calls(spread_n);
+}
+
+static int c_update(void)
+{
+    if (!update_list)
+        return fail("-update A,B is needed");
+    if (n_calls(spread_n))
+        return -1;
+    char list[512];
+    snprintf(list, sizeof(list), "%s", update_list);
+    mica_endpoint_t eps[16];
+    size_t n = 0;
+    for (char *p = list, *next; p && n < 16; p = next) {
+        if ((next = strchr(p, ',')))
+            *next++ = '\0';
+        eps[n++] = (mica_endpoint_t){.addr = p, .weight = 1};
+    }
+    int rc = mica_resolver_update(mica_grpc_client_resolver(client), eps, n);
+    if (rc != 0)
+        return fail("update: %s", mica_strerror(rc));
+    return n_calls(spread_n);
+}
+
+static int c_unavailable(void)
+{
+    req_t req = REQ_INIT;
+    resp_t *out;
+    mica_grpc_result_t r;
+    return expect_code(unary_call(5000, &req, &out, &r), MICA_GRPC_UNAVAILABLE, &r);
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -463,7 +523,12 @@ static const struct {
     {"unimplemented", c_unimplemented},
     {"unknown_service", c_unknown_service},
     {"many_streams", c_many_streams},
+    /* only when named in -cases: */
+    {"spread", c_spread},
+    {"update", c_update},
+    {"unavailable", c_unavailable},
 };
+#define DEFAULT_CASES 16 /* the matrix: the cases above the named-only ones */
 
 /* ---- -bench ------------------------------------------------------------------- */
 
@@ -524,10 +589,10 @@ static void bench(void)
     mica_wg_free(b.wg);
 }
 
-static bool selected(const char *name)
+static bool selected(size_t i, const char *name)
 {
     if (!only)
-        return true;
+        return i < DEFAULT_CASES;
     size_t n = strlen(name);
     for (const char *p = only; (p = strstr(p, name)); p += n)
         if ((p == only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
@@ -545,7 +610,7 @@ static void run(int worker, void *arg)
         return;
     }
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        if (!selected(cases[i].name))
+        if (!selected(i, cases[i].name))
             continue;
         why[0] = '\0';
         int64_t t0 = mica_now_ms();
@@ -578,16 +643,23 @@ int main(int argc, char **argv)
             bench_calls = strtol(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "-conc") == 0)
             bench_conc = strtol(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "-n") == 0)
+            spread_n = strtol(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "-update") == 0)
+            update_list = argv[i + 1];
+        else if (strcmp(argv[i], "-resolve-ms") == 0)
+            resolve_ms = strtoll(argv[i + 1], NULL, 10);
     }
     if (!addr) {
-        fprintf(stderr, "usage: echo_client -addr HOST:PORT [-cases a,b,c] [-ca ca.pem "
-                        "[-cert cert.pem -key key.pem]]\n");
+        fprintf(stderr, "usage: echo_client -addr TARGET [-cases a,b,c] [-ca ca.pem "
+                        "[-cert cert.pem -key key.pem]] [-n N] [-update A,B] [-resolve-ms MS] "
+                        "[-bench N [-conc C]]\n");
         return 2;
     }
     setenv("ECHO_ADDR", addr, 1);
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true};
     mica_grpc_client_opts_t co = {.tls_ca_file = ca_file, .tls_cert_file = cert_file,
-                                  .tls_key_file = key_file};
+                                  .tls_key_file = key_file, .resolve_interval_ms = resolve_ms};
     if (mica_runtime_new(&rt, &o) != 0 || mica_grpc_client_new(&client, rt, addr, &co) != 0) {
         fprintf(stderr, "echo_client: setup failed\n");
         return 2;
