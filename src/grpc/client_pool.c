@@ -293,8 +293,8 @@ int mica__grpc_pick(mica_grpc_client_t *c, mica_ctx_t *ctx, int64_t deadline_ms,
             mica_endpoints_t *l = mica_resolver_get(c->resolver);
             int err = l && !l->n ? l->error : 0;
             mica_endpoints_unref(l);
-            if (err)
-                return err;
+            if (err) /* resolution failed (the resolver logged why): nothing to call */
+                return MICA_EUNAVAILABLE;
             mica_event_reset(&w->changed);
             maybe_refresh(w);
             if (w->list)

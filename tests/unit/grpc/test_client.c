@@ -12,10 +12,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
@@ -97,7 +100,7 @@ struct fx {
     mica_runtime_t *rt;
     struct backend b[NB];
     char dead[64]; /* refuses connections */
-    mica_grpc_client_t *c;
+    mica_grpc_client_t *c, *c2;
     char target[256];
 };
 
@@ -113,6 +116,26 @@ static void dead_addr(char *buf, size_t size)
     close(fd);
 }
 
+/* Starts backend `b` of `f` on `listen`; returns attach's result. */
+static int backend_start(struct fx *f, struct backend *b, const char *listen)
+{
+    assert_int_equal(mica_http_server_new(&b->srv, NULL), 0);
+    assert_int_equal(mica_grpc_register(b->srv, echo, "Unary", MICA_GRPC_UNARY, unary, b), 0);
+    assert_int_equal(mica_grpc_register(b->srv, echo, "ServerStream", MICA_GRPC_SERVER_STREAM,
+                                        server_stream, b),
+                     0);
+    assert_int_equal(mica_http_server_listen(b->srv, listen), 0);
+    int rc = mica_http_server_attach(b->srv, f->rt);
+    if (rc != 0) {
+        mica_http_server_free(b->srv);
+        b->srv = NULL;
+        return rc;
+    }
+    snprintf(b->addr, sizeof(b->addr), "%.*s:%d", (int)(strrchr(listen, ':') - listen), listen,
+             mica_http_server_port(b->srv, 0));
+    return 0;
+}
+
 /* A runtime of `workers` with NB Echo servers on 127.0.0.1 ports. */
 static void fx_start(struct fx *f, int workers)
 {
@@ -120,16 +143,8 @@ static void fx_start(struct fx *f, int workers)
     mica_runtime_opts_t o = {.workers = workers, .no_signals = true, .drain_timeout_ms = 5000};
     assert_int_equal(mica_runtime_new(&f->rt, &o), 0);
     for (int i = 0; i < NB; i++) {
-        struct backend *b = &f->b[i];
-        b->record = workers == 1;
-        assert_int_equal(mica_http_server_new(&b->srv, NULL), 0);
-        assert_int_equal(mica_grpc_register(b->srv, echo, "Unary", MICA_GRPC_UNARY, unary, b), 0);
-        assert_int_equal(mica_grpc_register(b->srv, echo, "ServerStream", MICA_GRPC_SERVER_STREAM,
-                                            server_stream, b),
-                         0);
-        assert_int_equal(mica_http_server_listen(b->srv, "127.0.0.1:0"), 0);
-        assert_int_equal(mica_http_server_attach(b->srv, f->rt), 0);
-        snprintf(b->addr, sizeof(b->addr), "127.0.0.1:%d", mica_http_server_port(b->srv, 0));
+        f->b[i].record = workers == 1;
+        assert_int_equal(backend_start(f, &f->b[i], "127.0.0.1:0"), 0);
     }
     dead_addr(f->dead, sizeof(f->dead));
 }
@@ -146,6 +161,7 @@ static void fx_run(struct fx *f, void (*body)(void *))
     mica_runtime_on_start(f->rt, run_once_start, &ro);
     assert_int_equal(mica_runtime_run(f->rt), 0);
     mica_grpc_client_free(f->c);
+    mica_grpc_client_free(f->c2);
     for (int i = 0; i < NB; i++)
         mica_http_server_free(f->b[i].srv);
     mica_runtime_free(f->rt);
@@ -536,6 +552,89 @@ static void test_a_dns_target_resolves_and_calls(void **state)
     mica_runtime_free(rt);
 }
 
+/* ---- DNS re-resolution, in a private mount namespace with our own /etc/hosts ----------- */
+
+static char hosts_path[64], nss_path[64];
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *fp = fopen(path, "w"); /* in place: the bind mount shows the same inode */
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+}
+
+/* Gives this process its own /etc/hosts and "hosts: files" (no DNS server
+ * asked). Returns false when not permitted (not root): the test is skipped. */
+static bool private_hosts(void)
+{
+    snprintf(hosts_path, sizeof(hosts_path), "/tmp/mica-hosts-%d", (int)getpid());
+    snprintf(nss_path, sizeof(nss_path), "/tmp/mica-nss-%d", (int)getpid());
+    write_file(hosts_path, "127.0.0.1 localhost\n");
+    write_file(nss_path, "hosts: files\n");
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount(hosts_path, "/etc/hosts", NULL, MS_BIND, NULL) != 0 ||
+        mount(nss_path, "/etc/nsswitch.conf", NULL, MS_BIND, NULL) != 0) {
+        print_message("skipped: no private mount namespace (%s); run as root\n", strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static void reresolve_body(void *arg)
+{
+    struct fx *f = arg;
+    /* the name has only the IPv4 address: b[0] gets everything */
+    EXPECT_EQ(calls_on_every_worker(f->c, 10), 20);
+    EXPECT_EQ(atomic_load(&f->b[0].calls), 20);
+    /* now only the IPv6 one: the next refresh (100 ms) moves the traffic */
+    write_file(hosts_path, "::1 mica-test-name\n");
+    mica_sleep_ms(400);
+    EXPECT_EQ(calls_on_every_worker(f->c, 10), 20);
+    EXPECT_EQ(atomic_load(&f->b[1].calls), 20);
+    EXPECT_EQ(atomic_load(&f->b[0].calls), 20);
+    /* the name disappears: lookups fail, the last good list stays */
+    write_file(hosts_path, "127.0.0.1 localhost\n");
+    mica_sleep_ms(400);
+    EXPECT_EQ(calls_on_every_worker(f->c, 10), 20);
+    EXPECT_EQ(atomic_load(&f->b[1].calls), 40);
+    /* a name that never resolved: UNAVAILABLE, not a wait */
+    mica_grpc_result_t res;
+    int64_t t0 = mica_now_ms();
+    EXPECT_EQ(call(f->c2, NULL, NULL, 0, &res), MICA_GRPC_UNAVAILABLE);
+    EXPECT(mica_now_ms() - t0 < 3000);
+}
+
+static void test_dns_targets_follow_the_records_and_keep_the_last_good_list(void **state)
+{
+    if (!private_hosts())
+        return;
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    mica_runtime_opts_t o = {.workers = 2, .no_signals = true, .drain_timeout_ms = 5000};
+    assert_int_equal(mica_runtime_new(&f.rt, &o), 0);
+    assert_int_equal(backend_start(&f, &f.b[0], "127.0.0.1:0"), 0);
+    const char *port = strrchr(f.b[0].addr, ':') + 1;
+    char v6[64];
+    snprintf(v6, sizeof(v6), "[::1]:%s", port);
+    if (backend_start(&f, &f.b[1], v6) != 0) { /* taken on ::1: give up quietly */
+        print_message("skipped: port %s is taken on ::1\n", port);
+        mica_http_server_free(f.b[0].srv);
+        mica_runtime_free(f.rt);
+        return;
+    }
+    char hosts[64];
+    snprintf(hosts, sizeof(hosts), "127.0.0.1 mica-test-name\n");
+    write_file(hosts_path, hosts);
+    snprintf(f.target, sizeof(f.target), "dns:///mica-test-name:%s", port);
+    mica_grpc_client_opts_t co = {.resolve_interval_ms = 100};
+    fx_client(&f, &co);
+    assert_int_equal(mica_grpc_client_new(&f.c2, f.rt, "no-such-name:1", NULL), 0);
+    fx_run(&f, reresolve_body);
+    unlink(hosts_path);
+    unlink(nss_path);
+}
+
 /* ---- allocation failures: every one ends the call with a status --------------------------- */
 
 /* An Echo server in a child process, so that injected failures hit the client only. */
@@ -630,6 +729,7 @@ int main(void)
         cmocka_unit_test(test_a_resolver_update_moves_traffic),
         cmocka_unit_test(test_a_refusing_endpoint_is_skipped_and_alone_fails_unavailable),
         cmocka_unit_test(test_a_dns_target_resolves_and_calls),
+        cmocka_unit_test(test_dns_targets_follow_the_records_and_keep_the_last_good_list),
         cmocka_unit_test(test_allocation_failures_end_calls_with_a_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
