@@ -174,7 +174,7 @@ static int open_stream(mica_grpc_call_info_t *call, mica_grpc_stream_t **out)
     mica__grpc_conn_t *cn = NULL;
     if ((rc = mica__grpc_pick(c, call->ctx, deadline, &pi, &cn)) != 0)
         return rc;
-    mica_grpc_stream_t *st = mica__calloc(1, sizeof(*st));
+    mica_grpc_stream_t *st = mica__grpc_stream_new(cn->ep->w, c->o.max_message_bytes);
     if (!st) {
         cn->ep->pub.inflight--; /* never placed */
         mica__grpc_conn_unref(cn);
@@ -188,9 +188,6 @@ static int open_stream(mica_grpc_call_info_t *call, mica_grpc_stream_t **out)
     st->unary = !call->streaming;
     if (st->unary && (c->picker->flags & MICA_PICKER_MEASURES_LATENCY))
         st->started_ns = now_ns();
-    mica__buf_init(&st->in, st->max_msg + 5 + MICA__GRPC_WINDOW_BYTES);
-    mica__buf_init(&st->out, MICA__GRPC_OUT_HIGH_WATER + st->max_msg + 5);
-    mica__list_init(&st->link);
 
     char timeout[24];
     nghttp2_nv nva[8 + MICA__GRPC_MAX_MD];
@@ -213,10 +210,8 @@ static int open_stream(mica_grpc_call_info_t *call, mica_grpc_stream_t **out)
     if (st->id < 0) {
         rc = st->id == NGHTTP2_ERR_NOMEM ? MICA_ENOMEM : MICA_EINVAL; /* bad metadata */
         cn->ep->pub.inflight--;
+        mica__grpc_stream_put(cn->ep->w, st);
         mica__grpc_conn_unref(cn);
-        mica__buf_free(&st->in);
-        mica__buf_free(&st->out);
-        mica__free(st);
         return rc;
     }
     cn->nstreams++;

@@ -66,6 +66,8 @@ struct mica__grpc_worker {
     size_t n;
     void *picker; /* the picker's state for this worker */
     mica_event_t changed; /* set by the resolver (a new list) and at stop */
+    mica__list_t free_streams; /* finished streams kept for reuse, with their buffers */
+    size_t nfree;
     uint64_t rand;        /* xorshift state: back-off jitter */
     char pad[64];         /* keeps the next worker's hot fields off these lines */
 };
@@ -190,8 +192,14 @@ void mica__grpc_conn_drain(mica__grpc_conn_t *cn);
 void mica__grpc_stream_wake(mica_grpc_stream_t *st);
 /* Ends the call from this side: records why and resets the stream. */
 void mica__grpc_stream_abort(mica_grpc_stream_t *st, int code, const char *msg);
-/* Unlinks and frees `st`, dropping its connection reference. */
+/* Unlinks `st`, drops its connection reference and keeps it for reuse (or frees it). */
 void mica__grpc_stream_free(mica_grpc_stream_t *st);
+/* A zeroed stream for a call on worker `w` (reused when one is kept), or NULL: ENOMEM. */
+mica_grpc_stream_t *mica__grpc_stream_new(mica__grpc_worker_t *w, size_t max_msg);
+/* Keeps unlinked `st` for reuse on `w` (or frees it). */
+void mica__grpc_stream_put(mica__grpc_worker_t *w, mica_grpc_stream_t *st);
+/* Frees the streams `w` keeps. */
+void mica__grpc_streams_free(mica__grpc_worker_t *w);
 /* The data provider of request bodies (nghttp2 reads st->out through it). */
 ssize_t mica__grpc_read_request(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
                                 uint32_t *flags, nghttp2_data_source *src, void *user);

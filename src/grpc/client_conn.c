@@ -80,16 +80,77 @@ void mica__grpc_conn_drain(mica__grpc_conn_t *cn)
         mica__grpc_conn_nudge(cn); /* ends now if idle, else once its streams have */
 }
 
+/*
+ * Finished streams go back to their worker, up to KEEP_STREAMS, with their
+ * buffers and the arena's block, so that a call in steady state makes none
+ * of the four allocations a stream starts with (the stream, its arena
+ * block, its two buffers). Buffers grown past KEEP_BUF_BYTES are freed.
+ */
+#define KEEP_STREAMS 64
+#define KEEP_BUF_BYTES (64 * 1024)
+
+static void stream_destroy(mica_grpc_stream_t *st)
+{
+    mica__arena_destroy(&st->arena);
+    mica__buf_free(&st->in);
+    mica__buf_free(&st->out);
+    mica__free(st);
+}
+
+mica_grpc_stream_t *mica__grpc_stream_new(mica__grpc_worker_t *w, size_t max_msg)
+{
+    mica__list_t *n = mica__list_pop_front(&w->free_streams);
+    if (n) { /* zeroed when kept, but for its arena and buffers (same caps: same client) */
+        w->nfree--;
+        return mica__list_entry(n, mica_grpc_stream_t, link);
+    }
+    mica_grpc_stream_t *st = mica__calloc(1, sizeof(*st));
+    if (st) {
+        mica__buf_init(&st->in, max_msg + 5 + MICA__GRPC_WINDOW_BYTES);
+        mica__buf_init(&st->out, MICA__GRPC_OUT_HIGH_WATER + max_msg + 5);
+        mica__list_init(&st->link);
+    }
+    return st;
+}
+
+void mica__grpc_streams_free(mica__grpc_worker_t *w)
+{
+    mica__list_t *n;
+    while ((n = mica__list_pop_front(&w->free_streams)))
+        stream_destroy(mica__list_entry(n, mica_grpc_stream_t, link));
+    w->nfree = 0;
+}
+
+void mica__grpc_stream_put(mica__grpc_worker_t *w, mica_grpc_stream_t *st)
+{
+    if (w->nfree >= KEEP_STREAMS || mica_worker_stopping()) {
+        stream_destroy(st);
+        return;
+    }
+    mica__arena_reset(&st->arena);
+    mica__arena_t arena = st->arena;
+    mica__buf_t in = st->in, out = st->out;
+    if (in.cap > KEEP_BUF_BYTES)
+        mica__buf_free(&in);
+    if (out.cap > KEEP_BUF_BYTES)
+        mica__buf_free(&out);
+    mica__buf_reset(&in);
+    mica__buf_reset(&out);
+    memset(st, 0, sizeof(*st));
+    st->arena = arena;
+    st->in = in;
+    st->out = out;
+    mica__list_push_front(&w->free_streams, &st->link); /* LIFO: the warmest first */
+    w->nfree++;
+}
+
 void mica__grpc_stream_free(mica_grpc_stream_t *st)
 {
     mica__grpc_conn_t *cn = st->cn;
     mica__list_remove(&st->link);
     if (cn->sess && st->id > 0)
         nghttp2_session_set_stream_user_data(cn->sess, st->id, NULL);
-    mica__arena_destroy(&st->arena);
-    mica__buf_free(&st->in);
-    mica__buf_free(&st->out);
-    mica__free(st);
+    mica__grpc_stream_put(cn->ep->w, st);
     if (cn->nstreams == 0 && (cn->dead || mica_worker_stopping()))
         mica__grpc_conn_nudge(cn); /* conn_main may end now */
     mica__grpc_conn_unref(cn);

@@ -349,6 +349,7 @@ int mica__grpc_workers_new(mica_grpc_client_t *c)
         w->c = c;
         w->id = i;
         w->rand = ((uint64_t)ts.tv_nsec << 16 ^ (uint64_t)(i + 1) * 0x9E3779B97F4A7C15u) | 1;
+        mica__list_init(&w->free_streams);
         if (mica_resolver_watch(c->resolver, &w->changed) != 0)
             return MICA_ENOMEM;
     }
@@ -371,6 +372,7 @@ void mica__grpc_workers_free(mica_grpc_client_t *c)
         mica_endpoints_unref(w->list);
         if (w->picker)
             c->picker->destroy(w->picker);
+        mica__grpc_streams_free(w);
         mica__free(w);
     }
     mica__free(c->workers);
