@@ -215,7 +215,8 @@ typedef struct mica_grpc_result {
  * A call as interceptors see it. They may change `ctx` and `opts` (add
  * metadata by pointing opts.md at a larger array that lives until next()
  * returns; move the deadline), then call next() -- any number of times, to
- * retry -- or not at all, to answer themselves.
+ * retry -- or not at all, to answer themselves. A ctx substituted for a
+ * streaming call must live until the stream finishes.
  */
 typedef struct mica_grpc_call_info {
     mica_grpc_client_t *client;
