@@ -304,6 +304,30 @@ def test_mica_client_matrix_against_mica_over_tls(srv):
     interop(srv, [os.path.join(BUILD, "tests/interop_echo_client")], tls=True)
 
 
+NAME_ONLY_DIR = tempfile.mkdtemp(prefix="mica-tls-")
+NAME_CERT, NAME_KEY = os.path.join(NAME_ONLY_DIR, "cert.pem"), os.path.join(NAME_ONLY_DIR, "key.pem")
+subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", NAME_KEY, "-out", NAME_CERT, "-days", "2", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True, timeout=30)
+
+
+@test("tests/interop_echo_server", MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=NAME_CERT,
+      MICA_TLS_KEY=NAME_KEY)
+def test_mica_client_over_tls_verifies_a_dns_targets_host_name(srv):
+    """A certificate for DNS:localhost only: dns:///localhost:P verifies (and sends SNI)
+    "localhost"; the literal 127.0.0.1:P is checked against its IP and refused."""
+    client = os.path.join(BUILD, "tests/interop_echo_client")
+    r = subprocess.run([client, "-addr", f"dns:///localhost:{srv.tls_port}", "-ca", NAME_CERT,
+                        "-cases", "unary,unary_metadata,server_stream"],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and out.count("PASS") == 3, out[-2000:]
+    r = subprocess.run([client, "-addr", f"127.0.0.1:{srv.tls_port}", "-ca", NAME_CERT,
+                        "-cases", "unary"], capture_output=True, text=True, timeout=60 * SLOW)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "TLS handshake failed" in out and "UNAVAILABLE" in out, out[-2000:]
+
+
 @test("tests/interop_echo_server", **TLS_ENV)
 def test_mica_client_refuses_an_untrusted_or_cleartext_server(srv):
     other_ca, _ = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
