@@ -41,6 +41,7 @@
 #include "mica/ctx.h"
 #include "mica/error.h"
 #include "mica/http.h"
+#include "mica/resolver.h"
 
 /* Status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
 typedef enum mica_grpc_code {
@@ -213,20 +214,33 @@ MICA_API int mica_grpc_status(mica_grpc_call_t *call, int code, const char *fmt,
 MICA_API const char *mica_grpc_code_name(int code);
 
 /* ---- client ---------------------------------------------------------------- */
+/*
+ * A client calls one *target*: "127.0.0.1:50051" (static), "dns:///users:50051"
+ * (A and AAAA records, re-resolved), "static:///10.0.0.1:1,10.0.0.2:1", or a
+ * scheme registered with mica_resolver_register() (include/mica/resolver.h).
+ * The resolver keeps the endpoint list; each worker keeps its own HTTP/2
+ * connections to each endpoint (opened on first use, drained when the
+ * endpoint leaves the list) and a picker (round robin by default) chooses
+ * the endpoint of every call. Interceptors wrap every call.
+ */
 
 typedef struct mica_grpc_client mica_grpc_client_t;
 typedef struct mica_grpc_stream mica_grpc_stream_t;
 
 /* Client settings; 0 picks the default shown. */
 typedef struct mica_grpc_client_opts {
-    int conns_per_worker;     /* HTTP/2 connections a worker opens to the target: 2 */
+    int conns_per_worker;     /* HTTP/2 connections a worker opens to each endpoint: 2 */
     int connect_timeout_ms;   /* per connection attempt: 5000 */
     size_t max_message_bytes; /* a message either way: 4 MiB (RESOURCE_EXHAUSTED) */
     const char *tls_ca_file;     /* TLS: PEM CA bundle the server's certificate must chain to;
                                     NULL: cleartext h2c. ALPN must choose h2. */
-    const char *tls_server_name; /* TLS: name (or IP) to verify and send as SNI; NULL: target's host */
+    const char *tls_server_name; /* TLS: name (or IP) to verify and send as SNI; NULL: the
+                                    target's host for dns targets, else each endpoint's IP */
     const char *tls_cert_file;   /* mTLS: PEM certificate chain the client presents (with the key) */
     const char *tls_key_file;    /* mTLS: its PEM private key */
+    const mica_picker_ops_t *picker; /* NULL: mica_picker_round_robin */
+    const void *picker_conf;         /* given to the picker's create (borrowed for the client's life) */
+    int64_t resolve_interval_ms;     /* dns targets: re-resolution period: 30000 */
 } mica_grpc_client_opts_t;
 
 /* Metadata sent with a call. */
@@ -235,20 +249,76 @@ typedef struct mica_grpc_md {
     const char *value;
 } mica_grpc_md_t;
 
+/** Metadata entries a call may send (MICA_ELIMIT beyond). */
+#define MICA_GRPC_MAX_METADATA 16
+
+/*
+ * Per-call options (NULL: none). Borrowed for the call: the metadata is
+ * copied when the call goes out.
+ */
+typedef struct mica_grpc_call_opts {
+    const mica_grpc_md_t *md; /* nmd entries sent as request metadata (trace ids, tokens) */
+    size_t nmd;
+    int64_t deadline_ms; /* absolute (mica_deadline_in()), 0: none; the earlier of it and the
+                            ctx's deadline bounds the call and goes out as grpc-timeout */
+    uint32_t flags;      /* per-call policy for interceptors and pickers (their own bits) */
+    const void *policy;  /* per-call policy object, read by interceptors and pickers */
+} mica_grpc_call_opts_t;
+
 /* How a call ended: its code and grpc-message (truncated to fit). */
 typedef struct mica_grpc_result {
     int code;
     char message[256];
 } mica_grpc_result_t;
 
+/*
+ * A call as interceptors see it. They may change `ctx` and `opts` (add
+ * metadata by pointing opts.md at a larger array that lives until next()
+ * returns; move the deadline), then call next() -- any number of times, to
+ * retry -- or not at all, to answer themselves. A ctx substituted for a
+ * streaming call must live until the stream finishes.
+ */
+typedef struct mica_grpc_call_info {
+    mica_grpc_client_t *client;
+    const ProtobufCServiceDescriptor *service;
+    const ProtobufCMethodDescriptor *method;
+    const char *path; /* "/pkg.Service/Method" */
+    bool streaming;   /* mica_grpc_stream_open(), else mica_grpc_unary() */
+    mica_ctx_t *ctx;
+    mica_grpc_call_opts_t opts;
+    /* unary: the request, and where the response goes (*resp NULL unless OK) */
+    const ProtobufCMessage *req;
+    ProtobufCMessage **resp;
+    /* streaming: the stream next() opened (its end: mica_grpc_stream_on_finish()) */
+    mica_grpc_stream_t *stream;
+    /* how the call (unary) or the open (streaming) ended; never NULL */
+    mica_grpc_result_t *res;
+    int _pos;   /* the chain's position */
+    int _err;   /* the open's MICA_E* code */
+} mica_grpc_call_info_t;
+
 /**
- * Creates a client of the gRPC server at `target` ("127.0.0.1:50051",
- * "[::1]:50051") for coroutines of `rt`'s workers. Each worker keeps its own
- * connections (opened on first use, reopened after failures) and multiplexes
- * calls over them. With opts->tls_ca_file, connections are TLS (verified
- * server certificate, ALPN h2); a failed handshake fails the call's open
- * with MICA_EPROTO (logged with the reason). Returns 0, MICA_EINVAL (bad
- * target, unreadable CA file: logged) or MICA_ENOMEM.
+ * Continues a call down the interceptor chain to the network. Unary: runs
+ * the call, returns its mica_grpc_code_t and fills call->res and, when OK,
+ * *call->resp (a retry must free a response it drops). Streaming: opens the
+ * stream into call->stream and returns OK, or a code with call->res filled.
+ */
+typedef int (*mica_grpc_next_fn)(mica_grpc_call_info_t *call);
+
+/**
+ * A client interceptor: returns a mica_grpc_code_t as `next` does, after
+ * calling it or not. To answer by itself it fills call->res (and for a
+ * unary OK, *call->resp).
+ */
+typedef int (*mica_grpc_client_interceptor_fn)(mica_grpc_call_info_t *call, mica_grpc_next_fn next,
+                                               void *arg);
+
+/**
+ * Creates a client of `target` (above) for coroutines of `rt`'s workers; call
+ * it before mica_runtime_run(). With opts->tls_ca_file connections are TLS
+ * (verified server certificate, ALPN h2); a failed handshake fails the call
+ * with UNAVAILABLE (logged with the reason). Returns 0, MICA_EINVAL (bad
+ * target, unknown scheme, unreadable CA file: logged) or MICA_ENOMEM.
  */
 MICA_API int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const char *target,
                                   const mica_grpc_client_opts_t *opts);
@@ -257,15 +327,31 @@ MICA_API int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, 
 MICA_API void mica_grpc_client_free(mica_grpc_client_t *c);
 
 /**
- * Starts a call of `method` of `service` from a coroutine. `ctx` (NULL:
- * none) bounds the whole call: its deadline goes out as grpc-timeout, and
- * its end resets the stream. `md` (n entries, copied) is sent as metadata.
- * Returns 0 with *out set, or a negative MICA_E* code (MICA_ENOTFOUND: no
- * such method; MICA_ECONNREFUSED and friends: no connection; ctx errors).
+ * Adds an interceptor around every call of `c`; the first added is the
+ * outermost. Call it before the client's first call. Returns 0, MICA_EBUSY
+ * (calls were made), MICA_ELIMIT (16 interceptors) or MICA_ENOMEM.
+ */
+MICA_API int mica_grpc_client_intercept(mica_grpc_client_t *c, mica_grpc_client_interceptor_fn fn,
+                                        void *arg);
+
+/**
+ * The client's resolver (owned by the client): a static target's list can be
+ * replaced at run time with mica_resolver_update().
+ */
+MICA_API mica_resolver_t *mica_grpc_client_resolver(mica_grpc_client_t *c);
+
+/**
+ * Starts a call of `method` of `service` from a coroutine. `ctx` (NULL: none)
+ * and opts->deadline_ms bound the whole call: the earlier deadline goes out
+ * as grpc-timeout, and the ctx's end resets the stream. `opts` (NULL: none)
+ * as mica_grpc_call_opts_t. Returns 0 with *out set, or a negative MICA_E*
+ * code (MICA_ENOTFOUND: no such method; MICA_ELIMIT: too much metadata;
+ * MICA_EUNAVAILABLE, MICA_ECONNREFUSED and friends: no endpoint or no
+ * connection; ctx errors; an interceptor's status as mica_err_from_grpc()).
  */
 MICA_API int mica_grpc_stream_open(mica_grpc_client_t *c, mica_ctx_t *ctx,
                                    const ProtobufCServiceDescriptor *service, const char *method,
-                                   const mica_grpc_md_t *md, size_t n, mica_grpc_stream_t **out);
+                                   const mica_grpc_call_opts_t *opts, mica_grpc_stream_t **out);
 
 /**
  * Sends one request message (borrowed). Returns 0, MICA_ELIMIT (too big),
@@ -294,6 +380,15 @@ MICA_API const char *mica_grpc_stream_header(const mica_grpc_stream_t *st, const
 MICA_API const char *mica_grpc_stream_trailer(const mica_grpc_stream_t *st, const char *key);
 
 /**
+ * Has fn(res, arg) called when `st` finishes, with the call's result, before
+ * finish returns (for interceptors that observe a stream's end: metrics,
+ * breakers). Returns 0 or MICA_ELIMIT (4 per stream).
+ */
+MICA_API int mica_grpc_stream_on_finish(mica_grpc_stream_t *st,
+                                        void (*fn)(const mica_grpc_result_t *res, void *arg),
+                                        void *arg);
+
+/**
  * Waits for the call's end (resetting it if responses are still unread),
  * fills `res` (may be NULL) and frees the stream. Returns the call's
  * mica_grpc_code_t: the server's grpc-status, or DEADLINE_EXCEEDED,
@@ -303,13 +398,15 @@ MICA_API const char *mica_grpc_stream_trailer(const mica_grpc_stream_t *st, cons
 MICA_API int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res);
 
 /**
- * A unary call: sends `req`, receives *resp (free it with
- * protobuf_c_message_free_unpacked(*resp, NULL); NULL unless OK). Returns
- * the call's mica_grpc_code_t, as finish; `res` (may be NULL) gets the message.
+ * A unary call: sends `req` (borrowed), receives *resp (free it with
+ * protobuf_c_message_free_unpacked(*resp, NULL); NULL unless OK). `opts`
+ * as for mica_grpc_stream_open() (NULL: none). Returns the call's
+ * mica_grpc_code_t, as finish (UNAVAILABLE when no endpoint could be
+ * reached); `res` (may be NULL) gets the message.
  */
 MICA_API int mica_grpc_unary(mica_grpc_client_t *c, mica_ctx_t *ctx,
                              const ProtobufCServiceDescriptor *service, const char *method,
-                             const ProtobufCMessage *req, ProtobufCMessage **resp,
-                             mica_grpc_result_t *res);
+                             const mica_grpc_call_opts_t *opts, const ProtobufCMessage *req,
+                             ProtobufCMessage **resp, mica_grpc_result_t *res);
 
 #endif /* MICA_GRPC_H */

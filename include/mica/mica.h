@@ -10,5 +10,7 @@
 #include "mica/sync.h"
 #include "mica/net.h"
 #include "mica/http.h"
+#include "mica/resolver.h"
+#include "mica/tls.h"
 
 #endif /* MICA_MICA_H */

@@ -1,501 +1,54 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gRPC client on coroutines, through an nghttp2 client session per
- * connection.
+ * gRPC client on coroutines: the public API. A call goes through the
+ * client's interceptors (none: straight through, no cost), then the
+ * transport: client_pool.c picks an endpoint and a connection on the
+ * calling worker, and the call becomes a stream of that connection's
+ * nghttp2 session (client_conn.c). Everything a call touches belongs to
+ * its worker; the only shared state read per call is the resolver's
+ * generation number (one atomic load of a line that changes when the
+ * endpoint list does).
  *
- * Each worker keeps up to conns_per_worker connections to the target, used
- * round robin and opened on first use (a connection that fails or receives
- * GOAWAY is dropped and reopened by the next call). A connection's coroutine
- * (conn_main) owns the socket: it feeds what it reads to the session and
- * writes what the session produces. Calls are streams submitted from their
- * own coroutines on the same worker; they wait on their stream, and nudge
- * the connection coroutine (mica_net_cancel) when they have queued bytes.
- *
- * A stream holds a reference on its connection until finish, so the session
- * outlives every stream that points into it.
+ * A call's limit is the earlier of its ctx's deadline and its options'
+ * deadline_ms: it goes out as grpc-timeout and bounds every wait of the
+ * call here. A stream holds a reference on its connection until finish,
+ * so the session outlives every stream that points into it.
  */
-#include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <time.h>
 
-#include "common/arena.h"
+#include "common/alloc.h"
 #include "common/log.h"
-#include "grpc/internal.h"
-#include "http/tls.h"
-#include "mica/chan.h"
+#include "grpc/client.h"
 #include "mica/net.h"
-#include "runtime/internal.h"
 
-#define MAX_MD 16
-#define OUT_HIGH_WATER (256 * 1024)
-#define WINDOW_BYTES (1 << 20)
+#define MAX_INTERCEPTORS 16
 
-typedef struct conn conn_t;
+/* ---- the client ------------------------------------------------------------------ */
 
-struct mica_grpc_client {
-    char *target;
-    mica_grpc_client_opts_t o;
-    struct ssl_ctx_st *tls; /* TLS connections when set */
-    char *tls_name;         /* verified and sent as SNI */
-    int nworkers;
-    conn_t **conns; /* [worker * conns_per_worker + i] */
-    unsigned *rr;   /* per worker: next connection to use */
-};
-
-struct conn {
-    mica_grpc_client_t *c;
-    conn_t **slot; /* where the client points at us, while we do */
-    int fd;
-    mica__tls_t tls; /* tls.ssl set on TLS connections */
-    nghttp2_session *sess;
-    mica_chan_t *connected; /* closed once the connection attempt ends */
-    int connect_rc;
-    bool dead;    /* no new streams */
-    bool reading; /* conn_main waits for the socket */
-    int refs;     /* conn_main + open streams */
-    int nstreams; /* streams nghttp2 has not closed */
-    mica_grpc_stream_t *streams; /* every stream not yet freed */
-};
-
-typedef struct field {
-    char *name, *value;
-} field_t;
-
-struct mica_grpc_stream {
-    conn_t *cn;
-    int32_t id;
-    const ProtobufCMethodDescriptor *md;
-    mica_ctx_t *ctx;
-    int64_t deadline_ms;
-    mica__arena_t arena;
-    size_t max_msg;
-
-    /* response */
-    int http_status;
-    field_t headers[MAX_MD], trailers[MAX_MD];
-    size_t nheaders, ntrailers;
-    const char *grpc_status, *grpc_message;
-    char *in;
-    size_t in_len, in_off, in_cap;
-    bool remote_ended; /* END_STREAM received */
-    bool closed;       /* nghttp2 closed the stream */
-    uint32_t rst_code;
-    int local_code;    /* >0: how the client itself ended the call */
-    const char *local_message;
-
-    /* request */
-    char *out;
-    size_t out_len, out_off, out_cap;
-    bool out_eof, out_deferred;
-
-    mica__coro_t *waiter;
-    uint64_t seq;
-    bool orphan; /* finished by its caller, freed when nghttp2 closes it */
-    mica_grpc_stream_t *prev, *next;
-};
-
-/* ---- helpers ------------------------------------------------------------------- */
-
-static void nudge(conn_t *cn)
+/* "host:port" or "[v6]:port" -> a new string holding the host (NULL: ENOMEM or no port). */
+static char *host_of(const char *hostport)
 {
-    if (cn->reading)
-        mica_net_cancel(cn->fd);
-}
-
-static void wake(mica_grpc_stream_t *st)
-{
-    if (st->waiter) {
-        mica__coro_t *co = st->waiter;
-        st->waiter = NULL;
-        mica__wake_any(co->loop, co, st->seq, 0);
+    const char *colon = strrchr(hostport, ':');
+    if (!colon)
+        return NULL;
+    const char *h = hostport;
+    size_t n = (size_t)(colon - hostport);
+    if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
+        h++;
+        n -= 2;
     }
-}
-
-/* Waits for the stream to change; a ctx end or deadline ends the call. */
-static int wait_stream(mica_grpc_stream_t *st)
-{
-    mica__loop_t *loop = mica__loop_current();
-    st->seq = mica__wait_prepare(loop);
-    st->waiter = loop->current;
-    int rc = mica__wait_ctx(loop, st->ctx, st->deadline_ms, st->seq);
-    st->waiter = NULL;
-    return rc;
-}
-
-static void conn_unref(conn_t *cn)
-{
-    if (--cn->refs > 0)
-        return;
-    if (cn->sess)
-        nghttp2_session_del(cn->sess);
-    mica_chan_free(cn->connected);
-    free(cn);
-}
-
-static void stream_free(mica_grpc_stream_t *st)
-{
-    conn_t *cn = st->cn;
-    if (st->prev)
-        st->prev->next = st->next;
-    else
-        cn->streams = st->next;
-    if (st->next)
-        st->next->prev = st->prev;
-    if (cn->sess && st->id > 0)
-        nghttp2_session_set_stream_user_data(cn->sess, st->id, NULL);
-    mica__arena_destroy(&st->arena);
-    free(st->in);
-    free(st->out);
-    free(st);
-    if (cn->nstreams == 0 && (cn->dead || mica_worker_stopping()))
-        nudge(cn); /* conn_main may end now */
-    conn_unref(cn);
-}
-
-/* Ends the call from this side: records why and resets the stream. */
-static void abort_stream(mica_grpc_stream_t *st, int code, const char *msg)
-{
-    if (!st->local_code) {
-        st->local_code = code;
-        st->local_message = msg;
-    }
-    if (!st->closed && st->id > 0) {
-        nghttp2_submit_rst_stream(st->cn->sess, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-        nudge(st->cn);
-    }
-}
-
-static int ctx_code(int rc)
-{
-    return rc == MICA_ETIMEDOUT ? MICA_GRPC_DEADLINE_EXCEEDED : MICA_GRPC_CANCELLED;
-}
-
-/* ---- nghttp2 callbacks ------------------------------------------------------------ */
-
-static char *dup_n(mica__arena_t *a, const uint8_t *p, size_t n)
-{
-    char *s = mica__arena_alloc(a, n + 1);
-    if (s) {
-        memcpy(s, p, n);
-        s[n] = '\0';
-    }
-    return s;
-}
-
-static int on_header(nghttp2_session *sess, const nghttp2_frame *f, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *user)
-{
-    mica_grpc_stream_t *st = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-    if (!st || f->hd.type != NGHTTP2_HEADERS)
-        return 0;
-    if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
-        st->http_status = (int)strtol((const char *)value, NULL, 10);
-        return 0;
-    }
-    char *n = dup_n(&st->arena, name, namelen), *v = dup_n(&st->arena, value, valuelen);
-    if (!n || !v)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (strcmp(n, "grpc-status") == 0)
-        st->grpc_status = v;
-    else if (strcmp(n, "grpc-message") == 0)
-        st->grpc_message = v;
-    else if (f->headers.cat == NGHTTP2_HCAT_HEADERS && st->ntrailers < MAX_MD)
-        st->trailers[st->ntrailers++] = (field_t){n, v};
-    else if (f->headers.cat == NGHTTP2_HCAT_RESPONSE && st->nheaders < MAX_MD)
-        st->headers[st->nheaders++] = (field_t){n, v};
-    return 0;
-}
-
-static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
-                   size_t len, void *user)
-{
-    mica_grpc_stream_t *st = nghttp2_session_get_stream_user_data(sess, id);
-    if (!st || st->local_code)
-        return 0;
-    if (st->in_off == st->in_len)
-        st->in_off = st->in_len = 0;
-    size_t max = st->max_msg + 5 + WINDOW_BYTES;
-    if (len > max - (st->in_len - st->in_off)) {
-        abort_stream(st, MICA_GRPC_RESOURCE_EXHAUSTED, "response larger than the limit");
-        wake(st);
-        return 0;
-    }
-    if (st->in_off && st->in_len + len > st->in_cap) {
-        memmove(st->in, st->in + st->in_off, st->in_len - st->in_off);
-        st->in_len -= st->in_off;
-        st->in_off = 0;
-    }
-    if (st->in_len + len > st->in_cap) {
-        size_t cap = st->in_cap ? st->in_cap : 1024;
-        while (cap < st->in_len + len)
-            cap *= 2;
-        char *b = realloc(st->in, cap);
-        if (!b)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        st->in = b;
-        st->in_cap = cap;
-    }
-    memcpy(st->in + st->in_len, data, len);
-    st->in_len += len;
-    wake(st);
-    return 0;
-}
-
-static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *user)
-{
-    conn_t *cn = user;
-    if (f->hd.type == NGHTTP2_GOAWAY) {
-        cn->dead = true; /* streams past its last id are closed by nghttp2 */
-        return 0;
-    }
-    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
-        (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-        mica_grpc_stream_t *st = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-        if (st) {
-            st->remote_ended = true;
-            wake(st);
-        }
-    }
-    return 0;
-}
-
-static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, void *user)
-{
-    conn_t *cn = user;
-    mica_grpc_stream_t *st = nghttp2_session_get_stream_user_data(sess, id);
-    if (!st)
-        return 0;
-    st->closed = true;
-    st->rst_code = code;
-    cn->nstreams--;
-    if (st->orphan)
-        stream_free(st);
-    else
-        wake(st);
-    return 0;
-}
-
-static ssize_t read_request(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
-                            uint32_t *flags, nghttp2_data_source *src, void *user)
-{
-    mica_grpc_stream_t *st = src->ptr;
-    size_t n = st->out_len - st->out_off;
-    if (n > len)
-        n = len;
-    memcpy(buf, st->out + st->out_off, n);
-    st->out_off += n;
-    if (st->out_off == st->out_len)
-        st->out_off = st->out_len = 0;
-    if (st->out_len - st->out_off < OUT_HIGH_WATER / 4)
-        wake(st);
-    if (st->out_len == 0 && st->out_eof)
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    else if (n == 0) {
-        st->out_deferred = true;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    return (ssize_t)n;
-}
-
-/* ---- connections --------------------------------------------------------------- */
-
-static int flush(conn_t *cn)
-{
-    for (;;) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(cn->sess, &data);
-        if (n < 0)
-            return MICA_EPROTO;
-        if (n == 0)
-            return 0;
-        int64_t deadline = mica_deadline_in(cn->c->o.connect_timeout_ms);
-        int rc = cn->tls.ssl ? mica__tls_write(&cn->tls, data, (size_t)n, deadline)
-                             : mica_net_write(cn->fd, data, (size_t)n, NULL, deadline);
-        if (rc != 0)
-            return rc;
-    }
-}
-
-/* Reads what is there: > 0 bytes, 0 at EOF, MICA_EAGAIN when drained, or an error. */
-static ssize_t conn_read(conn_t *cn, uint8_t *buf, size_t len)
-{
-    if (cn->tls.ssl)
-        return mica__tls_read(&cn->tls, buf, len, mica_deadline_in(cn->c->o.connect_timeout_ms));
-    for (;;) {
-        ssize_t n = read(cn->fd, buf, len);
-        if (n >= 0)
-            return n;
-        if (errno != EINTR)
-            return -errno;
-    }
-}
-
-static void conn_main(void *arg)
-{
-    conn_t *cn = arg;
-    uint8_t buf[16384];
-    for (;;) {
-        if (flush(cn) != 0)
-            break;
-        if (!nghttp2_session_want_read(cn->sess) && !nghttp2_session_want_write(cn->sess))
-            break;
-        if (cn->nstreams == 0 && (cn->dead || mica_worker_stopping()))
-            break;
-        cn->reading = true;
-        int rc = mica_net_wait(cn->fd, MICA_NET_READABLE, NULL, MICA_NO_DEADLINE);
-        cn->reading = false;
-        if (rc == MICA_ECANCELED)
-            continue; /* a stream has bytes to send, or the worker is stopping */
-        if (rc != 0)
-            break;
-        ssize_t n;
-        while ((n = conn_read(cn, buf, sizeof(buf))) > 0)
-            if (nghttp2_session_mem_recv(cn->sess, buf, (size_t)n) < 0)
-                goto out;
-        if (n != MICA_EAGAIN)
-            break;
-    }
-out:
-    cn->dead = true;
-    if (cn->slot && *cn->slot == cn)
-        *cn->slot = NULL;
-    mica__tls_shutdown(&cn->tls);
-    mica__tls_free(&cn->tls);
-    mica_net_close(cn->fd);
-    cn->fd = -1;
-    /* Calls still open lost their connection: UNAVAILABLE, unless their
-     * response was complete. Their streams live until they finish, and the
-     * session until the last of them (nghttp2 makes no more callbacks now
-     * that nobody feeds it). */
-    mica_grpc_stream_t *next;
-    for (mica_grpc_stream_t *st = cn->streams; st; st = next) {
-        next = st->next;
-        if (st->closed)
-            continue;
-        st->closed = true;
-        cn->nstreams--;
-        if (!st->local_code && !st->remote_ended) {
-            st->local_code = MICA_GRPC_UNAVAILABLE;
-            st->local_message = "connection lost";
-        }
-        if (st->orphan)
-            stream_free(st);
-        else
-            wake(st);
-    }
-    conn_unref(cn);
-}
-
-static int session_new(conn_t *cn)
-{
-    nghttp2_session_callbacks *cb;
-    if (nghttp2_session_callbacks_new(&cb) != 0)
-        return MICA_ENOMEM;
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-    int rv = nghttp2_session_client_new(&cn->sess, cb, cn);
-    nghttp2_session_callbacks_del(cb);
-    if (rv != 0)
-        return MICA_ENOMEM;
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_BYTES},
-    };
-    if (nghttp2_submit_settings(cn->sess, NGHTTP2_FLAG_NONE, iv, 2) != 0 ||
-        nghttp2_session_set_local_window_size(cn->sess, NGHTTP2_FLAG_NONE, 0, 4 * WINDOW_BYTES) != 0)
-        return MICA_ENOMEM;
-    return 0;
-}
-
-/* Returns a live connection of this worker (connecting if needed) with a reference for the caller. */
-static int get_conn(mica_grpc_client_t *c, mica_ctx_t *ctx, conn_t **out)
-{
-    int w = mica_worker_id();
-    if (w < 0 || w >= c->nworkers)
-        return MICA_EINVAL;
-    int per = c->o.conns_per_worker;
-    conn_t **slot = &c->conns[w * per + (int)(c->rr[w]++ % (unsigned)per)];
-    conn_t *cn = *slot;
-    if (cn && cn->dead)
-        cn = *slot = NULL;
-    if (!cn) {
-        if (!(cn = calloc(1, sizeof(*cn))))
-            return MICA_ENOMEM;
-        cn->c = c;
-        cn->slot = slot;
-        cn->fd = -1;
-        cn->refs = 1; /* the attempt, then conn_main */
-        if (mica_chan_new(&cn->connected, 0, 0) != 0) {
-            free(cn);
-            return MICA_ENOMEM;
-        }
-        *slot = cn;
-        int64_t deadline = mica_deadline_in(c->o.connect_timeout_ms);
-        int64_t d = mica_ctx_deadline(ctx ? ctx : mica_ctx_background());
-        int fd = mica_net_connect(c->target, NULL, d < deadline ? d : deadline);
-        int rc = fd < 0 ? fd : 0;
-        cn->fd = fd;
-        if (rc == 0 && c->tls)
-            rc = mica__tls_connect(&cn->tls, c->tls, fd, c->tls_name, d < deadline ? d : deadline);
-        if (rc == 0 && (rc = session_new(cn)) == 0)
-            rc = mica_go(conn_main, cn); /* takes over the attempt's reference */
-        cn->connect_rc = rc;
-        mica_chan_close(cn->connected);
-        if (rc != 0) {
-            mica__tls_free(&cn->tls);
-            if (fd >= 0)
-                mica_net_close(fd);
-            cn->fd = -1;
-            cn->dead = true;
-            if (*slot == cn)
-                *slot = NULL;
-            conn_unref(cn);
-            return rc;
-        }
-    } else {
-        cn->refs++; /* hold it while we wait for its attempt */
-        int rc = mica_chan_recv(cn->connected, ctx, NULL);
-        if (rc != MICA_ECLOSED) {
-            conn_unref(cn);
-            return rc;
-        }
-        if (cn->connect_rc != 0 || cn->dead) {
-            rc = cn->connect_rc ? cn->connect_rc : MICA_ECONNRESET;
-            conn_unref(cn);
-            return rc;
-        }
-        cn->refs--;
-    }
-    cn->refs++;
-    *out = cn;
-    return 0;
-}
-
-/* ---- the client -------------------------------------------------------------------- */
-
-static void on_worker_stop(int worker, void *arg)
-{
-    mica_grpc_client_t *c = arg;
-    for (int i = 0; i < c->o.conns_per_worker; i++) {
-        conn_t *cn = c->conns[worker * c->o.conns_per_worker + i];
-        if (cn && cn->fd >= 0)
-            nudge(cn); /* idle connections close; busy ones once their calls end */
-    }
+    return mica__strndup(h, n);
 }
 
 int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const char *target,
                          const mica_grpc_client_opts_t *opts)
 {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    if (!rt || !target || mica_net_parse_addr(target, &ss, &len) != 0)
+    if (!rt || !target)
         return MICA_EINVAL;
-    mica_grpc_client_t *c = calloc(1, sizeof(*c));
+    mica_grpc_client_t *c = mica__calloc(1, sizeof(*c));
     if (!c)
         return MICA_ENOMEM;
     if (opts)
@@ -506,35 +59,40 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
         c->o.connect_timeout_ms = 5000;
     if (!c->o.max_message_bytes)
         c->o.max_message_bytes = 4 << 20;
+    c->picker = c->o.picker ? c->o.picker : &mica_picker_round_robin;
     c->nworkers = mica_runtime_workers(rt);
-    c->target = strdup(target);
-    if (c->o.tls_ca_file) {
-        int rc = mica__tls_client_ctx_new(&c->tls, c->o.tls_ca_file, c->o.tls_cert_file,
-                                          c->o.tls_key_file);
-        if (rc != 0) {
-            mica_grpc_client_free(c);
-            return rc;
-        }
-        if (c->o.tls_server_name) {
-            c->tls_name = strdup(c->o.tls_server_name);
-        } else if (c->target) { /* "host:port" or "[v6]:port" */
-            const char *colon = strrchr(c->target, ':');
-            const char *host = c->target[0] == '[' ? c->target + 1 : c->target;
-            size_t n = (size_t)(colon - host) - (c->target[0] == '[' ? 1 : 0);
-            c->tls_name = strndup(host, n);
-        }
-        if (!c->tls_name) {
-            mica_grpc_client_free(c);
-            return MICA_ENOMEM;
-        }
+    mica_resolver_opts_t ro = {.refresh_interval_ms = c->o.resolve_interval_ms};
+    int rc = mica_resolver_new(&c->resolver, rt, target, &ro);
+    if (rc != 0) {
+        mica__free(c);
+        return rc;
+    }
+    /* :authority and the TLS name: the target's host:port when it names one
+     * host (dns, registered schemes), else each endpoint's own address. */
+    const char *scheme = mica_resolver_scheme(c->resolver);
+    const char *endpoint = mica_resolver_endpoint(c->resolver);
+    bool one_name = strcmp(scheme, "static") != 0;
+    if (one_name && !(c->authority = mica__strdup(endpoint)))
+        rc = MICA_ENOMEM;
+    if (rc == 0 && c->o.tls_ca_file) {
+        mica_tls_client_opts_t to = {.ca_file = c->o.tls_ca_file,
+                                     .cert_file = c->o.tls_cert_file,
+                                     .key_file = c->o.tls_key_file};
+        rc = mica_tls_client_new(&c->tls, &to);
+        if (rc == 0 && c->o.tls_server_name)
+            rc = (c->tls_name = mica__strdup(c->o.tls_server_name)) ? 0 : MICA_ENOMEM;
+        else if (rc == 0 && strcmp(scheme, "dns") == 0)
+            rc = (c->tls_name = host_of(endpoint)) ? 0 : MICA_ENOMEM;
     }
     /* Not kept: the caller owns the strings. */
     c->o.tls_ca_file = c->o.tls_server_name = c->o.tls_cert_file = c->o.tls_key_file = NULL;
-    c->conns = calloc((size_t)(c->nworkers * c->o.conns_per_worker), sizeof(*c->conns));
-    c->rr = calloc((size_t)c->nworkers, sizeof(*c->rr));
-    if (!c->target || !c->conns || !c->rr || mica_runtime_on_stop(rt, on_worker_stop, c) != 0) {
+    if (rc == 0)
+        rc = mica__grpc_workers_new(c);
+    if (rc == 0)
+        rc = mica_runtime_on_stop(rt, mica__grpc_worker_stop, c);
+    if (rc != 0) {
         mica_grpc_client_free(c);
-        return MICA_ENOMEM;
+        return rc;
     }
     *out = c;
     return 0;
@@ -544,15 +102,38 @@ void mica_grpc_client_free(mica_grpc_client_t *c)
 {
     if (!c)
         return;
-    free(c->target);
-    free(c->tls_name);
-    mica__tls_ctx_free(c->tls);
-    free(c->conns);
-    free(c->rr);
-    free(c);
+    mica__grpc_workers_free(c);
+    mica_resolver_free(c->resolver);
+    mica__free(c->authority);
+    mica__free(c->tls_name);
+    mica_tls_client_free(c->tls);
+    mica__free(c->icpt);
+    mica__free(c);
 }
 
-/* ---- calls ---------------------------------------------------------------------- */
+int mica_grpc_client_intercept(mica_grpc_client_t *c, mica_grpc_client_interceptor_fn fn,
+                               void *arg)
+{
+    if (!c || !fn)
+        return MICA_EINVAL;
+    if (atomic_load(&c->used))
+        return MICA_EBUSY;
+    if (c->nicpt == MAX_INTERCEPTORS)
+        return MICA_ELIMIT;
+    mica__grpc_interceptor_t *a = mica__realloc(c->icpt, (c->nicpt + 1) * sizeof(*a));
+    if (!a)
+        return MICA_ENOMEM;
+    a[c->nicpt++] = (mica__grpc_interceptor_t){fn, arg};
+    c->icpt = a;
+    return 0;
+}
+
+mica_resolver_t *mica_grpc_client_resolver(mica_grpc_client_t *c)
+{
+    return c->resolver;
+}
+
+/* ---- opening a stream ---------------------------------------------------------------- */
 
 static nghttp2_nv nv(const char *name, const char *value)
 {
@@ -560,67 +141,206 @@ static nghttp2_nv nv(const char *name, const char *value)
                         NGHTTP2_NV_FLAG_NONE};
 }
 
-int mica_grpc_stream_open(mica_grpc_client_t *c, mica_ctx_t *ctx,
-                          const ProtobufCServiceDescriptor *service, const char *method,
-                          const mica_grpc_md_t *md, size_t n, mica_grpc_stream_t **out)
+static int64_t now_ns(void)
 {
-    const ProtobufCMethodDescriptor *m = NULL;
-    for (unsigned i = 0; service && method && i < service->n_methods; i++)
-        if (strcmp(service->methods[i].name, method) == 0)
-            m = &service->methods[i];
-    if (!m)
-        return MICA_ENOTFOUND;
-    if (n > MAX_MD)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The call's limit: the earlier of the ctx's deadline and the options'. */
+static int64_t call_deadline(const mica_grpc_call_info_t *call)
+{
+    int64_t d = call->ctx ? mica_ctx_deadline(call->ctx) : MICA_NO_DEADLINE;
+    if (call->opts.deadline_ms > 0 && call->opts.deadline_ms < d)
+        d = call->opts.deadline_ms;
+    return d;
+}
+
+/* The transport's open: pick, connect, submit. Returns 0 or a MICA_E* code. */
+static int open_stream(mica_grpc_call_info_t *call, mica_grpc_stream_t **out)
+{
+    mica_grpc_client_t *c = call->client;
+    const mica_grpc_call_opts_t *o = &call->opts;
+    if (o->nmd > MICA__GRPC_MAX_MD)
         return MICA_ELIMIT;
-    int rc = ctx ? mica_ctx_err(ctx) : 0;
+    int rc = call->ctx ? mica_ctx_err(call->ctx) : 0;
     if (rc != 0)
         return rc;
-    conn_t *cn = NULL;
-    if ((rc = get_conn(c, ctx, &cn)) != 0)
+    int64_t deadline = call_deadline(call);
+    if (deadline != MICA_NO_DEADLINE && deadline <= mica_now_ms())
+        return MICA_ETIMEDOUT;
+    mica_pick_info_t pi = {.method = call->path, .flags = o->flags, .policy = o->policy};
+    mica__grpc_conn_t *cn = NULL;
+    if ((rc = mica__grpc_pick(c, call->ctx, deadline, &pi, &cn)) != 0)
         return rc;
-    mica_grpc_stream_t *st = calloc(1, sizeof(*st));
+    mica_grpc_stream_t *st = mica__grpc_stream_new(cn->ep->w, c->o.max_message_bytes);
     if (!st) {
-        conn_unref(cn);
+        cn->ep->pub.inflight--; /* never placed */
+        mica__grpc_conn_unref(cn);
         return MICA_ENOMEM;
     }
     st->cn = cn;
-    st->md = m;
-    st->ctx = ctx;
-    st->deadline_ms = ctx ? mica_ctx_deadline(ctx) : MICA_NO_DEADLINE;
+    st->md = call->method;
+    st->ctx = call->ctx;
+    st->deadline_ms = deadline;
     st->max_msg = c->o.max_message_bytes;
+    st->unary = !call->streaming;
+    if (st->unary && (c->picker->flags & MICA_PICKER_MEASURES_LATENCY))
+        st->started_ns = now_ns();
 
-    char path[256], timeout[24];
-    snprintf(path, sizeof(path), "/%s/%s", service->name, method);
-    nghttp2_nv nva[8 + MAX_MD];
+    char timeout[24];
+    nghttp2_nv nva[8 + MICA__GRPC_MAX_MD];
     size_t k = 0;
     nva[k++] = nv(":method", "POST");
     nva[k++] = nv(":scheme", c->tls ? "https" : "http");
-    nva[k++] = nv(":path", path);
-    nva[k++] = nv(":authority", c->target);
+    nva[k++] = nv(":path", call->path);
+    nva[k++] = nv(":authority", c->authority ? c->authority : cn->ep->addr);
     nva[k++] = nv("content-type", "application/grpc");
     nva[k++] = nv("te", "trailers");
-    if (st->deadline_ms != MICA_NO_DEADLINE) {
-        int64_t left = st->deadline_ms - mica_now_ms();
+    if (deadline != MICA_NO_DEADLINE) {
+        int64_t left = deadline - mica_now_ms();
         snprintf(timeout, sizeof(timeout), "%lldm", (long long)(left > 0 ? left : 0));
         nva[k++] = nv("grpc-timeout", timeout);
     }
-    for (size_t i = 0; i < n; i++)
-        nva[k++] = nv(md[i].key, md[i].value);
-    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_request};
+    for (size_t i = 0; i < o->nmd; i++)
+        nva[k++] = nv(o->md[i].key, o->md[i].value);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = mica__grpc_read_request};
     st->id = nghttp2_submit_request(cn->sess, NULL, nva, k, &prd, st);
     if (st->id < 0) {
-        conn_unref(cn);
-        free(st);
-        return MICA_ENOMEM;
+        rc = st->id == NGHTTP2_ERR_NOMEM ? MICA_ENOMEM : MICA_EINVAL; /* bad metadata */
+        cn->ep->pub.inflight--;
+        mica__grpc_stream_put(cn->ep->w, st);
+        mica__grpc_conn_unref(cn);
+        return rc;
     }
     cn->nstreams++;
-    st->next = cn->streams;
-    if (cn->streams)
-        cn->streams->prev = st;
-    cn->streams = st;
-    nudge(cn);
+    mica__list_push_back(&cn->streams, &st->link);
+    mica__grpc_conn_nudge(cn);
     *out = st;
     return 0;
+}
+
+/* A status for an open that failed with MICA_E* `rc`, into res. */
+static int open_failed(int rc, mica_grpc_result_t *res)
+{
+    int code = rc == MICA_ENOTFOUND   ? MICA_GRPC_UNIMPLEMENTED
+               : rc == MICA_ETIMEDOUT ? MICA_GRPC_DEADLINE_EXCEEDED
+               : rc == MICA_ECANCELED ? MICA_GRPC_CANCELLED
+               : rc == MICA_ELIMIT    ? MICA_GRPC_RESOURCE_EXHAUSTED
+               : rc == MICA_EINVAL    ? MICA_GRPC_INTERNAL
+                                      : MICA_GRPC_UNAVAILABLE;
+    res->code = code;
+    snprintf(res->message, sizeof(res->message), "%s", mica_strerror(rc));
+    return code;
+}
+
+static int transport_unary(mica_grpc_call_info_t *call);
+
+/* The end of the chain for streaming calls: open into call->stream. */
+static int transport_open(mica_grpc_call_info_t *call)
+{
+    call->stream = NULL;
+    int rc = open_stream(call, &call->stream);
+    if (rc == 0) {
+        call->res->code = MICA_GRPC_OK;
+        call->res->message[0] = '\0';
+        return MICA_GRPC_OK;
+    }
+    call->_err = rc;
+    return open_failed(rc, call->res);
+}
+
+/* next(): the following interceptor, or the transport. Re-entrant, for retries. */
+static int call_next(mica_grpc_call_info_t *call)
+{
+    mica_grpc_client_t *c = call->client;
+    int i = call->_pos;
+    if ((size_t)i >= c->nicpt)
+        return call->streaming ? transport_open(call) : transport_unary(call);
+    call->_pos = i + 1;
+    int code = c->icpt[i].fn(call, call_next, c->icpt[i].arg);
+    call->_pos = i;
+    return code;
+}
+
+static const ProtobufCMethodDescriptor *find_method(const ProtobufCServiceDescriptor *service,
+                                                    const char *method)
+{
+    for (unsigned i = 0; service && method && i < service->n_methods; i++)
+        if (strcmp(service->methods[i].name, method) == 0)
+            return &service->methods[i];
+    return NULL;
+}
+
+/* Fills what every call's info has; `path` is the caller's buffer. */
+static int call_init(mica_grpc_call_info_t *call, mica_grpc_client_t *c, mica_ctx_t *ctx,
+                     const ProtobufCServiceDescriptor *service, const char *method,
+                     const mica_grpc_call_opts_t *opts, char *path, size_t path_size)
+{
+    const ProtobufCMethodDescriptor *m = find_method(service, method);
+    if (!m)
+        return MICA_ENOTFOUND;
+    int n = snprintf(path, path_size, "/%s/%s", service->name, method);
+    if (n < 0 || (size_t)n >= path_size)
+        return MICA_ELIMIT;
+    if (!atomic_load_explicit(&c->used, memory_order_relaxed))
+        atomic_store(&c->used, true);
+    *call = (mica_grpc_call_info_t){.client = c, .service = service, .method = m, .path = path,
+                                    .ctx = ctx};
+    if (opts)
+        call->opts = *opts;
+    return 0;
+}
+
+int mica_grpc_stream_open(mica_grpc_client_t *c, mica_ctx_t *ctx,
+                          const ProtobufCServiceDescriptor *service, const char *method,
+                          const mica_grpc_call_opts_t *opts, mica_grpc_stream_t **out)
+{
+    mica_grpc_call_info_t call;
+    char path[256];
+    int rc = call_init(&call, c, ctx, service, method, opts, path, sizeof(path));
+    if (rc != 0)
+        return rc;
+    call.streaming = true;
+    if (c->nicpt == 0)
+        return open_stream(&call, out);
+    mica_grpc_result_t res;
+    call.res = &res;
+    int code = call_next(&call);
+    if (code == MICA_GRPC_OK && call.stream) {
+        *out = call.stream;
+        return 0;
+    }
+    if (call.stream) /* an interceptor failed the call after opening it */
+        mica_grpc_stream_finish(call.stream, NULL);
+    return call._err ? call._err
+                     : mica_err_from_grpc(code == MICA_GRPC_OK ? MICA_GRPC_INTERNAL : code);
+}
+
+/* ---- streams ------------------------------------------------------------------------- */
+
+/* Waits for the stream to change, bounded by the call's ctx and deadline. */
+static int wait_stream(mica_grpc_stream_t *st)
+{
+    st->waiting = true;
+    mica_event_reset(&st->ev);
+    int rc = mica_event_wait(&st->ev, st->ctx, st->deadline_ms);
+    st->waiting = false;
+    return rc;
+}
+
+static int ctx_code(int rc)
+{
+    return rc == MICA_ETIMEDOUT ? MICA_GRPC_DEADLINE_EXCEEDED : MICA_GRPC_CANCELLED;
+}
+
+static void resume_data(mica_grpc_stream_t *st)
+{
+    if (st->out_deferred) {
+        st->out_deferred = false;
+        nghttp2_session_resume_data(st->cn->sess, st->id);
+    }
 }
 
 int mica_grpc_stream_send(mica_grpc_stream_t *st, const ProtobufCMessage *msg)
@@ -632,35 +352,25 @@ int mica_grpc_stream_send(mica_grpc_stream_t *st, const ProtobufCMessage *msg)
     size_t n = protobuf_c_message_get_packed_size(msg);
     if (n > st->max_msg)
         return MICA_ELIMIT;
-    if (st->out_len + 5 + n > st->out_cap) {
-        size_t cap = st->out_cap ? st->out_cap : 1024;
-        while (cap < st->out_len + 5 + n)
-            cap *= 2;
-        char *b = realloc(st->out, cap);
-        if (!b)
-            return MICA_ENOMEM;
-        st->out = b;
-        st->out_cap = cap;
-    }
-    uint8_t *p = (uint8_t *)st->out + st->out_len;
+    int rc = 0;
+    uint8_t *p = (uint8_t *)mica__buf_reserve(&st->out, 5 + n, &rc);
+    if (!p)
+        return rc; /* MICA_ENOMEM; never ELIMIT: the wait below keeps it under the cap */
     p[0] = 0;
     p[1] = (uint8_t)(n >> 24);
     p[2] = (uint8_t)(n >> 16);
     p[3] = (uint8_t)(n >> 8);
     p[4] = (uint8_t)n;
     protobuf_c_message_pack(msg, p + 5);
-    st->out_len += 5 + n;
-    if (st->out_deferred) {
-        st->out_deferred = false;
-        nghttp2_session_resume_data(st->cn->sess, st->id);
-    }
-    nudge(st->cn);
+    mica__buf_commit(&st->out, 5 + n);
+    resume_data(st);
+    mica__grpc_conn_nudge(st->cn);
     /* Flow control: wait while a lot is queued, unless the server has
      * answered already (then the rest is moot: its status is in finish). */
-    while (st->out_len - st->out_off > OUT_HIGH_WATER && !st->closed && !st->remote_ended) {
-        int rc = wait_stream(st);
-        if (rc != 0) {
-            abort_stream(st, ctx_code(rc), NULL);
+    while (mica__buf_len(&st->out) > MICA__GRPC_OUT_HIGH_WATER && !st->closed &&
+           !st->remote_ended) {
+        if ((rc = wait_stream(st)) != 0) {
+            mica__grpc_stream_abort(st, ctx_code(rc), NULL);
             return rc;
         }
     }
@@ -673,14 +383,25 @@ int mica_grpc_stream_close_send(mica_grpc_stream_t *st)
         return MICA_ECLOSED;
     if (!st->out_eof) {
         st->out_eof = true;
-        if (st->out_deferred) {
-            st->out_deferred = false;
-            nghttp2_session_resume_data(st->cn->sess, st->id);
-        }
-        nudge(st->cn);
+        resume_data(st);
+        mica__grpc_conn_nudge(st->cn);
     }
     return 0;
 }
+
+static void *pb_alloc(void *data, size_t size)
+{
+    return mica__malloc(size);
+}
+
+static void pb_free(void *data, void *p)
+{
+    mica__free(p);
+}
+
+/* Responses are unpacked through mica's allocator (which frees with free(),
+ * so callers free them with protobuf-c's default allocator). */
+static ProtobufCAllocator pb_allocator = {pb_alloc, pb_free, NULL};
 
 int mica_grpc_stream_recv(mica_grpc_stream_t *st, ProtobufCMessage **out)
 {
@@ -688,42 +409,45 @@ int mica_grpc_stream_recv(mica_grpc_stream_t *st, ProtobufCMessage **out)
     for (;;) {
         if (st->local_code)
             return MICA_ECLOSED;
-        size_t have = st->in_len - st->in_off;
-        const uint8_t *p = (const uint8_t *)st->in + st->in_off;
+        size_t have = mica__buf_len(&st->in);
+        const uint8_t *p = (const uint8_t *)mica__buf_data(&st->in);
         if (have >= 5) {
             size_t n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
             if (p[0] != 0) {
-                abort_stream(st, MICA_GRPC_INTERNAL, "bad message flags from the server");
+                mica__grpc_stream_abort(st, MICA_GRPC_INTERNAL, "bad message flags from the server");
                 return MICA_ECLOSED;
             }
             if (n > st->max_msg) {
-                abort_stream(st, MICA_GRPC_RESOURCE_EXHAUSTED, "response larger than the limit");
+                mica__grpc_stream_abort(st, MICA_GRPC_RESOURCE_EXHAUSTED,
+                                        "response larger than the limit");
                 return MICA_ECLOSED;
             }
             if (have >= 5 + n) {
-                *out = protobuf_c_message_unpack(st->md->output, NULL, n, p + 5);
-                st->in_off += 5 + n;
+                *out = protobuf_c_message_unpack(st->md->output, &pb_allocator, n, p + 5);
+                mica__buf_consume(&st->in, 5 + n);
                 if (!*out) {
-                    abort_stream(st, MICA_GRPC_INTERNAL, "undecodable response message");
+                    mica__grpc_stream_abort(st, MICA_GRPC_INTERNAL, "undecodable response message");
                     return MICA_ECLOSED;
                 }
                 return 0;
             }
         }
         if (st->remote_ended || st->closed) {
-            if (have && !st->local_code)
-                st->local_code = MICA_GRPC_INTERNAL, st->local_message = "truncated response";
+            if (have && !st->local_code) {
+                st->local_code = MICA_GRPC_INTERNAL;
+                st->local_message = "truncated response";
+            }
             return MICA_ECLOSED;
         }
         int rc = wait_stream(st);
         if (rc != 0) {
-            abort_stream(st, ctx_code(rc), NULL);
+            mica__grpc_stream_abort(st, ctx_code(rc), NULL);
             return MICA_ECLOSED;
         }
     }
 }
 
-static const char *find(const field_t *f, size_t n, const char *key)
+static const char *find(const mica__grpc_field_t *f, size_t n, const char *key)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(f[i].name, key) == 0)
@@ -741,13 +465,32 @@ const char *mica_grpc_stream_trailer(const mica_grpc_stream_t *st, const char *k
     return find(st->trailers, st->ntrailers, key);
 }
 
+int mica_grpc_stream_on_finish(mica_grpc_stream_t *st,
+                               void (*fn)(const mica_grpc_result_t *res, void *arg), void *arg)
+{
+    if (!fn)
+        return MICA_EINVAL;
+    if (st->nobs == MICA__GRPC_MAX_OBSERVERS)
+        return MICA_ELIMIT;
+    st->obs[st->nobs++] = (mica__grpc_observer_t){fn, arg};
+    return 0;
+}
+
+static int hexval(char ch)
+{
+    return ch >= '0' && ch <= '9'   ? ch - '0'
+           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                    : -1;
+}
+
 /* grpc-message is percent-encoded: decode it into res. */
 static void set_message(mica_grpc_result_t *res, const char *m)
 {
     size_t k = 0;
     for (; m && *m && k + 1 < sizeof(res->message); m++) {
-        unsigned hi, lo;
-        if (m[0] == '%' && sscanf(m + 1, "%1x%1x", &hi, &lo) == 2) {
+        int hi, lo;
+        if (m[0] == '%' && (hi = hexval(m[1])) >= 0 && (lo = hexval(m[2])) >= 0) {
             res->message[k++] = (char)(hi << 4 | lo);
             m += 2;
         } else {
@@ -775,12 +518,12 @@ int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res)
     if (!res)
         res = &local;
     if (!st->closed && !st->remote_ended) {
-        abort_stream(st, MICA_GRPC_CANCELLED, "call abandoned before its end");
-    } else if (!st->closed && st->out_len > st->out_off) {
+        mica__grpc_stream_abort(st, MICA_GRPC_CANCELLED, "call abandoned before its end");
+    } else if (!st->closed && mica__buf_len(&st->out)) {
         /* The server has answered while requests were still queued: they
          * would wait for window it will not give; reset (its status stands). */
         nghttp2_submit_rst_stream(st->cn->sess, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-        nudge(st->cn);
+        mica__grpc_conn_nudge(st->cn);
     } else if (!st->closed && !st->out_eof) {
         mica_grpc_stream_close_send(st);
     }
@@ -815,50 +558,73 @@ int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res)
     }
     res->code = code;
     set_message(res, msg);
+    uint32_t latency_us = 0;
+    if (st->started_ns) {
+        int64_t us = (now_ns() - st->started_ns) / 1000;
+        latency_us = us <= 0 ? 1 : us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+    }
+    mica__grpc_ep_done(st->cn->ep, code, latency_us);
+    for (int i = 0; i < st->nobs; i++)
+        st->obs[i].fn(res, st->obs[i].arg);
     if (st->closed) {
-        stream_free(st);
+        mica__grpc_stream_free(st);
     } else {
         st->orphan = true; /* freed by on_stream_close or the connection's end */
-        abort_stream(st, MICA_GRPC_CANCELLED, NULL);
+        mica__grpc_stream_abort(st, MICA_GRPC_CANCELLED, NULL);
+    }
+    return code;
+}
+
+/* ---- unary calls ----------------------------------------------------------------------- */
+
+/* The end of the chain for unary calls: one stream, one request, one response. */
+static int transport_unary(mica_grpc_call_info_t *call)
+{
+    mica_grpc_result_t *res = call->res;
+    *call->resp = NULL;
+    mica_grpc_stream_t *st;
+    int rc = open_stream(call, &st);
+    if (rc != 0) {
+        call->_err = rc;
+        return open_failed(rc, res);
+    }
+    ProtobufCMessage *out = NULL, *extra = NULL;
+    if (mica_grpc_stream_send(st, call->req) == 0 && mica_grpc_stream_close_send(st) == 0 &&
+        mica_grpc_stream_recv(st, &out) == 0 && mica_grpc_stream_recv(st, &extra) == 0) {
+        protobuf_c_message_free_unpacked(extra, NULL);
+        mica__grpc_stream_abort(st, MICA_GRPC_INTERNAL, "more than one response to a unary call");
+    }
+    int code = mica_grpc_stream_finish(st, res);
+    if (code == MICA_GRPC_OK && out)
+        *call->resp = out;
+    else if (out)
+        protobuf_c_message_free_unpacked(out, NULL);
+    if (code == MICA_GRPC_OK && !out) {
+        code = res->code = MICA_GRPC_INTERNAL;
+        snprintf(res->message, sizeof(res->message), "no response message");
     }
     return code;
 }
 
 int mica_grpc_unary(mica_grpc_client_t *c, mica_ctx_t *ctx,
                     const ProtobufCServiceDescriptor *service, const char *method,
-                    const ProtobufCMessage *req, ProtobufCMessage **resp, mica_grpc_result_t *res)
+                    const mica_grpc_call_opts_t *opts, const ProtobufCMessage *req,
+                    ProtobufCMessage **resp, mica_grpc_result_t *res)
 {
+    mica_grpc_result_t local;
     *resp = NULL;
-    mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(c, ctx, service, method, NULL, 0, &st);
-    if (rc != 0) {
-        int code = rc == MICA_ENOTFOUND   ? MICA_GRPC_UNIMPLEMENTED
-                   : rc == MICA_ETIMEDOUT ? MICA_GRPC_DEADLINE_EXCEEDED
-                   : rc == MICA_ECANCELED ? MICA_GRPC_CANCELLED
-                                          : MICA_GRPC_UNAVAILABLE;
-        if (res) {
-            res->code = code;
-            snprintf(res->message, sizeof(res->message), "%s", mica_strerror(rc));
-        }
-        return code;
-    }
-    ProtobufCMessage *out = NULL, *extra = NULL;
-    if (mica_grpc_stream_send(st, req) == 0 && mica_grpc_stream_close_send(st) == 0 &&
-        mica_grpc_stream_recv(st, &out) == 0 && mica_grpc_stream_recv(st, &extra) == 0) {
-        protobuf_c_message_free_unpacked(extra, NULL);
-        abort_stream(st, MICA_GRPC_INTERNAL, "more than one response to a unary call");
-    }
-    int code = mica_grpc_stream_finish(st, res);
-    if (code == MICA_GRPC_OK && out)
-        *resp = out;
-    else if (out)
-        protobuf_c_message_free_unpacked(out, NULL);
-    if (code == MICA_GRPC_OK && !out) {
-        code = MICA_GRPC_INTERNAL;
-        if (res) {
-            res->code = code;
-            snprintf(res->message, sizeof(res->message), "no response message");
-        }
+    mica_grpc_call_info_t call;
+    char path[256];
+    int rc = call_init(&call, c, ctx, service, method, opts, path, sizeof(path));
+    if (rc != 0)
+        return open_failed(rc, res ? res : &local);
+    call.req = req;
+    call.resp = resp;
+    call.res = res ? res : &local;
+    int code = c->nicpt ? call_next(&call) : transport_unary(&call);
+    if (code != MICA_GRPC_OK && *resp) { /* an interceptor's doing: keep the contract */
+        protobuf_c_message_free_unpacked(*resp, NULL);
+        *resp = NULL;
     }
     return code;
 }

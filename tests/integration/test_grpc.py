@@ -12,7 +12,10 @@
 - raw frames reset calls mid-flight;
 - the interop matrix: the grpc-go and @grpc/grpc-js clients of
   tests/interop drive every call kind, deadline, cancellation, metadata,
-  status and size case against mica's Echo server.
+  status and size case against mica's Echo server;
+- mica's client balancing, counted by the servers: a DNS name with an IPv4
+  and an IPv6 address (a private /etc/hosts in a mount namespace), a static
+  list replaced at run time, an endpoint that refuses connections.
 """
 import gzip, os, re, signal, socket, struct, subprocess, sys, tempfile, time
 
@@ -327,6 +330,30 @@ def test_mica_client_matrix_against_mica_over_tls(srv):
     interop(srv, [os.path.join(BUILD, "tests/interop_echo_client")], tls=True)
 
 
+NAME_ONLY_DIR = tempfile.mkdtemp(prefix="mica-tls-")
+NAME_CERT, NAME_KEY = os.path.join(NAME_ONLY_DIR, "cert.pem"), os.path.join(NAME_ONLY_DIR, "key.pem")
+subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", NAME_KEY, "-out", NAME_CERT, "-days", "2", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True, timeout=30)
+
+
+@test("tests/interop_echo_server", MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=NAME_CERT,
+      MICA_TLS_KEY=NAME_KEY)
+def test_mica_client_over_tls_verifies_a_dns_targets_host_name(srv):
+    """A certificate for DNS:localhost only: dns:///localhost:P verifies (and sends SNI)
+    "localhost"; the literal 127.0.0.1:P is checked against its IP and refused."""
+    client = os.path.join(BUILD, "tests/interop_echo_client")
+    r = subprocess.run([client, "-addr", f"dns:///localhost:{srv.tls_port}", "-ca", NAME_CERT,
+                        "-cases", "unary,unary_metadata,server_stream"],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and out.count("PASS") == 3, out[-2000:]
+    r = subprocess.run([client, "-addr", f"127.0.0.1:{srv.tls_port}", "-ca", NAME_CERT,
+                        "-cases", "unary"], capture_output=True, text=True, timeout=60 * SLOW)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "TLS handshake failed" in out and "UNAVAILABLE" in out, out[-2000:]
+
+
 @test("tests/interop_echo_server", **TLS_ENV)
 def test_mica_client_refuses_an_untrusted_or_cleartext_server(srv):
     other_ca, _ = make_cert(tempfile.mkdtemp(prefix="mica-tls-"))
@@ -441,6 +468,136 @@ def test_mtls_requires_a_client_certificate_and_names_it(srv):
     r = subprocess.run([client, "-addr", f"127.0.0.1:{srv.tls_port}", "-ca", CERT, "-cases", "unary"],
                        capture_output=True, text=True, timeout=60 * SLOW)
     assert r.returncode != 0 and "UNAVAILABLE" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+# ---- the client's resolvers and picker, counted from the servers' side ---------------
+
+class EchoAt:
+    """tests/interop_echo_server on one address ("127.0.0.1:P" or "[::1]:P"), 1 worker."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.log = tempfile.TemporaryFile(mode="w+")
+        e = dict(os.environ, MICA_LISTEN=addr, MICA_WORKERS="1")
+        self.p = subprocess.Popen([os.path.join(BUILD, "tests/interop_echo_server")], env=e,
+                                  stderr=self.log, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 10 * SLOW
+        while f'"msg":"listening","addr":"{addr}"' not in self.stderr():
+            assert self.p.poll() is None and time.time() < deadline, self.stderr()
+            time.sleep(0.02)
+
+    def stderr(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def served(self):
+        """Unary calls served, from the server's GET /stats."""
+        host, port = self.addr.rsplit(":", 1)
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5 * SLOW) as c:
+            c.sendall(b"GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            out = b""
+            while chunk := c.recv(4096):
+                out += chunk
+        return int(re.search(rb"unary (\d+)", out).group(1))
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        assert self.p.wait(timeout=20 * SLOW) == 0, self.stderr()
+
+
+def port_free_on_both():
+    """A port free on 127.0.0.1 and on ::1 (taken from the IPv6 side, then checked)."""
+    for _ in range(50):
+        s6 = socket.socket(socket.AF_INET6)
+        s6.bind(("::1", 0))
+        port = s6.getsockname()[1]
+        s4 = socket.socket()
+        try:
+            s4.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s4.close()
+            s6.close()
+    raise AssertionError("no port free on both 127.0.0.1 and ::1")
+
+
+def echo_client(*args, hosts=None):
+    """Runs the mica echo client; with `hosts` (file content), in a private
+    mount namespace whose /etc/hosts is that content (needs root)."""
+    cmd = [os.path.join(BUILD, "tests/interop_echo_client"), *args]
+    if hosts is not None:
+        f = tempfile.NamedTemporaryFile("w", prefix="mica-hosts-", delete=False)
+        f.write(hosts)
+        f.close()
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount --bind "$0" /etc/hosts && exec "$@"', f.name, *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120 * SLOW)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "FAIL" not in out and "PASS" in out, out[-3000:]
+    return out
+
+
+def balancing_test(fn):
+    """A test that starts its own servers (the @test servers are not used)."""
+    try:
+        fn()
+        print(f"PASS {fn.__name__}")
+        results["passed"] += 1
+    except Exception as e:  # noqa: BLE001
+        print(f"FAIL {fn.__name__}: {e!r}")
+        results["failed"] += 1
+    return fn
+
+
+def can_unshare():
+    return os.geteuid() == 0 and subprocess.run(
+        ["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
+@balancing_test
+def test_mica_client_spreads_dns_calls_over_every_address_of_localhost():
+    """dns:///localhost:P with localhost = 127.0.0.1 and ::1: both servers get calls."""
+    if not can_unshare():
+        print("SKIP test_mica_client_spreads_dns_calls_over_every_address_of_localhost: "
+              "needs root for unshare --mount")
+        return
+    port = port_free_on_both()
+    v4, v6 = EchoAt(f"127.0.0.1:{port}"), EchoAt(f"[::1]:{port}")
+    try:
+        echo_client("-addr", f"dns:///localhost:{port}", "-cases", "spread", "-n", "100",
+                    hosts="127.0.0.1 localhost\n::1 localhost\n")
+        a, b = v4.served(), v6.served()
+        assert a + b == 100 and a >= 40 and b >= 40, (a, b)  # round robin: 50 each
+    finally:
+        v4.stop()
+        v6.stop()
+
+
+@balancing_test
+def test_mica_client_static_list_update_moves_traffic():
+    a, b = EchoAt(f"127.0.0.1:{port_free_on_both()}"), EchoAt(f"127.0.0.1:{port_free_on_both()}")
+    try:
+        echo_client("-addr", f"static:///{a.addr}", "-cases", "update", "-update", b.addr,
+                    "-n", "40")
+        assert (a.served(), b.served()) == (40, 40), (a.served(), b.served())
+    finally:
+        a.stop()
+        b.stop()
+
+
+@balancing_test
+def test_mica_client_skips_an_endpoint_that_refuses_connections():
+    a = EchoAt(f"127.0.0.1:{port_free_on_both()}")
+    dead = f"127.0.0.1:{port_free_on_both()}"
+    try:
+        out = echo_client("-addr", f"static:///{dead},{a.addr}", "-cases", "spread", "-n", "50")
+        assert a.served() == 50, a.served()
+        assert "cannot connect" in out and dead in out, out[-2000:]  # logged, not failed
+        echo_client("-addr", f"static:///{dead}", "-cases", "unavailable")
+    finally:
+        a.stop()
 
 
 if __name__ == "__main__":

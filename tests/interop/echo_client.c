@@ -6,13 +6,25 @@
  * clients: one `PASS <case> (<ms> ms)` or `FAIL <case>: <reason>` line each,
  * exit status 0 only if every selected case passed.
  *
- * Usage: echo_client -addr 127.0.0.1:PORT [-cases a,b,c] [-ca ca.pem (TLS)
+ * Usage: echo_client -addr TARGET [-cases a,b,c] [-ca ca.pem (TLS)
  *        [-cert cert.pem -key key.pem (mTLS)]]
+ *
+ * TARGET is any client target: 127.0.0.1:PORT, dns:///localhost:PORT,
+ * static:///A,B. Three cases run only when named in -cases, for checks
+ * made from the servers' side (tests/integration/test_grpc.py): `spread`
+ * (-n N unary calls, all OK), `update` (N calls, then the static list
+ * becomes -update A,B, then N more) and `unavailable` (a call must fail
+ * UNAVAILABLE). -resolve-ms sets the DNS re-resolution interval.
+ *
+ * -bench N [-conc C]: instead of the cases, N unary calls ("hello", from C
+ * coroutines, default 1) on one worker; prints calls/s and the client's own
+ * CPU time per call (user + system), e.g. for `taskset -c 1`.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "echo.pb-c.h"
 #include "mica/grpc.h"
@@ -30,6 +42,9 @@ static const char *cert_file, *key_file; /* -cert, -key: mTLS client certificate
 static mica_runtime_t *rt;
 static const char *only;
 static int failures;
+static long spread_n = 100;       /* -n */
+static const char *update_list;   /* -update */
+static int64_t resolve_ms;        /* -resolve-ms */
 
 /* A case's failure: formats the reason into `why` and returns -1. */
 static char why[512];
@@ -55,7 +70,7 @@ static int unary_call(int64_t timeout_ms, const req_t *req, resp_t **out, mica_g
 {
     mica_ctx_t *ctx = NULL;
     mica_ctx_with_timeout(NULL, timeout_ms, &ctx);
-    int code = mica_grpc_unary(client, ctx, echo, "Unary", &req->base, (ProtobufCMessage **)out, r);
+    int code = mica_grpc_unary(client, ctx, echo, "Unary", NULL, &req->base, (ProtobufCMessage **)out, r);
     mica_ctx_free(ctx);
     return code;
 }
@@ -81,8 +96,9 @@ static int c_unary_metadata(void)
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5000, &ctx);
     mica_grpc_md_t md[] = {{"x-echo-in", "v1"}};
+    mica_grpc_call_opts_t o = {.md = md, .nmd = 1};
     mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(client, ctx, echo, "Unary", md, 1, &st);
+    int rc = mica_grpc_stream_open(client, ctx, echo, "Unary", &o, &st);
     if (rc != 0) {
         mica_ctx_free(ctx);
         return fail("open: %s", mica_strerror(rc));
@@ -164,7 +180,7 @@ static int c_unary_cancel(void)
     ProtobufCMessage *out;
     mica_grpc_result_t r;
     int64_t t0 = mica_now_ms();
-    int code = mica_grpc_unary(client, k.ctx, echo, "Unary", &req.base, &out, &r);
+    int code = mica_grpc_unary(client, k.ctx, echo, "Unary", NULL, &req.base, &out, &r);
     int64_t took = mica_now_ms() - t0;
     mica_wg_wait(k.wg, NULL);
     mica_wg_free(k.wg);
@@ -213,7 +229,7 @@ static int c_unary_too_large(void)
     mica_ctx_with_timeout(NULL, 10000, &ctx);
     ProtobufCMessage *out;
     mica_grpc_result_t r;
-    int code = mica_grpc_unary(big, ctx, echo, "Unary", &req.base, &out, &r);
+    int code = mica_grpc_unary(big, ctx, echo, "Unary", NULL, &req.base, &out, &r);
     mica_ctx_free(ctx);
     free(p);
     return expect_code(code, MICA_GRPC_RESOURCE_EXHAUSTED, &r);
@@ -235,7 +251,7 @@ static int stream_call(const char *method, const req_t *reqs, int nreq, int *nre
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5000, &ctx);
     mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(client, ctx, echo, method, NULL, 0, &st);
+    int rc = mica_grpc_stream_open(client, ctx, echo, method, NULL, &st);
     if (rc != 0) {
         mica_ctx_free(ctx);
         snprintf(r->message, sizeof(r->message), "open: %s", mica_strerror(rc));
@@ -330,7 +346,7 @@ static int bidi(int nreq, int fail_at, int want_code, int want_answers)
     mica_ctx_t *ctx;
     mica_ctx_with_timeout(NULL, 5000, &ctx);
     mica_grpc_stream_t *st;
-    int rc = mica_grpc_stream_open(client, ctx, echo, "Bidi", NULL, 0, &st);
+    int rc = mica_grpc_stream_open(client, ctx, echo, "Bidi", NULL, &st);
     if (rc != 0) {
         mica_ctx_free(ctx);
         return fail("open: %s", mica_strerror(rc));
@@ -390,7 +406,7 @@ static int c_unimplemented(void)
     req_t req = REQ_INIT;
     ProtobufCMessage *out;
     mica_grpc_result_t r;
-    return expect_code(mica_grpc_unary(client, NULL, &svc, "Nope", &req.base, &out, &r),
+    return expect_code(mica_grpc_unary(client, NULL, &svc, "Nope", NULL, &req.base, &out, &r),
                        MICA_GRPC_UNIMPLEMENTED, &r);
 }
 
@@ -401,7 +417,7 @@ static int c_unknown_service(void)
     req_t req = REQ_INIT;
     ProtobufCMessage *out;
     mica_grpc_result_t r;
-    return expect_code(mica_grpc_unary(client, NULL, &svc, "Unary", &req.base, &out, &r),
+    return expect_code(mica_grpc_unary(client, NULL, &svc, "Unary", NULL, &req.base, &out, &r),
                        MICA_GRPC_UNIMPLEMENTED, &r);
 }
 
@@ -437,6 +453,56 @@ static int c_many_streams(void)
     return m.ok == 100 ? 0 : fail("%d of 100 OK", m.ok);
 }
 
+/* ---- cases checked from the servers' side ------------------------------------------ */
+
+static int n_calls(long n)
+{
+    for (long i = 0; i < n; i++) {
+        req_t req = REQ_INIT;
+        req.message = "spread";
+        resp_t *out;
+        mica_grpc_result_t r;
+        if (expect_code(unary_call(5000, &req, &out, &r), MICA_GRPC_OK, &r))
+            return -1;
+        protobuf_c_message_free_unpacked(&out->base, NULL);
+    }
+    return 0;
+}
+
+static int c_spread(void)
+{
+    return n_calls(spread_n);
+}
+
+static int c_update(void)
+{
+    if (!update_list)
+        return fail("-update A,B is needed");
+    if (n_calls(spread_n))
+        return -1;
+    char list[512];
+    snprintf(list, sizeof(list), "%s", update_list);
+    mica_endpoint_t eps[16];
+    size_t n = 0;
+    for (char *p = list, *next; p && n < 16; p = next) {
+        if ((next = strchr(p, ',')))
+            *next++ = '\0';
+        eps[n++] = (mica_endpoint_t){.addr = p, .weight = 1};
+    }
+    int rc = mica_resolver_update(mica_grpc_client_resolver(client), eps, n);
+    if (rc != 0)
+        return fail("update: %s", mica_strerror(rc));
+    return n_calls(spread_n);
+}
+
+static int c_unavailable(void)
+{
+    req_t req = REQ_INIT;
+    resp_t *out;
+    mica_grpc_result_t r;
+    return expect_code(unary_call(5000, &req, &out, &r), MICA_GRPC_UNAVAILABLE, &r);
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -457,12 +523,76 @@ static const struct {
     {"unimplemented", c_unimplemented},
     {"unknown_service", c_unknown_service},
     {"many_streams", c_many_streams},
+    /* only when named in -cases: */
+    {"spread", c_spread},
+    {"update", c_update},
+    {"unavailable", c_unavailable},
+};
+#define DEFAULT_CASES 16 /* the matrix: the cases above the named-only ones */
+
+/* ---- -bench ------------------------------------------------------------------- */
+
+static long bench_calls, bench_conc = 1;
+
+struct bench {
+    long left, failed;
+    mica_wg_t *wg;
 };
 
-static bool selected(const char *name)
+static void bench_worker(void *arg)
+{
+    struct bench *b = arg;
+    req_t req = REQ_INIT;
+    req.message = "hello";
+    while (b->left > 0) {
+        b->left--;
+        ProtobufCMessage *out;
+        if (mica_grpc_unary(client, NULL, echo, "Unary", NULL, &req.base, &out, NULL) == MICA_GRPC_OK)
+            protobuf_c_message_free_unpacked(out, NULL);
+        else
+            b->failed++;
+    }
+    mica_wg_done(b->wg);
+}
+
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+}
+
+static void bench(void)
+{
+    struct bench b = {.left = bench_calls / 10};
+    mica_wg_new(&b.wg);
+    for (int round = 0; round < 2; round++) { /* a warm-up tenth, then the run */
+        mica_wg_add(b.wg, bench_conc);
+        int64_t t0 = mica_now_ms();
+        double c0 = cpu_s();
+        for (long i = 0; i < bench_conc; i++)
+            mica_go(bench_worker, &b);
+        mica_wg_wait(b.wg, NULL);
+        if (round == 0) {
+            b.left = bench_calls;
+            continue;
+        }
+        double secs = (double)(mica_now_ms() - t0) / 1e3, cpu = cpu_s() - c0;
+        printf("bench: %ld unary calls, %ld concurrent: %.0f calls/s, %.2f us client CPU per "
+               "call, %ld failed\n",
+               bench_calls, bench_conc, (double)bench_calls / (secs > 0 ? secs : 1e-3),
+               cpu * 1e6 / (double)bench_calls, b.failed);
+        if (b.failed)
+            failures++;
+    }
+    mica_wg_free(b.wg);
+}
+
+static bool selected(size_t i, const char *name)
 {
     if (!only)
-        return true;
+        return i < DEFAULT_CASES;
     size_t n = strlen(name);
     for (const char *p = only; (p = strstr(p, name)); p += n)
         if ((p == only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
@@ -474,8 +604,13 @@ static void run(int worker, void *arg)
 {
     if (worker != 0)
         return;
+    if (bench_calls > 0) {
+        bench();
+        mica_runtime_stop(rt);
+        return;
+    }
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        if (!selected(cases[i].name))
+        if (!selected(i, cases[i].name))
             continue;
         why[0] = '\0';
         int64_t t0 = mica_now_ms();
@@ -504,16 +639,27 @@ int main(int argc, char **argv)
             cert_file = argv[i + 1];
         else if (strcmp(argv[i], "-key") == 0)
             key_file = argv[i + 1];
+        else if (strcmp(argv[i], "-bench") == 0)
+            bench_calls = strtol(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "-conc") == 0)
+            bench_conc = strtol(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "-n") == 0)
+            spread_n = strtol(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "-update") == 0)
+            update_list = argv[i + 1];
+        else if (strcmp(argv[i], "-resolve-ms") == 0)
+            resolve_ms = strtoll(argv[i + 1], NULL, 10);
     }
     if (!addr) {
-        fprintf(stderr, "usage: echo_client -addr HOST:PORT [-cases a,b,c] [-ca ca.pem "
-                        "[-cert cert.pem -key key.pem]]\n");
+        fprintf(stderr, "usage: echo_client -addr TARGET [-cases a,b,c] [-ca ca.pem "
+                        "[-cert cert.pem -key key.pem]] [-n N] [-update A,B] [-resolve-ms MS] "
+                        "[-bench N [-conc C]]\n");
         return 2;
     }
     setenv("ECHO_ADDR", addr, 1);
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true};
     mica_grpc_client_opts_t co = {.tls_ca_file = ca_file, .tls_cert_file = cert_file,
-                                  .tls_key_file = key_file};
+                                  .tls_key_file = key_file, .resolve_interval_ms = resolve_ms};
     if (mica_runtime_new(&rt, &o) != 0 || mica_grpc_client_new(&client, rt, addr, &co) != 0) {
         fprintf(stderr, "echo_client: setup failed\n");
         return 2;

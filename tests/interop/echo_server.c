@@ -7,7 +7,10 @@
  *
  * Listens on $MICA_LISTEN (default 127.0.0.1:50052), with the health service;
  * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS.
+ * GET /stats tells how many Unary calls it served ("unary 42"), so that
+ * client-side balancing can be checked from the servers' side.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +21,8 @@
 
 typedef Mica__Interop__EchoRequest echo_req_t;
 typedef Mica__Interop__EchoResponse echo_resp_t;
+
+static atomic_long unary_calls;
 
 /* x-echo-in comes back as header x-echo-header and trailer x-echo-trailer. */
 static void echo_metadata(mica_grpc_call_t *call)
@@ -37,6 +42,7 @@ static int fail_with(mica_grpc_call_t *call, const echo_req_t *req)
 static int unary(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
 {
     const echo_req_t *req = (const echo_req_t *)in;
+    atomic_fetch_add_explicit(&unary_calls, 1, memory_order_relaxed);
     echo_metadata(call);
     const char *peer = mica_grpc_call_tls_peer(call); /* mTLS: who called */
     if (peer)
@@ -66,6 +72,14 @@ static int whoami(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 {
     const char *peer = mica_http_req_tls_peer(req);
     return mica_http_resp_text(resp, 200, peer ? peer : "none");
+}
+
+/* GET /stats: the Unary calls served so far. */
+static int stats(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    char text[32];
+    snprintf(text, sizeof(text), "unary %ld", atomic_load(&unary_calls));
+    return mica_http_resp_text(resp, 200, text);
 }
 
 static int server_stream(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
@@ -162,7 +176,8 @@ int main(void)
                                  NULL)) != 0 ||
         (rc = mica_grpc_register(gs, d, "Bidi", MICA_GRPC_BIDI, bidi, NULL)) != 0 ||
         (rc = mica_grpc_enable_health(gs)) != 0 ||
-        (rc = mica_http_route(srv, "GET", "/whoami", whoami, NULL)) != 0) {
+        (rc = mica_http_route(srv, "GET", "/whoami", whoami, NULL)) != 0 ||
+        (rc = mica_http_route(srv, "GET", "/stats", stats, NULL)) != 0) {
         fprintf(stderr, "echo_server: %s\n", mica_strerror(rc));
         return 1;
     }
