@@ -11,10 +11,15 @@
  *     stdout (method, route pattern, status, grpc-status, duration), the
  *     server's own 404/400 answers included;
  *   - grpc_auth, a gRPC server interceptor: rejects calls without the same
- *     token (UNAUTHENTICATED), and wraps the handler to add a trailer.
+ *     token (UNAUTHENTICATED), and wraps the handler to add a trailer;
+ *   - propagate, a gRPC *client* interceptor: every outgoing call made under
+ *     a request's ctx carries the token and that request's id as metadata,
+ *     so the callee's logs line up with the caller's.
  *
  *   GET /users/{id}           -> {"id":"7","request_id":"..."}
  *   GET /admin/stats          -> {"requests":N} (with the token)
+ *   GET /greet/{name}         -> {"message":"Hello, <name>"}: a REST handler
+ *                                calling SayHello through the gRPC client
  *   hello.Greeter/SayHello    -> "Hello, <name>" (with the token)
  *
  * Listens on $MICA_LISTEN (default :8080).
@@ -161,12 +166,52 @@ static int grpc_auth(mica_grpc_call_t *call, const ProtobufCMessage *req, mica_g
     return code;
 }
 
+/* ---- a gRPC client interceptor: metadata on every outgoing call --------------------- */
+
+static int propagate(mica_grpc_call_info_t *call, mica_grpc_next_fn next, void *arg)
+{
+    /* The caller's metadata first, then ours; the array lives until next() returns. */
+    mica_grpc_md_t md[MICA_GRPC_MAX_METADATA];
+    size_t n = 0;
+    for (; n < call->opts.nmd && n < MICA_GRPC_MAX_METADATA - 2; n++)
+        md[n] = call->opts.md[n];
+    md[n++] = (mica_grpc_md_t){"authorization", TOKEN};
+    const char *id = mica_ctx_value(call->ctx, &request_id_key);
+    if (id)
+        md[n++] = (mica_grpc_md_t){"x-request-id", id};
+    call->opts.md = md;
+    call->opts.nmd = n;
+    return next(call);
+}
+
 /* ---- REST ------------------------------------------------------------------------- */
 
 static int get_user(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 {
     json_t *body = json_pack("{s:s, s:s}", "id", mica_http_req_param(req, "id"), "request_id",
                              (const char *)mica_http_req_value(req, &request_id_key));
+    if (!body)
+        return MICA_ENOMEM;
+    int rc = mica_http_resp_json(resp, 200, body);
+    json_decref(body);
+    return rc;
+}
+
+/* A REST handler that is a gRPC client: the interceptor adds the token and request id. */
+static int greet(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    mica_grpc_client_t *client = *(mica_grpc_client_t **)arg; /* made after the routes */
+    Hello__HelloRequest in = HELLO__HELLO_REQUEST__INIT;
+    in.name = (char *)mica_http_req_param(req, "name");
+    ProtobufCMessage *out = NULL;
+    mica_grpc_result_t res;
+    int code = mica_grpc_unary(client, mica_http_req_ctx(req), &hello__greeter__descriptor,
+                               "SayHello", NULL, &in.base, &out, &res);
+    if (code != MICA_GRPC_OK)
+        return mica_http_resp_error(resp, mica_err_http_status(mica_err_from_grpc(code)),
+                                    res.message);
+    json_t *body = json_pack("{s:s}", "message", ((Hello__HelloReply *)out)->message);
+    protobuf_c_message_free_unpacked(out, NULL);
     if (!body)
         return MICA_ENOMEM;
     int rc = mica_http_resp_json(resp, 200, body);
@@ -193,6 +238,7 @@ int main(void)
     mica_runtime_t *rt;
     mica_http_server_t *srv;
     mica_grpc_server_t *gs;
+    mica_grpc_client_t *client = NULL;
     mica_http_server_opts_t opts = {0};
     int rc;
     if ((rc = mica_runtime_new(&rt, NULL)) != 0 ||
@@ -207,6 +253,7 @@ int main(void)
         return fail("seams", rc);
     if ((rc = mica_http_route(srv, "GET", "/users/{id}", get_user, NULL)) != 0 ||
         (rc = mica_http_route(srv, "GET", "/admin/stats", stats, NULL)) != 0 ||
+        (rc = mica_http_route(srv, "GET", "/greet/{name}", greet, &client)) != 0 ||
         (rc = mica_grpc_register(gs, &hello__greeter__descriptor, "SayHello", MICA_GRPC_UNARY,
                                  say_hello, NULL)) != 0 ||
         (rc = mica_grpc_enable_health(gs)) != 0)
@@ -215,7 +262,14 @@ int main(void)
     if ((rc = mica_http_server_listen_list(srv, listen && *listen ? listen : ":8080")) != 0 ||
         (rc = mica_http_server_attach(srv, rt)) != 0)
         return fail("listen", rc);
+    /* The client calls this very server, on its first listener's port. */
+    char target[64];
+    snprintf(target, sizeof(target), "127.0.0.1:%d", mica_http_server_port(srv, 0));
+    if ((rc = mica_grpc_client_new(&client, rt, target, NULL)) != 0 ||
+        (rc = mica_grpc_client_intercept(client, propagate, NULL)) != 0)
+        return fail("client", rc);
     rc = mica_runtime_run(rt);
+    mica_grpc_client_free(client);
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);
     mica_runtime_free(rt);

@@ -4,7 +4,8 @@
 HTTP/2, gRPC, errors), a middleware's short-circuit (401), the completion
 observer's JSON lines (route pattern, status, grpc-status, duration) for
 every request including the server's own 404 and 400, and the gRPC
-interceptor (UNAUTHENTICATED without a token, a wrapped handler's trailer)."""
+interceptor (UNAUTHENTICATED without a token, a wrapped handler's trailer),
+and the gRPC client interceptor (token and request id on outgoing calls)."""
 import json, os, re, socket, struct, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -153,6 +154,22 @@ def test_grpc_calls_pass_the_middleware_and_the_interceptor():
             ("/hello.Greeter/SayHello", 200, 16), ("/hello.Greeter/SayHello", 200, 0),
             ("/hello.Greeter/SayHello", 415, None)], log
         assert log[1]["request_id"] == "call-1" and log[1]["http"] == 20, log[1]
+    with_server(body)
+
+
+def test_a_grpc_client_interceptor_carries_the_token_and_request_id():
+    def body(srv):
+        # GET /greet/{name} calls SayHello through mica's gRPC client; only the
+        # client interceptor puts the token (the server interceptor demands it)
+        # and the HTTP request's id on that call.
+        st, f, b = curl("-H", "X-Request-Id: outer-42", srv.url("/greet/Bo"))
+        assert st == 200 and json.loads(b) == {"message": "Hello, Bo"}, (st, b)
+        log = srv.wait_log(2)
+        calls = [e for e in log if e["route"] == "/hello.Greeter/SayHello"]
+        outer = [e for e in log if e["route"] == "/greet/{name}"]
+        assert len(calls) == 1 and len(outer) == 1, log
+        assert (calls[0]["status"], calls[0]["grpc_status"], calls[0]["http"]) == (200, 0, 20), calls
+        assert calls[0]["request_id"] == "outer-42" and outer[0]["request_id"] == "outer-42", log
     with_server(body)
 
 
