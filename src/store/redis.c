@@ -613,7 +613,7 @@ static void reader_main(void *arg)
             break;
         }
         if ((rc = conn_feed(cn, (size_t)n)) != 0) {
-            conn_fail(cn, rc, "reply too large");
+            conn_fail(cn, rc, "reply over max_reply_bytes");
             break;
         }
         for (;;) {

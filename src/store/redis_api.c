@@ -566,9 +566,9 @@ static int handle(mica_redis_t *r, mica_ctx_t *ctx, const mica_redis_consumer_op
         (*handled)++;
         if (fn(ctx, id, e->element[1], arg) != 0)
             continue; /* stays pending: claimed again after claim_idle_ms */
-        int rc = mica_redis_xack(r, ctx, o->stream, o->group, id, NULL);
-        if (rc == MICA_ETIMEDOUT || rc == MICA_ECANCELED)
-            return rc;
+        /* Not with ctx: an entry handled just as the loop's ctx ended is still acked
+         * (the call is bounded by read_timeout_ms). */
+        int rc = mica_redis_xack(r, NULL, o->stream, o->group, id, NULL);
         if (rc != 0) {
             char why[64];
             snprintf(why, sizeof(why), "%s", mica_err_name(rc));
