@@ -76,9 +76,13 @@ static void rate_body(mica_redis_t *r, void *arg)
     double expected = 100 + 1000.0 * 3.0;
     EXPECT(c.denied > 0);
     EXPECT_EQ(c.other, 0);
-    if (!EXPECT(c.allowed >= expected * 0.99 && c.allowed <= expected * 1.01))
-        fprintf(stderr, "allowed %d in %lld ms, expected %.0f +- 1 %%\n", c.allowed,
-                (long long)took, expected);
+    fprintf(stderr, "allowed %d, denied %d in %lld ms, expected %.0f +- 1 %%\n", c.allowed,
+            c.denied, (long long)took, expected);
+    EXPECT(c.allowed <= expected * 1.01); /* never more than the rate, however it is asked */
+    /* Never less either -- when asked often enough to drain the bucket all the time (at
+     * least twice the rate: not so under valgrind, whose client is ~30x slower). */
+    if (c.denied >= c.allowed)
+        EXPECT(c.allowed >= expected * 0.99);
     mica_redis_limiter_stats_t st;
     mica_redis_limiter_stats(c.l, &st);
     EXPECT_EQ(st.allowed, (uint64_t)c.allowed);
