@@ -83,7 +83,7 @@ try:
             ("redis-benchmark -c 16 -P 16 (256 in flight)", lambda op: redis_benchmark(op, 16, 16)),
             ("mica, 256 coroutines, 1 connection", lambda op: mica(op, 256, 1)),
             ("mica, 256 coroutines, 16 connections", lambda op: mica(op, 256, 16))]
-    print(f"## Redis {ops} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC), "
+    print(f"## Redis {' and '.join(o.upper() for o in ops)} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC), "
           f"redis-server on CPU {srv_cpu}, clients on CPU {load_cpu}, median of {runs}\n")
     print("| client | op | ops/s | client CPU-s per 1M ops | server CPU-s per 1M ops |")
     print("|---|---|---|---|---|")

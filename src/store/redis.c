@@ -838,9 +838,21 @@ void mica_redis_release(conn_t *cn)
     mica_event_set(&p->freed);
 }
 
-static bool ieq(const char *a, const char *b)
+/* Whether argument i is `name`, ignoring case (arguments need not be NUL-terminated). */
+static bool arg_is(const char *const *argv, const size_t *argvlen, int i, const char *name)
 {
-    return strcasecmp(a, b) == 0;
+    size_t n = strlen(name);
+    if (argvlen)
+        return argvlen[i] == n && strncasecmp(argv[i], name, n) == 0;
+    return strcasecmp(argv[i], name) == 0;
+}
+
+/* The command's name as a C string, for messages. */
+static const char *cmd_name(const char *const *argv, const size_t *argvlen, char *buf, size_t size)
+{
+    size_t n = argvlen ? argvlen[0] : strlen(argv[0]);
+    snprintf(buf, size, "%.*s", (int)(n < size ? n : size - 1), argv[0]);
+    return buf;
 }
 
 /* Whether a command blocks the connection (it then needs a dedicated one). */
@@ -849,28 +861,25 @@ static bool is_blocking(int argc, const char *const *argv, const size_t *argvlen
     static const char *const blocking[] = {"BLPOP",  "BRPOP",    "BRPOPLPUSH", "BLMOVE",
                                            "BLMPOP", "BZPOPMIN", "BZPOPMAX",   "BZMPOP",
                                            "WAIT",   "WAITAOF"};
-    const char *c = argv[0];
-    if (argvlen && argvlen[0] > 16)
-        return false;
     for (size_t i = 0; i < sizeof(blocking) / sizeof(*blocking); i++)
-        if (ieq(c, blocking[i]))
+        if (arg_is(argv, argvlen, 0, blocking[i]))
             return true;
-    if (ieq(c, "XREAD") || ieq(c, "XREADGROUP"))
-        for (int i = 1; i < argc && !ieq(argv[i], "STREAMS"); i++)
-            if (ieq(argv[i], "BLOCK"))
+    if (arg_is(argv, argvlen, 0, "XREAD") || arg_is(argv, argvlen, 0, "XREADGROUP"))
+        for (int i = 1; i < argc && !arg_is(argv, argvlen, i, "STREAMS"); i++)
+            if (arg_is(argv, argvlen, i, "BLOCK"))
                 return true;
     return false;
 }
 
 /* Commands that change a connection's state for everyone on it: not on a shared one. */
-static bool is_stateful(const char *c)
+static bool is_stateful(const char *const *argv, const size_t *argvlen)
 {
     static const char *const stateful[] = {
         "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "MONITOR",
         "MULTI",     "EXEC",       "DISCARD",    "WATCH",       "UNWATCH",      "SELECT",
         "AUTH",      "HELLO",      "RESET",      "QUIT",        "SYNC",         "PSYNC"};
     for (size_t i = 0; i < sizeof(stateful) / sizeof(*stateful); i++)
-        if (ieq(c, stateful[i]))
+        if (arg_is(argv, argvlen, 0, stateful[i]))
             return true;
     return false;
 }
@@ -904,7 +913,8 @@ int mica_redis_conn_cmd(conn_t *cn, mica_ctx_t *ctx, int argc, const char *const
         return rc;
     }
     if (rep->type == MICA_REDIS_ERROR) {
-        note_error_reply(p, rep, argv[0]);
+        char name[32];
+        note_error_reply(p, rep, cmd_name(argv, argvlen, name, sizeof(name)));
         rc = MICA_EPROTO;
     }
     if (out)
@@ -925,9 +935,11 @@ int mica_redis_cmd(mica_redis_t *r, mica_ctx_t *ctx, int argc, const char *const
     if (!p || argc <= 0 || !argv || !argv[0])
         return MICA_EINVAL;
     p->errmsg[0] = '\0';
-    if (is_stateful(argv[0])) {
+    if (is_stateful(argv, argvlen)) {
+        char name[32];
         snprintf(p->errmsg, sizeof(p->errmsg),
-                 "%s needs a leased connection (mica_redis_acquire) or a subscriber", argv[0]);
+                 "%s needs a leased connection (mica_redis_acquire) or a subscriber",
+                 cmd_name(argv, argvlen, name, sizeof(name)));
         return MICA_EINVAL;
     }
     int rc = ctx ? mica_ctx_err(ctx) : 0;
@@ -945,7 +957,8 @@ int mica_redis_cmd(mica_redis_t *r, mica_ctx_t *ctx, int argc, const char *const
     if ((rc = pipe_cmd(p, ctx, argc, argv, argvlen, &rep)) != 0)
         return rc;
     if (rep->type == MICA_REDIS_ERROR) {
-        note_error_reply(p, rep, argv[0]);
+        char name[32];
+        note_error_reply(p, rep, cmd_name(argv, argvlen, name, sizeof(name)));
         rc = MICA_EPROTO;
     }
     if (out)
