@@ -9,7 +9,7 @@
 
 #include <string.h>
 
-#include "../runtime/helpers.h"
+#include "expect.h"
 #include "mica/cache.h"
 #include "mica/sync.h"
 #include "redis_server.h"
