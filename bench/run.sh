@@ -7,6 +7,7 @@
 #   4. HTTPS /health: nginx and mica over TLS under wrk (bench/load/http.sh, BENCH_TLS=1)
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
+#   7. Redis GET/SET: mica's auto-pipelined client vs redis-benchmark (bench/load/redis.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -50,5 +51,9 @@ if [ -x "$root/bench/load/grpc.sh" ]; then
     "$root/bench/load/grpc.sh" "$build" "$secs" "$runs" | tee -a "$out"
     echo "== gRPC GetUser over TLS vs grpc-go"
     BENCH_TLS=1 BENCH_GRPC_LOADS=50x10 "$root/bench/load/grpc.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/redis.sh" ]; then
+    echo "== Redis GET/SET: mica's client vs redis-benchmark"
+    "$root/bench/load/redis.sh" "$build" 5 "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -40,6 +40,12 @@ offload job 1: ok, returned 150
 offload job 2: ok, read an ELF header: yes
 event loop kept running coroutines meanwhile: yes
 """,
+    "cache": """\
+100 concurrent gets of user:42: 100 got the user, 1 database lookup(s), in about 100 ms
+next get of user:42: {"id":42,"name":"user 42"}, from the cache
+two gets of user:0: ENOTFOUND and ENOTFOUND, 1 database lookup(s) ("not found" is cached too)
+stats: hits=1 negative_hits=1 misses=101 loads=2 shared=99
+""",
     "select": """\
 poll: nothing ready yet (default case)
 fast: tick 1
