@@ -10,12 +10,18 @@
  *     return mica_runtime_run(rt);          // until SIGTERM/SIGINT, then drains
  *
  * Bounding a wait. Every mica call that can suspend takes a `mica_ctx_t
- * *ctx` (NULL: none) -- channels, sync, events, offload, sockets, clients.
- * Calls whose callers usually want a per-operation limit as well (sockets,
- * events) also take an absolute `deadline_ms` (mica_deadline_in(ms), or
- * MICA_NO_DEADLINE). The wait ends at the first of: the ctx's cancellation
+ * *ctx` (NULL: none) -- channels, select, sync, once, events, offload,
+ * sockets, clients. Calls whose callers usually want a per-operation limit
+ * as well (sockets, events) also take an absolute `deadline_ms`
+ * (mica_deadline_in(ms), or MICA_NO_DEADLINE); select takes a relative
+ * `timeout_ms`. The wait ends at the first of: the ctx's cancellation
  * (MICA_ECANCELED), the ctx's deadline or deadline_ms (MICA_ETIMEDOUT), or
- * the worker's drain deadline at shutdown (MICA_ECANCELED).
+ * the worker's drain deadline at shutdown (MICA_ECANCELED). The ctx bounds
+ * only the wait: a call that can complete without waiting (a buffered
+ * element, a set event, readable bytes) does so whatever its ctx. Two calls
+ * take no ctx on purpose: mica_yield() (not a wait) and mica_sleep_ms()
+ * (bounded by its own time and the drain; mica_ctx_sleep() is the
+ * cancellable sleep).
  */
 #ifndef MICA_RUNTIME_H
 #define MICA_RUNTIME_H
@@ -114,8 +120,9 @@ MICA_API int mica_go_on(int worker, mica_coro_fn fn, void *arg);
 MICA_API void mica_yield(void);
 
 /**
- * Suspends the calling coroutine for `ms` milliseconds. Returns 0, or
- * MICA_ECANCELED if the worker's drain deadline passed while sleeping.
+ * Suspends the calling coroutine for `ms` milliseconds, bounded only by the
+ * drain (no ctx: use mica_ctx_sleep() for a sleep a ctx can end). Returns 0,
+ * MICA_ECANCELED if the worker's drain deadline passed, or MICA_EINVAL outside a coroutine.
  */
 MICA_API int mica_sleep_ms(int64_t ms);
 

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "common/alloc.h"
 #include "common/arena.h"
 
 #define BLOCK_BYTES 4096
@@ -18,7 +19,7 @@ void *mica__arena_alloc(mica__arena_t *a, size_t size)
     if (need < size)
         return NULL;
     if (!a->block && need <= BLOCK_BYTES / 2) {
-        a->block = malloc(BLOCK_BYTES);
+        a->block = mica__malloc(BLOCK_BYTES);
         if (!a->block)
             return NULL;
         a->cap = BLOCK_BYTES;
@@ -31,7 +32,7 @@ void *mica__arena_alloc(mica__arena_t *a, size_t size)
     }
     if (need > SIZE_MAX - sizeof(mica__arena_chunk_t))
         return NULL;
-    mica__arena_chunk_t *c = malloc(sizeof(*c) + need);
+    mica__arena_chunk_t *c = mica__malloc(sizeof(*c) + need);
     if (!c)
         return NULL;
     c->next = a->big;
@@ -44,7 +45,7 @@ void mica__arena_reset(mica__arena_t *a)
     while (a->big) {
         mica__arena_chunk_t *c = a->big;
         a->big = c->next;
-        free(c);
+        mica__free(c);
     }
     a->used = 0;
 }
@@ -52,7 +53,7 @@ void mica__arena_reset(mica__arena_t *a)
 void mica__arena_destroy(mica__arena_t *a)
 {
     mica__arena_reset(a);
-    free(a->block);
+    mica__free(a->block);
     a->block = NULL;
     a->cap = 0;
 }

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/alloc.h"
 #include "runtime/internal.h"
 
 typedef struct hook {
@@ -98,7 +99,7 @@ int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
         if (mica__env_int("MICA_OFFLOAD_QUEUE", 1, 1 << 24, &oqueue) != 0)
             return MICA_EINVAL;
     }
-    mica_runtime_t *rt = calloc(1, sizeof(*rt));
+    mica_runtime_t *rt = mica__calloc(1, sizeof(*rt));
     if (!rt)
         return MICA_ENOMEM;
     rt->nworkers = (int)workers;
@@ -119,7 +120,7 @@ int mica_runtime_workers(const mica_runtime_t *rt)
 
 static int add_hook(hook_t **hooks, size_t *n, mica_worker_cb cb, void *arg)
 {
-    hook_t *h = realloc(*hooks, (*n + 1) * sizeof(*h));
+    hook_t *h = mica__realloc(*hooks, (*n + 1) * sizeof(*h));
     if (!h)
         return MICA_ENOMEM;
     h[*n] = (hook_t){cb, arg};
@@ -195,7 +196,7 @@ struct start_call {
 static void run_start_hook(void *arg)
 {
     struct start_call call = *(struct start_call *)arg;
-    free(arg);
+    mica__free(arg);
     call.hook.cb(call.worker_id, call.hook.arg);
 }
 
@@ -208,10 +209,10 @@ static void *worker_main(void *arg)
     pthread_setname_np(pthread_self(), name);
 
     for (size_t i = 0; i < rt->nstart; i++) {
-        struct start_call *call = malloc(sizeof(*call));
+        struct start_call *call = mica__malloc(sizeof(*call));
         mica__coro_t *co;
         if (!call || mica__coro_new(loop, run_start_hook, call, &co) != 0) {
-            free(call);
+            mica__free(call);
             mica__log_error("cannot start worker hook: out of memory");
             continue;
         }
@@ -260,8 +261,8 @@ int mica_runtime_run(mica_runtime_t *rt)
     rc = mica_offload_pool_new(&rt->offload, rt->offload_threads, rt->offload_queue);
     if (rc != 0)
         goto out_sig;
-    rt->loops = calloc((size_t)rt->nworkers, sizeof(*rt->loops));
-    rt->threads = calloc((size_t)rt->nworkers, sizeof(*rt->threads));
+    rt->loops = mica__calloc((size_t)rt->nworkers, sizeof(*rt->loops));
+    rt->threads = mica__calloc((size_t)rt->nworkers, sizeof(*rt->threads));
     if (!rt->loops || !rt->threads) {
         rc = MICA_ENOMEM;
         goto out_sig;
@@ -325,11 +326,11 @@ void mica_runtime_free(mica_runtime_t *rt)
 {
     if (!rt)
         return;
-    free(rt->loops);
-    free(rt->threads);
-    free(rt->start_hooks);
-    free(rt->stop_hooks);
-    free(rt);
+    mica__free(rt->loops);
+    mica__free(rt->threads);
+    mica__free(rt->start_hooks);
+    mica__free(rt->stop_hooks);
+    mica__free(rt);
 }
 
 /* ---- coroutine API ------------------------------------------------------- */

@@ -8,6 +8,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "mica/chan.h"
@@ -179,7 +180,7 @@ static void init_once(void *arg)
 
 static void once_user(void *arg)
 {
-    mica_once(&once, init_once, NULL);
+    EXPECT_EQ(mica_once(&once, NULL, init_once, NULL), 0);
     EXPECT_EQ(atomic_load(&once_runs), 1);
     mica_wg_done(arg);
 }
@@ -200,6 +201,149 @@ static void test_once_runs_its_function_once_and_others_wait_for_it(void **state
 {
     assert_int_equal(run_in_coroutine(2, once_body, NULL), 0);
     expect_no_failure();
+}
+
+/* ---- every public wait ends with its ctx ---- */
+
+static mica_once_t slow_once = MICA_ONCE_INIT;
+static mica_event_t slow_once_done = MICA_EVENT_INIT;
+
+static void init_slowly(void *arg)
+{
+    mica_event_wait(&slow_once_done, NULL, mica_deadline_in(5000));
+}
+
+static void first_once_caller(void *arg)
+{
+    EXPECT_EQ(mica_once(&slow_once, NULL, init_slowly, NULL), 0);
+    mica_wg_done(arg);
+}
+
+static atomic_int hold_pool;
+
+static int holding_job(void *arg)
+{
+    while (atomic_load(&hold_pool))
+        usleep(1000);
+    return 0;
+}
+
+static void holder(void *arg)
+{
+    int r;
+    mica_offload(NULL, NULL, holding_job, NULL, &r);
+    mica_wg_done(arg);
+}
+
+/*
+ * Each waiting call of chan.h, sync.h, runtime.h and ctx.h, made to wait:
+ * with a ctx already cancelled it returns MICA_ECANCELED, with a ctx whose
+ * deadline passes MICA_ETIMEDOUT, and it leaves no trace (the next
+ * operation works). `which` selects the call; `ctx` is the bound.
+ */
+enum { W_SEND, W_RECV, W_SELECT, W_WG, W_MUTEX, W_COND, W_ONCE, W_OFFLOAD, W_EVENT, W_DONE,
+       W_SLEEP, W_COUNT };
+static int rc_cancelled[W_COUNT], rc_timed[W_COUNT];
+
+struct waits {
+    mica_chan_t *ch;
+    mica_wg_t *wg;
+    mica_mutex_t *mu;
+    mica_cond_t *cv;
+    mica_event_t ev;
+};
+
+static int wait_with(struct waits *w, int which, mica_ctx_t *ctx)
+{
+    int v = 1;
+    switch (which) {
+    case W_SEND: return mica_chan_send(w->ch, ctx, &v);
+    case W_RECV: return mica_chan_recv(w->ch, ctx, &v);
+    case W_SELECT: {
+        mica_select_case_t c[] = {{MICA_SELECT_RECV, w->ch, &v, false}};
+        return mica_select(c, 1, ctx, MICA_SELECT_FOREVER);
+    }
+    case W_WG: return mica_wg_wait(w->wg, ctx);
+    case W_MUTEX: return mica_mutex_lock(w->mu, ctx); /* held by the test body */
+    case W_COND: {
+        mica_mutex_t *m;
+        mica_mutex_new(&m);
+        mica_mutex_lock(m, NULL);
+        int rc = mica_cond_wait(w->cv, m, ctx);
+        if (mica_mutex_try_lock(m) != MICA_EAGAIN) /* relocked, whatever the result */
+            rc = MICA_EINTERNAL;
+        mica_mutex_unlock(m);
+        mica_mutex_free(m);
+        return rc;
+    }
+    case W_ONCE: return mica_once(&slow_once, ctx, init_slowly, NULL);
+    case W_OFFLOAD: return mica_offload(NULL, ctx, holding_job, NULL, NULL);
+    case W_EVENT: return mica_event_wait(&w->ev, ctx, MICA_NO_DEADLINE);
+    case W_DONE: return mica_ctx_done(ctx);
+    case W_SLEEP: return mica_ctx_sleep(ctx, 60000);
+    }
+    return MICA_EINVAL;
+}
+
+static void waits_body(void *arg)
+{
+    struct waits w = {.ev = MICA_EVENT_INIT};
+    mica_chan_new(&w.ch, sizeof(int), 0);
+    mica_wg_new(&w.wg);
+    mica_wg_add(w.wg, 1);
+    mica_mutex_new(&w.mu);
+    mica_mutex_lock(w.mu, NULL);
+    mica_cond_new(&w.cv);
+    /* once: a first caller is inside fn; offload: both threads of the
+     * runtime's pool (helpers.h) are busy, so a job waits in the queue */
+    mica_wg_t *first;
+    mica_wg_new(&first);
+    mica_wg_add(first, 3);
+    mica_go(first_once_caller, first);
+    atomic_store(&hold_pool, 1);
+    mica_go(holder, first);
+    mica_go(holder, first);
+    mica_yield();
+
+    for (int which = 0; which < W_COUNT; which++) {
+        mica_ctx_t *cancelled, *timed;
+        mica_ctx_with_cancel(NULL, &cancelled);
+        mica_ctx_cancel(cancelled);
+        mica_ctx_with_timeout(NULL, 5, &timed);
+        rc_cancelled[which] = wait_with(&w, which, cancelled);
+        rc_timed[which] = wait_with(&w, which, timed);
+        mica_ctx_free(cancelled);
+        mica_ctx_free(timed);
+    }
+    /* No trace left: the waits that ended are off every queue. */
+    int v = 7;
+    EXPECT_EQ(mica_chan_try_send(w.ch, &v), MICA_EAGAIN);
+    mica_mutex_unlock(w.mu);
+    EXPECT_EQ(mica_mutex_try_lock(w.mu), 0);
+    mica_mutex_unlock(w.mu);
+    mica_event_set(&w.ev);
+    mica_event_set(&slow_once_done);
+    atomic_store(&hold_pool, 0);
+    EXPECT_EQ(mica_wg_wait(first, NULL), 0);
+    EXPECT_EQ(mica_once(&slow_once, NULL, init_slowly, NULL), 0);
+    mica_wg_done(w.wg);
+    EXPECT_EQ(mica_wg_wait(w.wg, NULL), 0);
+    mica_wg_free(first);
+    mica_cond_free(w.cv);
+    mica_mutex_free(w.mu);
+    mica_wg_free(w.wg);
+    mica_chan_free(w.ch);
+}
+
+static void test_every_wait_returns_canceled_or_timedout_from_its_ctx(void **state)
+{
+    assert_int_equal(run_in_coroutine(1, waits_body, NULL), 0);
+    expect_no_failure();
+    for (int which = 0; which < W_COUNT; which++) {
+        if (rc_cancelled[which] != MICA_ECANCELED || rc_timed[which] != MICA_ETIMEDOUT)
+            fail_msg("call %d: %d with a cancelled ctx, %d with a deadline", which,
+                     rc_cancelled[which], rc_timed[which]);
+    }
 }
 
 /* ---- ctx ---- */
@@ -397,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_mutex_lock_times_out_and_leaves_the_queue),
         cmocka_unit_test(test_cond_signal_wakes_one_and_broadcast_wakes_all),
         cmocka_unit_test(test_once_runs_its_function_once_and_others_wait_for_it),
+        cmocka_unit_test(test_every_wait_returns_canceled_or_timedout_from_its_ctx),
         cmocka_unit_test(test_ctx_tree_values_deadlines_and_cancellation),
         cmocka_unit_test(test_offload_runs_blocking_work_and_returns_its_result),
         cmocka_unit_test(test_full_offload_queue_refuses_with_eoverload),
