@@ -92,6 +92,68 @@ MICA_API void mica_runtime_stop(mica_runtime_t *rt);
 /** Frees `rt` after mica_runtime_run() has returned. NULL is a no-op. */
 MICA_API void mica_runtime_free(mica_runtime_t *rt);
 
+/** Runs on a worker thread around each wait for events; see mica_runtime_on_poll(). */
+typedef void (*mica_poll_cb)(int worker_id, void *arg);
+
+/**
+ * Registers before(worker, arg) to run on each worker thread right before
+ * it blocks in epoll_wait, and after(worker, arg) right after it returns
+ * (either may be NULL), for loop-lag probes and profilers. They run on the
+ * loop, not in a coroutine: they must not suspend, and should be quick.
+ * Call before mica_runtime_run(); unset, they cost nothing. Returns 0,
+ * MICA_EINVAL (both NULL) or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_poll(mica_runtime_t *rt, mica_poll_cb before, mica_poll_cb after,
+                                  void *arg);
+
+/* ---- statistics ------------------------------------------------------------- */
+
+/*
+ * One worker's counters. "ever" counters only grow; the others are gauges.
+ *
+ * Loop lag: for each timer the loop fires (a sleep or a deadline coming due,
+ * not a wait that ended otherwise), how long after its due time the loop
+ * noticed it -- CLOCK_MONOTONIC right after epoll_wait returned, minus the
+ * due time -- in microseconds. Due times have millisecond resolution and
+ * epoll_wait sleeps whole milliseconds, so an idle worker shows up to about
+ * 1000 us; more means the loop was busy running coroutines (or its thread
+ * was not scheduled) when the timer came due. lag_us_sum / timers_fired
+ * over an interval is the mean lag in it.
+ */
+typedef struct mica_worker_stats {
+    uint64_t coroutines;   /* live: running, runnable or waiting */
+    uint64_t runnable;     /* run-queue length: ready to run, waiting for the CPU */
+    uint64_t watched_fds;  /* fds registered with this worker's epoll */
+    uint64_t spawned;      /* coroutines created, ever */
+    uint64_t spawn_failed; /* spawns refused for want of memory (mica_go: MICA_ENOMEM), ever */
+    uint64_t polls;        /* loop iterations (epoll_wait calls), ever */
+    uint64_t runs;         /* coroutine switch-ins, ever */
+    uint64_t timers_fired; /* timers that came due, ever */
+    uint64_t lag_us_last;  /* lag of the most overdue timer of the latest iteration firing any */
+    uint64_t lag_us_max;   /* the largest lag seen */
+    uint64_t lag_us_sum;   /* sum of the lags of every fired timer, ever */
+} mica_worker_stats_t;
+
+typedef struct mica_runtime_stats {
+    int workers;               /* how many workers `rt` has */
+    mica_worker_stats_t total; /* sums over the workers; lag_us_last and lag_us_max: the largest */
+    uint64_t offload_threads;  /* threads of the runtime's offload pool */
+    uint64_t offload_queued;   /* jobs waiting for a thread */
+    uint64_t offload_busy;     /* threads running a job */
+    uint64_t offload_rejected; /* jobs refused with MICA_EOVERLOAD, ever */
+} mica_runtime_stats_t;
+
+/**
+ * Fills *out with `rt`'s counters and, if `per_worker` is not NULL,
+ * per_worker[0..n-1] with each worker's, n = min(max_workers, workers).
+ * Callable from any thread between mica_runtime_new() and mica_runtime_free()
+ * (zero before mica_runtime_run(), the final counts after it; the offload
+ * figures are zero outside it); takes no lock a worker takes. Each value is
+ * read on its own and may be a loop iteration old. Returns n.
+ */
+MICA_API int mica_runtime_stats(mica_runtime_t *rt, mica_runtime_stats_t *out,
+                                mica_worker_stats_t *per_worker, int max_workers);
+
 /** Returns the current worker's id (0..workers-1), or -1 outside a worker. */
 MICA_API int mica_worker_id(void);
 

@@ -325,6 +325,7 @@ static mica__coro_t *take_handoff(mica__loop_t *loop, mica__coro_t *co)
     if (!loop->ready_head)
         loop->ready_tail = NULL;
     next->queued = false;
+    loop->nrunnable--;
     return next;
 }
 

@@ -96,6 +96,18 @@ typedef struct mica__io {
     void *on_read_arg;
 } mica__io_t;
 
+/* A worker's counters as other threads read them: each written (relaxed)
+ * by the worker only, read relaxed by mica_runtime_stats(). */
+typedef struct mica__loop_stats {
+    _Atomic uint64_t coroutines, runnable, watched_fds, spawned, spawn_failed, polls, runs,
+        timers_fired, lag_us_last, lag_us_max, lag_us_sum;
+} mica__loop_stats_t;
+
+typedef struct mica__poll_hook {
+    mica_poll_cb before, after;
+    void *arg;
+} mica__poll_hook_t;
+
 struct mica__loop {
     int id;
     int epfd;
@@ -152,9 +164,19 @@ struct mica__loop {
     struct mica__spawn { mica_coro_fn fn; void *arg; int fd; } *spawns;
     size_t nspawns, spawns_cap;
 
-    /* counters (this worker only; readers on other threads get estimates) */
+    /* counters: plain, written by this worker only, and copied to `stats`
+     * once per iteration (publish_stats) for mica_runtime_stats() */
     uint64_t stat_spawned;
     uint64_t stat_spawn_failed;
+    size_t nrunnable;  /* on the ready and yield queues */
+    size_t nwatched;   /* fds registered with epoll */
+    uint64_t polls, timers_fired, lag_us_last, lag_us_max, lag_us_sum;
+    int64_t now_us;    /* the clock of now_ms, in us */
+    mica__loop_stats_t stats;
+
+    /* mica_runtime_on_poll() hooks, around every epoll_wait */
+    const struct mica__poll_hook *poll_hooks;
+    size_t npoll_hooks;
 };
 
 /* A message from another thread: wake (co, seq) with result (the coroutine's

@@ -42,7 +42,8 @@ static void update_time(mica__loop_t *loop)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    loop->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    loop->now_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    loop->now_ms = loop->now_us / 1000;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     loop->now_sec_wall = ts.tv_sec;
 }
@@ -173,6 +174,7 @@ void mica__loop_wake(mica__loop_t *loop, mica__coro_t *co, int result)
     if (co->queued)
         return;
     co->queued = true;
+    loop->nrunnable++;
     co->wake_result = result;
     co->next_ready = NULL;
     if (loop->ready_tail)
@@ -217,6 +219,7 @@ void mica__loop_yield(mica__loop_t *loop)
 {
     mica__coro_t *co = loop->current;
     co->queued = true; /* also keeps mica__coro_suspend from handing off */
+    loop->nrunnable++;
     co->wake_result = 0;
     co->next_ready = NULL;
     if (loop->yield_tail)
@@ -237,6 +240,7 @@ static mica__coro_t *pop_ready(mica__loop_t *loop)
     if (!loop->ready_head)
         loop->ready_tail = NULL;
     co->queued = false;
+    loop->nrunnable--;
     return co;
 }
 
@@ -264,6 +268,7 @@ static void run_ready(mica__loop_t *loop)
     while (co) {
         mica__coro_t *next = co->next_ready;
         co->queued = false;
+        loop->nrunnable--;
         mica__coro_resume(loop, co); /* may free co */
         uint64_t until = loop->runs + DEPTH_BUDGET;
         while (loop->ready_head && loop->runs < until)
@@ -516,6 +521,56 @@ static bool spin(mica__loop_t *loop)
     return false;
 }
 
+/* Copies this worker's counters where mica_runtime_stats() reads them. */
+static void publish_stats(mica__loop_t *loop)
+{
+    mica__loop_stats_t *s = &loop->stats;
+#define PUB(field, value) atomic_store_explicit(&s->field, (uint64_t)(value), memory_order_relaxed)
+    PUB(coroutines, loop->ncoros);
+    PUB(runnable, loop->nrunnable);
+    PUB(watched_fds, loop->nwatched);
+    PUB(spawned, loop->stat_spawned);
+    PUB(spawn_failed, loop->stat_spawn_failed);
+    PUB(polls, loop->polls);
+    PUB(runs, loop->runs);
+    PUB(timers_fired, loop->timers_fired);
+    PUB(lag_us_last, loop->lag_us_last);
+    PUB(lag_us_max, loop->lag_us_max);
+    PUB(lag_us_sum, loop->lag_us_sum);
+#undef PUB
+}
+
+/* Wakes the coroutines whose deadline has come, measuring how late each is
+ * (runtime.h defines the loop lag). The heap yields the most overdue first. */
+static void fire_timers(mica__loop_t *loop)
+{
+    bool fired = false;
+    while (loop->heap_len && loop->heap[0]->deadline_ms <= loop->now_ms) {
+        mica__coro_t *co = loop->heap[0];
+        int64_t late = loop->now_us - co->deadline_ms * 1000;
+        uint64_t lag = late > 0 ? (uint64_t)late : 0;
+        if (!fired)
+            loop->lag_us_last = lag;
+        fired = true;
+        if (lag > loop->lag_us_max)
+            loop->lag_us_max = lag;
+        loop->lag_us_sum += lag;
+        loop->timers_fired++;
+        heap_remove(loop, co);
+        mica__loop_wake(loop, co, MICA_ETIMEDOUT);
+    }
+}
+
+static void poll_hooks(mica__loop_t *loop, bool after)
+{
+    for (size_t i = 0; i < loop->npoll_hooks; i++) {
+        const mica__poll_hook_t *h = &loop->poll_hooks[i];
+        mica_poll_cb cb = after ? h->after : h->before;
+        if (cb)
+            cb(loop->id, h->arg);
+    }
+}
+
 void mica__loop_run(mica__loop_t *loop)
 {
     struct epoll_event events[256];
@@ -548,19 +603,22 @@ void mica__loop_run(mica__loop_t *loop)
         if (timeout != 0 && loop->now_ms - loop->last_remote_ms <= SPIN_AFTER_MS && spin(loop))
             timeout = 0; /* a message came while spinning: take it without sleeping */
         loop->runs_at_poll = loop->runs;
+        loop->polls++;
+        publish_stats(loop);
+        if (loop->npoll_hooks) /* nothing to pay when none is set */
+            poll_hooks(loop, false);
         int n = epoll_wait(loop->epfd, events, 256, timeout);
         update_time(loop);
+        if (loop->npoll_hooks)
+            poll_hooks(loop, true);
         for (int i = 0; i < n; i++)
             dispatch(loop, &events[i]);
         run_spawns(loop);
-        while (loop->heap_len && loop->heap[0]->deadline_ms <= loop->now_ms) {
-            mica__coro_t *co = loop->heap[0];
-            heap_remove(loop, co);
-            mica__loop_wake(loop, co, MICA_ETIMEDOUT);
-        }
+        fire_timers(loop);
         if (loop->stopping && !loop->cancel_all && loop->now_ms >= loop->drain_deadline_ms)
             cancel_everything(loop);
     }
+    publish_stats(loop);
     tls_loop = NULL;
 }
 
@@ -595,6 +653,7 @@ int mica__io_watch(mica__loop_t *loop, int fd)
     if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
         return -errno;
     io->registered = true;
+    loop->nwatched++;
     io->readable = io->writable = io->hup = false;
     return 0;
 }
@@ -603,6 +662,8 @@ void mica__io_forget(mica__loop_t *loop, int fd)
 {
     if (fd < 0 || (size_t)fd >= loop->io_cap)
         return;
+    if (loop->io[fd].registered)
+        loop->nwatched--;
     memset(&loop->io[fd], 0, sizeof(loop->io[fd]));
     /* A spawn this fd's edge scheduled must not run on a closed owner:
      * e.g. the drain closes a parked connection in the same iteration. */

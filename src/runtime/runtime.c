@@ -41,8 +41,14 @@ struct mica_runtime {
 
     hook_t *start_hooks, *stop_hooks;
     size_t nstart, nstop;
+    mica__poll_hook_t *poll_hooks;
+    size_t npoll;
 
     mica__loop_t *loops;
+    /* for mica_runtime_stats() from any thread: the loops once initialized,
+     * and the offload pool's lifetime under stats_lock */
+    _Atomic(mica__loop_t *) stats_loops;
+    pthread_mutex_t stats_lock;
     pthread_t *threads;
     int stopfd; /* eventfd: stop requests and worker exits wake the main thread */
     atomic_int stop_level;
@@ -109,6 +115,7 @@ int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
     rt->offload_threads = (int)othreads;
     rt->offload_queue = (size_t)oqueue;
     rt->stopfd = -1;
+    pthread_mutex_init(&rt->stats_lock, NULL);
     *out = rt;
     return 0;
 }
@@ -137,6 +144,76 @@ int mica_runtime_on_start(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
 int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
 {
     return add_hook(&rt->stop_hooks, &rt->nstop, cb, arg);
+}
+
+int mica_runtime_on_poll(mica_runtime_t *rt, mica_poll_cb before, mica_poll_cb after, void *arg)
+{
+    if (!before && !after)
+        return MICA_EINVAL;
+    mica__poll_hook_t *h = mica__realloc(rt->poll_hooks, (rt->npoll + 1) * sizeof(*h));
+    if (!h)
+        return MICA_ENOMEM;
+    h[rt->npoll++] = (mica__poll_hook_t){before, after, arg};
+    rt->poll_hooks = h;
+    return 0;
+}
+
+static void add_stats(mica_worker_stats_t *t, const mica_worker_stats_t *w)
+{
+    t->coroutines += w->coroutines;
+    t->runnable += w->runnable;
+    t->watched_fds += w->watched_fds;
+    t->spawned += w->spawned;
+    t->spawn_failed += w->spawn_failed;
+    t->polls += w->polls;
+    t->runs += w->runs;
+    t->timers_fired += w->timers_fired;
+    t->lag_us_sum += w->lag_us_sum;
+    if (w->lag_us_last > t->lag_us_last)
+        t->lag_us_last = w->lag_us_last;
+    if (w->lag_us_max > t->lag_us_max)
+        t->lag_us_max = w->lag_us_max;
+}
+
+int mica_runtime_stats(mica_runtime_t *rt, mica_runtime_stats_t *out,
+                       mica_worker_stats_t *per_worker, int max_workers)
+{
+    memset(out, 0, sizeof(*out));
+    out->workers = rt->nworkers;
+    mica__loop_t *loops = atomic_load_explicit(&rt->stats_loops, memory_order_acquire);
+    int n = per_worker ? (max_workers < rt->nworkers ? max_workers : rt->nworkers) : 0;
+    for (int i = 0; i < rt->nworkers; i++) {
+        mica_worker_stats_t w = {0};
+        if (loops) {
+            const mica__loop_stats_t *s = &loops[i].stats;
+#define GET(field) w.field = atomic_load_explicit(&s->field, memory_order_relaxed)
+            GET(coroutines);
+            GET(runnable);
+            GET(watched_fds);
+            GET(spawned);
+            GET(spawn_failed);
+            GET(polls);
+            GET(runs);
+            GET(timers_fired);
+            GET(lag_us_last);
+            GET(lag_us_max);
+            GET(lag_us_sum);
+#undef GET
+        }
+        add_stats(&out->total, &w);
+        if (i < n)
+            per_worker[i] = w;
+    }
+    /* The pool comes and goes with mica_runtime_run(): read it under the
+     * lock that run() takes to publish and withdraw it (workers never do). */
+    pthread_mutex_lock(&rt->stats_lock);
+    if (rt->offload) {
+        out->offload_threads = (uint64_t)rt->offload_threads;
+        mica__offload_stats(rt->offload, &out->offload_queued, &out->offload_busy,
+                            &out->offload_rejected);
+    }
+    pthread_mutex_unlock(&rt->stats_lock);
+    return n;
 }
 
 mica_offload_pool_t *mica__runtime_offload_pool(mica_runtime_t *rt)
@@ -258,9 +335,13 @@ int mica_runtime_run(mica_runtime_t *rt)
         }
     }
 
-    rc = mica_offload_pool_new(&rt->offload, rt->offload_threads, rt->offload_queue);
+    mica_offload_pool_t *pool;
+    rc = mica_offload_pool_new(&pool, rt->offload_threads, rt->offload_queue);
     if (rc != 0)
         goto out_sig;
+    pthread_mutex_lock(&rt->stats_lock);
+    rt->offload = pool;
+    pthread_mutex_unlock(&rt->stats_lock);
     rt->loops = mica__calloc((size_t)rt->nworkers, sizeof(*rt->loops));
     rt->threads = mica__calloc((size_t)rt->nworkers, sizeof(*rt->threads));
     if (!rt->loops || !rt->threads) {
@@ -272,7 +353,10 @@ int mica_runtime_run(mica_runtime_t *rt)
         rc = mica__loop_init(&rt->loops[inited], inited, rt, rt->stack_bytes);
         if (rc != 0)
             goto out_loops;
+        rt->loops[inited].poll_hooks = rt->poll_hooks;
+        rt->loops[inited].npoll_hooks = rt->npoll;
     }
+    atomic_store_explicit(&rt->stats_loops, rt->loops, memory_order_release);
     for (; started < rt->nworkers; started++) {
         rc = -pthread_create(&rt->threads[started], NULL, worker_main, &rt->loops[started]);
         if (rc != 0) {
@@ -310,8 +394,11 @@ out_loops:
     for (int i = 0; i < inited; i++)
         mica__loop_destroy(&rt->loops[i]);
 out_sig:
-    mica_offload_pool_free(rt->offload);
+    pthread_mutex_lock(&rt->stats_lock);
+    pool = rt->offload;
     rt->offload = NULL;
+    pthread_mutex_unlock(&rt->stats_lock);
+    mica_offload_pool_free(pool);
     if (sigfd >= 0)
         close(sigfd);
 out_mask:
@@ -330,6 +417,8 @@ void mica_runtime_free(mica_runtime_t *rt)
     mica__free(rt->threads);
     mica__free(rt->start_hooks);
     mica__free(rt->stop_hooks);
+    mica__free(rt->poll_hooks);
+    pthread_mutex_destroy(&rt->stats_lock);
     mica__free(rt);
 }
 
