@@ -47,7 +47,8 @@ typedef void (*mica_worker_cb)(int worker_id, void *arg);
 typedef struct mica_runtime_opts {
     int workers;              /* 0: $MICA_WORKERS, else the number of online CPUs */
     size_t stack_bytes;       /* coroutine stack, 0: 64 KiB; rounded up to pages */
-    int drain_timeout_ms;     /* 0: $MICA_DRAIN_TIMEOUT_MS, else 10000 */
+    int drain_timeout_ms;     /* the whole shutdown (phases included); 0:
+                                 $MICA_DRAIN_TIMEOUT_MS, else 10000 */
     bool no_signals;          /* true: don't handle SIGTERM/SIGINT (embedding, tests) */
     int offload_threads;      /* 0: $MICA_OFFLOAD_THREADS, else 4 */
     size_t offload_queue;     /* 0: $MICA_OFFLOAD_QUEUE, else 1024 queued jobs */
@@ -71,18 +72,62 @@ MICA_API int mica_runtime_on_start(mica_runtime_t *rt, mica_worker_cb cb, void *
 
 /**
  * Registers `cb` to run on every worker (on the loop, not in a coroutine:
- * it must not suspend) when shutdown begins, so servers can stop accepting
- * and close idle connections. Returns 0 or MICA_ENOMEM.
+ * it must not suspend) when the worker starts draining, after the shutdown
+ * phases (see "Shutdown" below), so servers can stop accepting and close
+ * idle connections. Returns 0 or MICA_ENOMEM.
  */
 MICA_API int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg);
 
+/*
+ * Shutdown, in this order, once a stop is requested (SIGTERM or SIGINT
+ * unless opts.no_signals, or mica_runtime_stop()) at time T:
+ *
+ *  1. The drain deadline is fixed at T + drain_timeout_ms. It bounds all of
+ *     what follows.
+ *  2. The shutdown phases run one after the other, MICA_SHUTDOWN_UNREADY
+ *     then MICA_SHUTDOWN_DEREGISTER. A phase starts all its hooks at once,
+ *     each in its own coroutine on worker 0, in registration order, and
+ *     ends when they have all returned. The workers go on serving
+ *     meanwhile (mica_worker_stopping() is still false). At the drain
+ *     deadline the phase running is cut short and the later ones skipped.
+ *  3. Every worker drains: its on_stop callbacks run (stop accepting, close
+ *     idle connections), then its coroutines have until the drain deadline
+ *     to finish. run() returns 0 when all did.
+ *  4. At the drain deadline every wait still pending on any worker --
+ *     shutdown hooks included -- returns MICA_ECANCELED, and so does every
+ *     later one; run() returns MICA_ETIMEDOUT once the coroutines are gone.
+ *
+ * A second request (a second signal) goes straight to 4.
+ */
+
+/** Shutdown phases, in the order they run (see above). */
+typedef enum mica_shutdown_phase {
+    MICA_SHUTDOWN_UNREADY = 0,    /* mark the service not ready: readiness probes fail */
+    MICA_SHUTDOWN_DEREGISTER = 1, /* leave service registries, tell peers */
+} mica_shutdown_phase_t;
+#define MICA_SHUTDOWN_PHASES 2
+
 /**
- * Starts the workers and blocks until the runtime stops: on SIGTERM or
- * SIGINT (unless opts.no_signals) or mica_runtime_stop(). Stopping runs the
- * on_stop callbacks, lets coroutines finish for up to drain_timeout_ms, then
- * cancels what is still waiting (its waits return MICA_ECANCELED) and joins
- * the workers. Returns 0 after a clean drain, MICA_ETIMEDOUT if the drain
- * deadline had to cancel work, or an error from starting the threads.
+ * A shutdown hook. Runs in its own coroutine on worker 0 and may suspend
+ * (a call to a registry); `ctx` ends at the drain deadline: pass it on.
+ */
+typedef void (*mica_shutdown_cb)(mica_ctx_t *ctx, void *arg);
+
+/**
+ * Registers fn(ctx, arg) to run in shutdown phase `phase` (see above). Call
+ * before mica_runtime_run(). Returns 0, MICA_EINVAL (no fn, no such phase)
+ * or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_shutdown(mica_runtime_t *rt, mica_shutdown_phase_t phase,
+                                      mica_shutdown_cb fn, void *arg);
+
+/**
+ * Starts the workers and blocks until the runtime has stopped, which a stop
+ * request begins (see "Shutdown" above): shutdown phases, on_stop
+ * callbacks, the drain, and past the drain deadline the cancellation of
+ * what still waits; then the workers are joined. Returns 0 after a clean
+ * drain, MICA_ETIMEDOUT if the drain deadline had to cancel work, or an
+ * error from starting the threads.
  */
 MICA_API int mica_runtime_run(mica_runtime_t *rt);
 
@@ -160,7 +205,7 @@ MICA_API int mica_worker_id(void);
 /** Returns the number of workers of the current runtime, or 0 outside a worker. */
 MICA_API int mica_worker_count(void);
 
-/** Returns true while the current worker is shutting down (draining). */
+/** Returns true once the current worker drains (after the shutdown phases). */
 MICA_API bool mica_worker_stopping(void);
 
 /**

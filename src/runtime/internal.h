@@ -269,9 +269,10 @@ int mica__wait_ctx(mica__loop_t *loop, mica_ctx_t *ctx, int64_t deadline_ms, uin
 
 /* ---- runtime (runtime.c) ----------------------------------------------- */
 
-int64_t mica__runtime_drain_ms(const mica_runtime_t *rt);
-/* 0: running, 1: drain requested, 2: cancel everything now. */
-int mica__runtime_stop_level(const mica_runtime_t *rt);
+/* The drain deadline (mica_now_ms() clock), fixed when shutdown began. */
+int64_t mica__runtime_drain_deadline(const mica_runtime_t *rt);
+/* What workers do: 0 run, 1 drain, 2 cancel everything now. */
+int mica__runtime_drain_level(const mica_runtime_t *rt);
 void mica__runtime_run_stop_hooks(mica_runtime_t *rt, int worker_id);
 
 /* Reads a non-negative integer from environment variable `name` into *out,

@@ -415,7 +415,7 @@ void mica__loop_begin_stop(mica__loop_t *loop)
     if (loop->stopping)
         return;
     loop->stopping = true;
-    loop->drain_deadline_ms = loop->now_ms + mica__runtime_drain_ms(loop->rt);
+    loop->drain_deadline_ms = mica__runtime_drain_deadline(loop->rt);
     mica__runtime_run_stop_hooks(loop->rt, loop->id);
 }
 
@@ -425,7 +425,7 @@ static void on_wakefd(mica__loop_t *loop)
     while (read(loop->wakefd, &n, sizeof(n)) > 0)
         ;
     drain_messages(loop);
-    int req = mica__runtime_stop_level(loop->rt);
+    int req = mica__runtime_drain_level(loop->rt);
     if (req >= 1)
         mica__loop_begin_stop(loop);
     if (req >= 2 && !loop->cancel_all)

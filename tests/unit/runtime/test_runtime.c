@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "mica/chan.h"
 #include "mica/net.h"
 #include "mica/runtime.h"
+#include "mica/sync.h"
 
 #include "helpers.h"
 
@@ -276,6 +278,122 @@ static void test_drain_deadline_cancels_waits_with_ecanceled(void **state)
     expect_no_failure();
 }
 
+/* ---- shutdown phases run, in order, before the stop hooks ---- */
+
+static struct {
+    pthread_mutex_t lock;
+    char log[32];
+    int len;
+    atomic_int workers_serving;
+} sd = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void note(char c)
+{
+    pthread_mutex_lock(&sd.lock);
+    if (sd.len < (int)sizeof(sd.log) - 1)
+        sd.log[sd.len++] = c;
+    pthread_mutex_unlock(&sd.lock);
+}
+
+static void echo_on_worker1(void *arg)
+{
+    EXPECT(!mica_worker_stopping());
+    mica_wg_done(arg);
+}
+
+static void unready_slow(mica_ctx_t *ctx, void *arg)
+{
+    EXPECT_EQ(mica_worker_id(), 0);
+    EXPECT(mica_ctx_deadline(ctx) != MICA_NO_DEADLINE);
+    EXPECT(!mica_worker_stopping()); /* still serving */
+    note('a');
+    EXPECT_EQ(mica_ctx_sleep(ctx, 50), 0); /* delays everything after this phase */
+    note('A');
+}
+
+static void unready_quick(mica_ctx_t *ctx, void *arg)
+{
+    note('c'); /* started with 'a', returns before it */
+}
+
+static void deregister(mica_ctx_t *ctx, void *arg)
+{
+    note('b');
+    /* worker 1 still runs coroutines while the phases run */
+    mica_wg_t *wg;
+    mica_wg_new(&wg);
+    mica_wg_add(wg, 1);
+    EXPECT_EQ(mica_go_on(1, echo_on_worker1, wg), 0);
+    EXPECT_EQ(mica_wg_wait(wg, ctx), 0);
+    mica_wg_free(wg);
+}
+
+static void stop_hook(int worker, void *arg)
+{
+    note('s');
+}
+
+static void stop_at_once(int worker, void *arg)
+{
+    if (worker == 0)
+        mica_runtime_stop(arg);
+}
+
+static void test_shutdown_phases_run_in_order_before_the_stop_hooks(void **state)
+{
+    sd.len = 0;
+    mica_runtime_t *rt = new_rt(2, 5000);
+    assert_int_equal(mica_runtime_on_shutdown(rt, 7, unready_quick, NULL), MICA_EINVAL);
+    /* registered out of order: phases, not registration, decide */
+    assert_int_equal(mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_DEREGISTER, deregister, NULL), 0);
+    assert_int_equal(mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_UNREADY, unready_slow, NULL), 0);
+    assert_int_equal(mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_UNREADY, unready_quick, NULL), 0);
+    mica_runtime_on_stop(rt, stop_hook, NULL);
+    mica_runtime_on_start(rt, stop_at_once, rt);
+    assert_int_equal(mica_runtime_run(rt), 0);
+    expect_no_failure();
+    sd.log[sd.len] = '\0';
+    assert_string_equal(sd.log, "acAbss"); /* one 's' per worker, after every phase */
+    mica_runtime_free(rt);
+}
+
+/* ---- a hook that never returns is cancelled at the drain deadline ---- */
+
+static int stuck_hook_rc = 1;
+static atomic_int stop_hooks_ran;
+
+static void never_returns(mica_ctx_t *ctx, void *arg)
+{
+    static mica_event_t never = MICA_EVENT_INIT;
+    stuck_hook_rc = mica_event_wait(&never, NULL, MICA_NO_DEADLINE); /* ignores its ctx */
+}
+
+static void not_reached(mica_ctx_t *ctx, void *arg)
+{
+    note('x');
+}
+
+static void count_stop(int worker, void *arg)
+{
+    atomic_fetch_add(&stop_hooks_ran, 1);
+}
+
+static void test_a_shutdown_hook_that_never_returns_is_cancelled_at_the_drain_deadline(void **state)
+{
+    sd.len = 0;
+    mica_runtime_t *rt = new_rt(2, 200);
+    mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_UNREADY, never_returns, NULL);
+    mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_DEREGISTER, not_reached, NULL);
+    mica_runtime_on_stop(rt, count_stop, NULL);
+    mica_runtime_on_start(rt, stop_at_once, rt);
+    assert_int_equal(mica_runtime_run(rt), MICA_ETIMEDOUT);
+    expect_no_failure();
+    assert_int_equal(stuck_hook_rc, MICA_ECANCELED);
+    assert_int_equal(sd.len, 0); /* the later phase was skipped */
+    assert_int_equal(atomic_load(&stop_hooks_ran), 2);
+    mica_runtime_free(rt);
+}
+
 /* ---- sockets: echo over loopback, read deadline ---- */
 
 struct echo {
@@ -363,6 +481,8 @@ int main(void)
         cmocka_unit_test(test_a_busy_pair_of_coroutines_does_not_delay_timers),
         cmocka_unit_test(test_sleep_suspends_for_at_least_the_time_on_each_worker),
         cmocka_unit_test(test_drain_deadline_cancels_waits_with_ecanceled),
+        cmocka_unit_test(test_shutdown_phases_run_in_order_before_the_stop_hooks),
+        cmocka_unit_test(test_a_shutdown_hook_that_never_returns_is_cancelled_at_the_drain_deadline),
         cmocka_unit_test(test_sockets_echo_over_loopback_and_reads_time_out),
         cmocka_unit_test(test_bad_addresses_are_einval),
     };
