@@ -126,8 +126,9 @@ MICA_API int mica_runtime_on_shutdown(mica_runtime_t *rt, mica_shutdown_phase_t 
  * request begins (see "Shutdown" above): shutdown phases, on_stop
  * callbacks, the drain, and past the drain deadline the cancellation of
  * what still waits; then the workers are joined. Returns 0 after a clean
- * drain, MICA_ETIMEDOUT if the drain deadline had to cancel work, or an
- * error from starting the threads.
+ * drain, MICA_ETIMEDOUT if the drain deadline had to cancel work,
+ * MICA_ENOMEM if memory ran out for the workers or a start hook (the
+ * runtime then stops by itself), or an error from starting the threads.
  */
 MICA_API int mica_runtime_run(mica_runtime_t *rt);
 
@@ -218,8 +219,9 @@ MICA_API int mica_go(mica_coro_fn fn, void *arg);
 /**
  * Spawns fn(arg) on worker `worker` (any worker, this one included); `arg`
  * then belongs to that worker. Returns 0, MICA_EINVAL (no such worker, or
- * not called on a worker) or MICA_ENOMEM. A spawn on a worker that has
- * already stopped is dropped.
+ * not called on a worker) or MICA_ENOMEM. A spawn that worker cannot make
+ * when the message arrives (no memory: counted in spawn_failed) or that
+ * arrives after it stopped is dropped.
  */
 MICA_API int mica_go_on(int worker, mica_coro_fn fn, void *arg);
 

@@ -83,6 +83,7 @@ struct mica_runtime {
     atomic_bool phases_done;
     atomic_int exited;
     atomic_bool cancelled_work;
+    atomic_bool start_failed; /* a start hook could not be spawned */
 };
 
 int mica__env_int(const char *name, int64_t min, int64_t max, int64_t *out)
@@ -375,16 +376,10 @@ done:
 
 /* ---- workers ----------------------------------------------------------- */
 
-struct start_call {
-    hook_t hook;
-    int worker_id;
-};
-
 static void run_start_hook(void *arg)
 {
-    struct start_call call = *(struct start_call *)arg;
-    mica__free(arg);
-    call.hook.cb(call.worker_id, call.hook.arg);
+    hook_t *h = arg; /* rt->start_hooks stays put while the runtime runs */
+    h->cb(mica_worker_id(), h->arg);
 }
 
 static void *worker_main(void *arg)
@@ -396,14 +391,15 @@ static void *worker_main(void *arg)
     pthread_setname_np(pthread_self(), name);
 
     for (size_t i = 0; i < rt->nstart; i++) {
-        struct start_call *call = mica__malloc(sizeof(*call));
         mica__coro_t *co;
-        if (!call || mica__coro_new(loop, run_start_hook, call, &co) != 0) {
-            mica__free(call);
-            mica__log_error("cannot start worker hook: out of memory");
-            continue;
+        if (mica__coro_new(loop, run_start_hook, &rt->start_hooks[i], &co) != 0) {
+            /* A worker without its start hooks would serve nothing: stop
+             * the runtime, and have run() say why. */
+            mica__log_error("cannot run a start hook: out of memory");
+            atomic_store(&rt->start_failed, true);
+            mica_runtime_stop(rt);
+            break;
         }
-        *call = (struct start_call){rt->start_hooks[i], loop->id};
         mica__loop_wake(loop, co, 0);
     }
     /* A drain that raced with thread start-up must still be seen. */
@@ -521,6 +517,8 @@ int mica_runtime_run(mica_runtime_t *rt)
     }
     for (int i = 0; i < started; i++)
         pthread_join(rt->threads[i], NULL);
+    if (rc == 0 && atomic_load(&rt->start_failed))
+        rc = MICA_ENOMEM;
     if (rc == 0 && atomic_load(&rt->cancelled_work))
         rc = MICA_ETIMEDOUT;
 
