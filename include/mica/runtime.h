@@ -122,13 +122,10 @@ MICA_API int mica_runtime_on_shutdown(mica_runtime_t *rt, mica_shutdown_phase_t 
                                       mica_shutdown_cb fn, void *arg);
 
 /**
- * Starts the workers and blocks until the runtime has stopped, which a stop
- * request begins (see "Shutdown" above): shutdown phases, on_stop
- * callbacks, the drain, and past the drain deadline the cancellation of
- * what still waits; then the workers are joined. Returns 0 after a clean
- * drain, MICA_ETIMEDOUT if the drain deadline had to cancel work,
- * MICA_ENOMEM if memory ran out for the workers or a start hook (the
- * runtime then stops by itself), or an error from starting the threads.
+ * Starts the workers and blocks until a stop request has run its course
+ * ("Shutdown" above). Returns 0 after a clean drain, MICA_ETIMEDOUT if the
+ * drain deadline had to cancel work, MICA_ENOMEM if a worker or a start
+ * hook got no memory (it then stops by itself), or a thread-start error.
  */
 MICA_API int mica_runtime_run(mica_runtime_t *rt);
 
@@ -142,12 +139,10 @@ MICA_API void mica_runtime_free(mica_runtime_t *rt);
 typedef void (*mica_poll_cb)(int worker_id, void *arg);
 
 /**
- * Registers before(worker, arg) to run on each worker thread right before
- * it blocks in epoll_wait, and after(worker, arg) right after it returns
- * (either may be NULL), for loop-lag probes and profilers. They run on the
- * loop, not in a coroutine: they must not suspend, and should be quick.
- * Call before mica_runtime_run(); unset, they cost nothing. Returns 0,
- * MICA_EINVAL (both NULL) or MICA_ENOMEM.
+ * Registers before() / after() (either may be NULL) to run on each worker
+ * thread right before and after every epoll_wait, on the loop (they must
+ * not suspend). Call before mica_runtime_run(); unset, they cost nothing.
+ * Returns 0, MICA_EINVAL (both NULL) or MICA_ENOMEM.
  */
 MICA_API int mica_runtime_on_poll(mica_runtime_t *rt, mica_poll_cb before, mica_poll_cb after,
                                   void *arg);
@@ -190,12 +185,10 @@ typedef struct mica_runtime_stats {
 } mica_runtime_stats_t;
 
 /**
- * Fills *out with `rt`'s counters and, if `per_worker` is not NULL,
- * per_worker[0..n-1] with each worker's, n = min(max_workers, workers).
- * Callable from any thread between mica_runtime_new() and mica_runtime_free()
- * (zero before mica_runtime_run(), the final counts after it; the offload
- * figures are zero outside it); takes no lock a worker takes. Each value is
- * read on its own and may be a loop iteration old. Returns n.
+ * Fills *out, and per_worker[0..n-1] (n = min(max_workers, workers); NULL:
+ * none), with `rt`'s counters. Any thread, from new() to free(); takes no
+ * lock a worker takes; values may be an iteration old (zero before run(),
+ * final after it; offload figures zero outside run()). Returns n.
  */
 MICA_API int mica_runtime_stats(mica_runtime_t *rt, mica_runtime_stats_t *out,
                                 mica_worker_stats_t *per_worker, int max_workers);
@@ -218,10 +211,9 @@ MICA_API int mica_go(mica_coro_fn fn, void *arg);
 
 /**
  * Spawns fn(arg) on worker `worker` (any worker, this one included); `arg`
- * then belongs to that worker. Returns 0, MICA_EINVAL (no such worker, or
- * not called on a worker) or MICA_ENOMEM. A spawn that worker cannot make
- * when the message arrives (no memory: counted in spawn_failed) or that
- * arrives after it stopped is dropped.
+ * then belongs to it. Returns 0, MICA_EINVAL (no such worker, or not on a
+ * worker) or MICA_ENOMEM. Dropped if that worker has stopped, or has no
+ * memory for it when the message arrives (counted in spawn_failed).
  */
 MICA_API int mica_go_on(int worker, mica_coro_fn fn, void *arg);
 
@@ -258,12 +250,10 @@ MICA_API int mica_offload_pool_new(mica_offload_pool_t **out, int threads, size_
 MICA_API void mica_offload_pool_free(mica_offload_pool_t *pool);
 
 /**
- * Runs fn(arg) on one of `pool`'s threads (NULL: the runtime's pool), the
- * calling coroutine suspended meanwhile; *result gets fn's return value.
- * Returns 0, MICA_EOVERLOAD at once when the queue is full (load shedding),
- * or MICA_ETIMEDOUT/MICA_ECANCELED when `ctx` ends while the job is still
- * queued (it is then never run). A job that has started always finishes
- * before this returns, so `arg` may live on the caller's stack.
+ * Runs fn(arg) on a thread of `pool` (NULL: the runtime's) while the caller
+ * suspends; *result gets fn's return. Returns 0, MICA_EOVERLOAD at once on a
+ * full queue, or MICA_ETIMEDOUT/MICA_ECANCELED if `ctx` ends while the job is
+ * queued (never run then); a started job finishes first, so `arg` may be on the stack.
  */
 MICA_API int mica_offload(mica_offload_pool_t *pool, mica_ctx_t *ctx, mica_offload_fn fn,
                           void *arg, int *result);

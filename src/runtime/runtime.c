@@ -489,11 +489,9 @@ int mica_runtime_run(mica_runtime_t *rt)
         }
         if (shutting_down)
             deadline = mica__runtime_drain_deadline(rt);
-        int want = req >= 2 ? 2
-                   : shutting_down && (atomic_load_explicit(&rt->phases_done, memory_order_acquire) ||
-                                       now >= deadline)
-                       ? 1
-                       : 0;
+        bool phases_over = atomic_load_explicit(&rt->phases_done, memory_order_acquire) ||
+                           now >= deadline;
+        int want = req >= 2 ? 2 : shutting_down && phases_over ? 1 : 0;
         if (want > sent) {
             sent = want;
             atomic_store_explicit(&rt->drain_level, want, memory_order_release);

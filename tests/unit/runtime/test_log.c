@@ -102,8 +102,9 @@ static void test_stderr_lines_keep_the_json_lines_format(void **state)
     mica_log(MICA_LOG_ERROR, "bare", (const char *)0);
     const char *out = capture_end();
     /* The exact bytes of the format the integration tests parse. */
-    assert_matches(out, "^\\{\"ts\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z\","
-                        "\"level\":\"info\",\"msg\":\"listening\",\"addr\":\"127\\.0\\.0\\.1:8080\","
+    assert_matches(out, "^\\{\"ts\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                        "\\.[0-9]{3}Z\",\"level\":\"info\",\"msg\":\"listening\","
+                        "\"addr\":\"127\\.0\\.0\\.1:8080\","
                         "\"tls\":\"no\"\\}\n"
                         "\\{\"ts\":\"[^\"]+\",\"level\":\"error\",\"msg\":\"bare\"\\}\n$");
 }

@@ -378,7 +378,7 @@ static void count_stop(int worker, void *arg)
     atomic_fetch_add(&stop_hooks_ran, 1);
 }
 
-static void test_a_shutdown_hook_that_never_returns_is_cancelled_at_the_drain_deadline(void **state)
+static void test_a_shutdown_hook_that_never_returns_is_cancelled_at_the_deadline(void **state)
 {
     sd.len = 0;
     mica_runtime_t *rt = new_rt(2, 200);
@@ -482,7 +482,7 @@ int main(void)
         cmocka_unit_test(test_sleep_suspends_for_at_least_the_time_on_each_worker),
         cmocka_unit_test(test_drain_deadline_cancels_waits_with_ecanceled),
         cmocka_unit_test(test_shutdown_phases_run_in_order_before_the_stop_hooks),
-        cmocka_unit_test(test_a_shutdown_hook_that_never_returns_is_cancelled_at_the_drain_deadline),
+        cmocka_unit_test(test_a_shutdown_hook_that_never_returns_is_cancelled_at_the_deadline),
         cmocka_unit_test(test_sockets_echo_over_loopback_and_reads_time_out),
         cmocka_unit_test(test_bad_addresses_are_einval),
     };

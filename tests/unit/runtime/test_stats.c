@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* mica_runtime_stats() and mica_runtime_on_poll(): the counters, read from workers and from another thread. */
+/* mica_runtime_stats() and mica_runtime_on_poll(), read from workers and from another thread. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
