@@ -29,12 +29,14 @@ static mica_runtime_stats_t stats_now(mica_worker_stats_t *w0)
     return s;
 }
 
-/* Yields (so the loop polls and publishes) until cond() holds; a few thousand rounds at most. */
+/* Yields, then sleeps (so the loop polls and publishes, and other threads
+ * run), until cond holds; gives up after 10 s, however loaded the machine. */
 #define EVENTUALLY(cond)                                                                          \
     ({                                                                                            \
         bool ok_ = false;                                                                         \
-        for (int i_ = 0; i_ < 20000 && !(ok_ = (cond)); i_++)                                     \
-            i_ % 100 == 99 ? (void)mica_sleep_ms(1) : mica_yield();                               \
+        int64_t until_ = mica_deadline_in(10000);                                                 \
+        for (int i_ = 0; !(ok_ = (cond)) && mica_now_ms() < until_; i_++)                         \
+            i_ < 1000 ? mica_yield() : (void)mica_sleep_ms(1);                                    \
         ok_;                                                                                      \
     })
 
