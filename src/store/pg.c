@@ -715,6 +715,7 @@ static int run_on(pconn_t *c, mica_ctx_t *ctx, const mica__db_stmt_t *st, int *f
     if (rc != 0)
         return mica__db_fail(db, rc, NULL, NULL, st->sql);
     params_t pp;
+    int result = 0;
     rc = params_build(&pp, st->params, st->nparams);
     if (rc != 0) {
         params_free(&pp);
@@ -763,7 +764,6 @@ static int run_on(pconn_t *c, mica_ctx_t *ctx, const mica__db_stmt_t *st, int *f
     bool sent_exec = !prepared_now;
     int64_t deadline = MICA_NO_DEADLINE;
     mica_db_rows_t *rows = NULL;
-    int result = 0;
     bool got = false;
     for (;;) {
         rc = flush(c, ctx, deadline);
@@ -846,6 +846,9 @@ conn_lost_rc:
         ps->sql = NULL;
         ps->types = NULL;
     }
+    /* A terminated backend says why (57P01) before it closes: keep that. */
+    if (result != 0)
+        return result;
     return conn_fail(db, c->pg, MICA_EUNAVAILABLE, "connection lost");
 }
 

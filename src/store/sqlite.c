@@ -522,7 +522,11 @@ static unit_t *unit_new(int kind, int nstmts)
     u->nstmts = nstmts;
     atomic_init(&u->refs, 2); /* the caller's and the writer's */
     atomic_init(&u->state, S_QUEUED);
-    pthread_cond_init(&u->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* run_tx's timed waits */
+    pthread_cond_init(&u->cond, &ca);
+    pthread_condattr_destroy(&ca);
     mica__list_init(&u->link);
     return u;
 }
@@ -586,11 +590,12 @@ static void run_tx(sq_t *q, unit_t *u)
     const char *why = NULL;
     pthread_mutex_lock(&q->lock);
     for (;;) {
+        /* Idle time counts from the last answer (or the savepoint). */
+        int64_t until = mono_ms() + q->db->opts.tx_idle_timeout_ms;
+        if (u->deadline_ms < until)
+            until = u->deadline_ms;
         while (u->end == TX_OPEN && (!u->req || u->req_done)) {
             int64_t now = mono_ms();
-            int64_t until = now + q->db->opts.tx_idle_timeout_ms;
-            if (u->deadline_ms < until)
-                until = u->deadline_ms;
             if (now >= until) {
                 why = until == u->deadline_ms ? "deadline" : "idle";
                 u->end = TX_ROLLBACK;
@@ -796,7 +801,10 @@ static int write_stmt(sq_t *q, mica_ctx_t *ctx, const mica__db_stmt_t *st)
     submit(q, u);
     rc = wait_done(u, ctx);
     if (rc != 0)
-        rc = mica__db_fail(db, rc, NULL, "cancelled while waiting for the sqlite writer", st->sql);
+        rc = mica__db_fail(db, rc, NULL,
+                           rc == MICA_EINVAL ? "not called from a coroutine"
+                                             : "ended while waiting for the sqlite writer",
+                           st->sql);
     else if (u->rc != 0)
         rc = mica__db_fail(db, u->rc, NULL, u->msg, st->sql);
     else
@@ -856,6 +864,8 @@ static int sq_run(mica_db_t *db, mica_ctx_t *ctx, const mica__db_stmt_t *st)
                              st->sql);
     if (j.s.rc == MICA_EPERM && !j.s.msg[0])
         return write_stmt(q, ctx, st); /* INSERT ... RETURNING and the like */
+    if (j.s.rc == MICA_ECANCELED && mica_ctx_err(ctx) != 0)
+        j.s.rc = mica_ctx_err(ctx); /* interrupted by read_progress(): say why */
     rc = deliver(db, &j.s, st);
     mica_db_rows_free(j.s.rows);
     return rc;

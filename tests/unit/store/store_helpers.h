@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <unistd.h>
 
 /*
@@ -22,10 +23,29 @@ static inline int expect_eq_once(long long a, long long b, const char *file, int
 #define EXPECT_EQ(a, b)                                                                           \
     expect_eq_once((long long)(a), (long long)(b), __FILE__, __LINE__, #a " == " #b)
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
+/* Timing bounds stretch under valgrind and the sanitizers (slower CPU, not slower waits). */
+static inline int64_t slack_ms(int64_t ms)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return ms * 5;
+#else
+    return RUNNING_ON_VALGRIND ? ms * 20 : ms;
+#endif
+}
+
 static char pg_dir[128];
 static int pg_port;
 
-static void pg_stop(void)
+static inline void pg_stop(void)
 {
     if (!pg_dir[0])
         return;
@@ -37,7 +57,7 @@ static void pg_stop(void)
 }
 
 /* Starts a cluster; returns 0 and sets pg_port, or -1. Stopped at exit. */
-static int pg_start(void)
+static inline int pg_start(void)
 {
     snprintf(pg_dir, sizeof(pg_dir), "/tmp/mica-pg-XXXXXX");
     if (!mkdtemp(pg_dir))
@@ -59,7 +79,7 @@ static int pg_start(void)
 }
 
 /* The cluster's URL over TCP. */
-static const char *pg_url(void)
+static inline const char *pg_url(void)
 {
     static char url[256];
     snprintf(url, sizeof(url), "postgres://postgres@127.0.0.1:%d/postgres?application_name=mica_test",
@@ -68,7 +88,7 @@ static const char *pg_url(void)
 }
 
 /* The cluster's conninfo over its Unix socket. */
-static const char *pg_unix_url(void)
+static inline const char *pg_unix_url(void)
 {
     static char url[256];
     snprintf(url, sizeof(url), "postgres:host=%s port=%d user=postgres dbname=postgres", pg_dir,
