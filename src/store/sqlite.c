@@ -777,7 +777,12 @@ static void submit(sq_t *q, unit_t *u)
 static int wait_done(unit_t *u, mica_ctx_t *ctx)
 {
     int rc = mica_event_wait(&u->done, ctx, MICA_NO_DEADLINE);
-    if (rc != 0) {
+    if (rc == 0) {
+        /* mica_event_wait()'s fast path (already set) orders nothing: the
+         * writer's results are ours through its store of S_DONE. */
+        while (atomic_load_explicit(&u->state, memory_order_acquire) != S_DONE)
+            ;
+    } else {
         int expect = S_QUEUED;
         atomic_compare_exchange_strong(&u->state, &expect, S_ABANDONED);
     }
