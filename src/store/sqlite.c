@@ -23,6 +23,7 @@
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -104,7 +105,8 @@ typedef struct sq {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     mica__list_t queue;
-    bool stop;
+    size_t queued;
+    bool stop, sleeping;
     uint64_t savepoints;
     /* group-commit log summary (writer thread only) */
     int64_t log_at;
@@ -741,16 +743,32 @@ static void *writer_main(void *arg)
 {
     sq_t *q = arg;
     pthread_setname_np(pthread_self(), "mica-sqlite-w");
+    size_t last = 0; /* size of the previous group */
     pthread_mutex_lock(&q->lock);
     for (;;) {
-        while (mica__list_empty(&q->queue) && !q->stop)
+        while (mica__list_empty(&q->queue) && !q->stop) {
+            q->sleeping = true;
             pthread_cond_wait(&q->cond, &q->lock);
+            q->sleeping = false;
+        }
         if (mica__list_empty(&q->queue))
             break;
+        /* The callers of the last group were just woken and are about to
+         * submit again: while fewer than half of them are back, let them
+         * run (twice at most) so that they share the next commit instead
+         * of each paying for one. */
+        for (int i = 0; i < 2 && q->queued * 2 < last && !q->stop; i++) {
+            pthread_mutex_unlock(&q->lock);
+            sched_yield();
+            pthread_mutex_lock(&q->lock);
+        }
         mica__list_t group;
         mica__list_init(&group);
-        for (int i = 0; i < q->db->opts.max_group && !mica__list_empty(&q->queue); i++)
+        size_t n = 0;
+        for (; n < (size_t)q->db->opts.max_group && !mica__list_empty(&q->queue); n++)
             mica__list_push_back(&group, mica__list_pop_front(&q->queue));
+        q->queued -= n;
+        last = n;
         pthread_mutex_unlock(&q->lock);
         run_group(q, &group);
         pthread_mutex_lock(&q->lock);
@@ -765,7 +783,9 @@ static void submit(sq_t *q, unit_t *u)
 {
     pthread_mutex_lock(&q->lock);
     mica__list_push_back(&q->queue, &u->link);
-    pthread_cond_signal(&q->cond);
+    q->queued++;
+    if (q->sleeping)
+        pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->lock);
 }
 
