@@ -7,6 +7,8 @@
 #   4. HTTPS /health: nginx and mica over TLS under wrk (bench/load/http.sh, BENCH_TLS=1)
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
+#   7. PostgreSQL point SELECT: pgbench -S -M prepared vs mica's pool; pipelined batches (bench/load/pg.sh)
+#   8. SQLite inserts: group commit vs one transaction per insert (bench/load/sqlite.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -50,5 +52,13 @@ if [ -x "$root/bench/load/grpc.sh" ]; then
     "$root/bench/load/grpc.sh" "$build" "$secs" "$runs" | tee -a "$out"
     echo "== gRPC GetUser over TLS vs grpc-go"
     BENCH_TLS=1 BENCH_GRPC_LOADS=50x10 "$root/bench/load/grpc.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/pg.sh" ]; then
+    echo "== PostgreSQL point SELECT vs pgbench, pipelined batches"
+    "$root/bench/load/pg.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/sqlite.sh" ]; then
+    echo "== SQLite inserts: group commit vs one transaction each"
+    "$root/bench/load/sqlite.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -11,8 +11,7 @@ test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghtt
       protobuf-compiler golang-github-golang-protobuf-1-3-dev postgresql util-linux)
 # The fresh-machine check's own tools on the host (scripts/fresh-machine.sh).
 fresh=(debootstrap curl nghttp2-client git util-linux)
-bench=(wrk h2o nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux postgresql
-       postgresql-contrib)
+bench=(wrk h2o nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux postgresql)
 
 want=("${build[@]}")
 for t in "$@"; do
