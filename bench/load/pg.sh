@@ -36,11 +36,15 @@ url="postgres://postgres@127.0.0.1:$port/postgres"
 log "postgres on 127.0.0.1:$port (CPU $srv_cpu); pgbench -i -s $scale"
 taskset -c "$load_cpu" "$pgbin/pgbench" -q -i -s "$scale" -h 127.0.0.1 -p "$port" -U postgres postgres >"$tmp/init.log" 2>&1
 
-# CPU ticks (utime+stime) of every process of the cluster.
+# CPU ticks of the cluster: the postmaster's own and its reaped children's
+# (utime, stime, cutime, cstime: backends that have exited are counted
+# there) plus its live children's. Backends exit when their client does,
+# so a run's figure is taken half a second after the client is gone.
 pg_ticks() {
-    local t=0 p
-    for p in $(pgrep -f "postgres.*$tmp/pg|postgres: " -d ' ' || true); do
-        [ -r "/proc/$p/stat" ] || continue
+    local pm t p
+    pm=$(head -1 "$tmp/pg/data/postmaster.pid")
+    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat")
+    for p in $(pgrep -P "$pm" || true); do
         t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
     done
     echo "$t"
@@ -53,6 +57,7 @@ run() {
     local t0 t1 out rate
     t0=$(pg_ticks)
     out=$("${@}" 2>"$tmp/err.log") || { cat "$tmp/err.log" >&2; return 1; }
+    sleep 0.5
     t1=$(pg_ticks)
     case "$1" in
     taskset) rate=$(echo "$out" | awk -F'= ' '/^tps/ {print int($2); exit}') ;;
