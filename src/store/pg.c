@@ -399,9 +399,13 @@ static int cancel_fn(void *arg)
 /* Reads and discards results until the connection is idle. Returns 0 or an error. */
 static int drain(pconn_t *c, int64_t deadline)
 {
+    /* The caller may have given up halfway through sending. */
+    int rc = flush(c, NULL, deadline);
+    if (rc != 0)
+        return rc;
     for (;;) {
         PGresult *r;
-        int rc = next_result(c, NULL, deadline, &r);
+        rc = next_result(c, NULL, deadline, &r);
         if (rc != 0)
             return rc;
         if (!r) {
@@ -790,7 +794,10 @@ static int run_on(pconn_t *c, mica_ctx_t *ctx, const mica__db_stmt_t *st, int *f
         if (s == PGRES_FATAL_ERROR) {
             if (result == 0)
                 result = result_error(db, r, st->sql);
-            if (!sent_exec) { /* the statement never prepared: forget it */
+            const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+            /* Never prepared, or dropped behind our back (DEALLOCATE ALL,
+             * DISCARD ALL: 26000): forget it so the next call prepares. */
+            if (!sent_exec || (state && !strcmp(state, "26000"))) {
                 mica__free(ps->sql);
                 mica__free(ps->types);
                 ps->sql = NULL;
@@ -821,6 +828,15 @@ static int run_on(pconn_t *c, mica_ctx_t *ctx, const mica__db_stmt_t *st, int *f
     params_free(&pp);
     if (rc == MICA_ECANCELED || rc == MICA_ETIMEDOUT) {
         mica_db_rows_free(rows);
+        /* Whether a Parse still in flight succeeded is unknown: prepare
+         * again next time (under a new name; the old one dies with the
+         * connection). */
+        if (!sent_exec && ps->sql) {
+            mica__free(ps->sql);
+            mica__free(ps->types);
+            ps->sql = NULL;
+            ps->types = NULL;
+        }
         *fate = C_GONE;
         cancel_later(c);
         return mica__db_fail(db, rc, NULL, "statement cancelled", st->sql);
@@ -868,6 +884,12 @@ static int pg_run(mica_db_t *db, mica_ctx_t *ctx, const mica__db_stmt_t *st)
         return rc;
     int fate;
     rc = run_on(c, ctx, st, &fate);
+    if (rc == MICA_EINVAL && fate == C_OK && !strcmp(mica_db_sqlstate(), "26000")) {
+        /* Our prepared statement was dropped behind our back (DISCARD
+         * ALL, DEALLOCATE ALL): run_on() forgot it; prepare it again. */
+        mica__log_info("db: re-preparing a statement dropped on the server");
+        rc = run_on(c, ctx, st, &fate);
+    }
     finish(c, fate);
     return rc;
 }

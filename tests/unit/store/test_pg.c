@@ -326,11 +326,18 @@ static void pool_body(void *arg)
         mica_db_value_t p = mica_db_int64(i);
         EXPECT_EQ(scalar(c->db, "SELECT $1 + 1", &p, 1), i + 1);
     }
+    /* Prepared statements dropped behind the cache's back are prepared again. */
+    EXPECT_EQ(mica_db_exec(c->db, NULL, "DEALLOCATE ALL", NULL, 0, NULL), 0);
+    for (int i = 0; i < 4; i++) {
+        mica_db_value_t p = mica_db_int64(i);
+        EXPECT_EQ(scalar(c->db, "SELECT $1 + 1", &p, 1), i + 1);
+    }
     mica_db_stats_t st;
     mica_db_stats(c->db, &st);
     EXPECT_EQ(st.connects, 2);
     EXPECT(st.pool_waits >= 18);
-    EXPECT(st.prepares <= 4); /* pg_sleep and $1 + 1, on each of 2 connections */
+    /* pg_sleep and $1 + 1 on each of 2 connections, DEALLOCATE ALL, $1 + 1 again */
+    EXPECT(st.prepares <= 6);
     EXPECT_EQ(scalar(c->db,
                      "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mica_test'",
                      NULL, 0),
