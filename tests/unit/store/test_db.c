@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <math.h>
 
+#include "common/alloc.h"
 #include "mica/db.h"
 #include "mica/sync.h"
 #include "../runtime/helpers.h"
@@ -610,6 +611,85 @@ static void test_shard_hash_is_stable_and_moves_few_keys(void **state)
     assert_true(moved > 7000 && moved < 9000); /* ~1/5 */
 }
 
+
+/* ---- allocation failures ---------------------------------------------------------- */
+
+static bool clean_at(int rc, int line)
+{
+    bool ok = rc == 0 || rc == MICA_ENOMEM || rc == MICA_EABORTED || rc == MICA_ENOTFOUND;
+    if (!ok)
+        fprintf(stderr, "oom scenario line %d: %s (%s)\n", line, mica_err_name(rc),
+                mica_db_errmsg());
+    return ok;
+}
+#define clean(rc) clean_at((rc), __LINE__)
+
+static int oom_tx(mica_db_tx_t *tx, void *arg)
+{
+    mica_db_value_t p[] = {mica_db_int64(2), mica_db_text("tx")};
+    int rc = mica_db_tx_exec(tx, "INSERT INTO t_oom (id, v) VALUES ($1, $2) "
+                                 "ON CONFLICT (id) DO UPDATE SET v = excluded.v", p, 2, NULL);
+    if (rc != 0)
+        return rc;
+    mica_db_rows_t *r;
+    rc = mica_db_tx_query(tx, "SELECT v FROM t_oom WHERE id = $1", p, 1, &r);
+    mica_db_rows_free(r);
+    return rc;
+}
+
+/* Every call of the scenario either works or fails cleanly. Returns how many ran clean. */
+static int oom_scenario(mica_db_t *db)
+{
+    static const unsigned char bin[] = {1, 0, 2};
+    mica_db_value_t p[] = {mica_db_int64(1), mica_db_text("value"), mica_db_blob(bin, 3)};
+    int ok = 0;
+    ok += clean(mica_db_exec(db, NULL, "INSERT INTO t_oom (id, v, b) VALUES ($1, $2, $3) "
+                                       "ON CONFLICT (id) DO UPDATE SET v = excluded.v", p, 3, NULL));
+    mica_db_rows_t *r;
+    ok += clean(mica_db_query_row(db, NULL, "SELECT id, v, b FROM t_oom WHERE id = $1", p, 1, &r));
+    mica_db_rows_free(r);
+    mica_db_batch_item_t items[2] = {
+        {.sql = "UPDATE t_oom SET v = $2 WHERE id = $1", .params = p, .nparams = 2},
+        {.sql = "SELECT count(*) FROM t_oom", .want_rows = true},
+    };
+    ok += clean(mica_db_batch(db, NULL, items, 2));
+    mica_db_rows_free(items[1].rows);
+    ok += clean(mica_db_tx(db, NULL, NULL, oom_tx, NULL));
+    return ok;
+}
+
+static void oom_body(void *arg)
+{
+    struct tc *c = arg;
+    EXPECT_EQ(exec0(c->db, "DROP TABLE IF EXISTS t_oom"), 0);
+    EXPECT_EQ(exec0(c->db, "CREATE TABLE t_oom (id BIGINT PRIMARY KEY, v TEXT, b BYTEA)"), 0);
+    long n;
+    for (n = 1; n < 400; n++) {
+        mica__alloc_fail_nth(n);
+        int ok = oom_scenario(c->db);
+        long used = mica__alloc_count();
+        mica__alloc_fail_nth(0);
+        EXPECT_EQ(ok, 4);
+        if (used < n)
+            break; /* the n-th allocation never came: every one has failed once */
+    }
+    EXPECT(n < 400);
+    EXPECT_EQ(oom_scenario(c->db), 4);
+    /* And with no failure injected, everything works again. */
+    mica_db_rows_t *r;
+    mica_db_value_t k = mica_db_int64(2);
+    if (EXPECT_EQ(mica_db_query_row(c->db, NULL, "SELECT v FROM t_oom WHERE id = $1", &k, 1, &r),
+                  0)) {
+        EXPECT(!strcmp(mica_db_rows_text(r, 0, 0, NULL), "tx"));
+        mica_db_rows_free(r);
+    }
+}
+
+static void test_allocation_failures_give_clean_errors_and_no_leak(void **state)
+{
+    run_case(state, 1, oom_body, NULL);
+}
+
 #define FOR_BACKENDS(fn)                                                                          \
     cmocka_unit_test_prestate(fn, (void *)(intptr_t)B_SQLITE_MEM),                                \
         cmocka_unit_test_prestate(fn, (void *)(intptr_t)B_SQLITE_FILE),                           \
@@ -626,6 +706,7 @@ int main(void)
         FOR_BACKENDS(test_transactions_commit_and_roll_back_on_error_and_cancel),
         FOR_BACKENDS(test_batches_apply_all_or_nothing),
         FOR_BACKENDS(test_many_coroutines_on_two_workers_share_one_db),
+        FOR_BACKENDS(test_allocation_failures_give_clean_errors_and_no_leak),
         cmocka_unit_test_prestate(test_shard_router_places_each_user_on_its_hashed_shard,
                                   (void *)(intptr_t)B_SQLITE_FILE),
         cmocka_unit_test_prestate(test_shard_router_places_each_user_on_its_hashed_shard,
