@@ -52,19 +52,21 @@ pg_ticks() {
 hz=$(getconf CLK_TCK)
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-# run <name> <command...>: prints "<rate> <server µs CPU per statement>"
+# run <command...>: prints "<rate> <server µs CPU per statement> <client µs CPU per statement>"
 run() {
-    local t0 t1 out rate
+    local t0 t1 out rate cpu
     t0=$(pg_ticks)
-    out=$("${@}" 2>"$tmp/err.log") || { cat "$tmp/err.log" >&2; return 1; }
+    out=$(TIMEFORMAT='%U %S'; { time "${@}" 2>"$tmp/err.log"; } 2>"$tmp/time") ||
+        { cat "$tmp/err.log" >&2; return 1; }
     sleep 0.5
     t1=$(pg_ticks)
+    cpu=$(awk '{print $1 + $2}' "$tmp/time")
     case "$1" in
     taskset) rate=$(echo "$out" | awk -F'= ' '/^tps/ {print int($2); exit}') ;;
     esac
     [[ "$out" == *"statements/s="* ]] && rate=$(echo "$out" | sed -n 's/.*statements\/s=\([0-9]*\).*/\1/p')
-    echo "$rate $(awk -v d=$((t1 - t0)) -v hz="$hz" -v r="$rate" -v s="$secs" \
-        'BEGIN { printf "%.1f", (r > 0 ? d / hz * 1e6 / (r * s) : 0) }')"
+    echo "$rate $(awk -v d=$((t1 - t0)) -v hz="$hz" -v r="$rate" -v s="$secs" -v c="$cpu" \
+        'BEGIN { printf "%.1f %.1f", (r > 0 ? d / hz * 1e6 / (r * s) : 0), (r > 0 ? c * 1e6 / (r * s) : 0) }')"
 }
 
 {
@@ -75,7 +77,7 @@ run() {
     echo "taskset -c $load_cpu $build/bench/bench_pg select|batch|seq $url C $secs $scale"
     echo '```'
     echo
-    echo "| load | clients | pgbench -S -M prepared (stmt/s, server µs/stmt) | mica pool (stmt/s, server µs/stmt) | mica / pgbench |"
+    echo "| load | clients | pgbench -S -M prepared: stmt/s (server, client CPU µs/stmt) | mica pool: stmt/s (server, client CPU µs/stmt) | mica / pgbench |"
     echo "|---|---|---|---|---|"
 } | tee "$build/bench/pg.md"
 for c in "${client_counts[@]}"; do
@@ -86,8 +88,10 @@ for c in "${client_counts[@]}"; do
         run taskset -c "$load_cpu" "$build/bench/bench_pg" select "$url" "$c" "$secs" "$scale" >>"$tmp/mica"
     done
     p=$(cut -d' ' -f1 "$tmp/pgb" | median); pc=$(cut -d' ' -f2 "$tmp/pgb" | median)
+    pl=$(cut -d' ' -f3 "$tmp/pgb" | median)
     m=$(cut -d' ' -f1 "$tmp/mica" | median); mc=$(cut -d' ' -f2 "$tmp/mica" | median)
-    echo "| point SELECT | $c | $p ($pc µs) | $m ($mc µs) | $(awk -v a="$m" -v b="$p" 'BEGIN{printf "%.2fx", a/b}') |" | tee -a "$build/bench/pg.md"
+    ml=$(cut -d' ' -f3 "$tmp/mica" | median)
+    echo "| point SELECT | $c | $p ($pc, $pl µs) | $m ($mc, $ml µs) | $(awk -v a="$m" -v b="$p" 'BEGIN{printf "%.2fx", a/b}') |" | tee -a "$build/bench/pg.md"
 done
 {
     echo

@@ -84,6 +84,7 @@ typedef struct pconn {
     int64_t idle_since;
     uint64_t tick;
     unsigned next_id;
+    int last_hit; /* cache slot of the last lookup that hit */
     pstmt_t cache[CACHE_SLOTS];
 } pconn_t;
 
@@ -664,17 +665,27 @@ static uint64_t stmt_hash(const char *sql, const Oid *types, int n)
     return h ^ mica_db_shard_key(types, (size_t)n * sizeof(Oid)) * 31;
 }
 
+static bool cache_match(const pstmt_t *e, const char *sql, const Oid *types, int n, uint64_t h)
+{
+    return e->sql && e->hash == h && e->n == n && !strcmp(e->sql, sql) &&
+           (n == 0 || !memcmp(e->types, types, (size_t)n * sizeof(Oid)));
+}
+
 static pstmt_t *cache_find(pconn_t *c, const char *sql, const Oid *types, int n, uint64_t h)
 {
-    for (int i = 0; i < CACHE_SLOTS; i++) {
-        pstmt_t *e = &c->cache[i];
-        if (e->sql && e->hash == h && e->n == n && !strcmp(e->sql, sql) &&
-            (n == 0 || !memcmp(e->types, types, (size_t)n * sizeof(Oid)))) {
-            e->used = ++c->tick;
-            return e;
-        }
+    /* A service runs a few statements over and over: try the last hit first. */
+    pstmt_t *e = &c->cache[c->last_hit];
+    if (!cache_match(e, sql, types, n, h)) {
+        e = NULL;
+        for (int i = 0; i < CACHE_SLOTS && !e; i++)
+            if (cache_match(&c->cache[i], sql, types, n, h))
+                e = &c->cache[i];
+        if (!e)
+            return NULL;
+        c->last_hit = (int)(e - c->cache);
     }
-    return NULL;
+    e->used = ++c->tick;
+    return e;
 }
 
 /* A free slot for a new statement (the least recently used one is evicted:
