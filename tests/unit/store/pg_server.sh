@@ -26,9 +26,12 @@ start)
     run "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o \
         "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200 -c shared_buffers=32MB" \
         start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
-    # If the test process (pid $3) dies without stopping us, stop anyway.
+    # If the test process (pid $3) dies without stopping us, stop anyway. The
+    # watcher gets its own session: a timeout that kills the test's process
+    # group must not take the watcher with it.
     if [ -n "${3:-}" ]; then
-        (while kill -0 "$3" 2>/dev/null; do sleep 1; done; "$0" stop "$dir") </dev/null >/dev/null 2>&1 &
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' \
+            _ "$3" "$(readlink -f "$0")" "$dir" </dev/null >/dev/null 2>&1 &
     fi
     echo "$port"
     ;;
