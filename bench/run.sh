@@ -8,6 +8,8 @@
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 #   7. Redis GET/SET: mica's auto-pipelined client vs redis-benchmark (bench/load/redis.sh)
+#   8. PostgreSQL point SELECT: pgbench -S -M prepared vs mica's pool; pipelined batches (bench/load/pg.sh)
+#   9. SQLite inserts: group commit vs one transaction per insert (bench/load/sqlite.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -55,5 +57,13 @@ fi
 if [ -x "$root/bench/load/redis.sh" ]; then
     echo "== Redis GET/SET: mica's client vs redis-benchmark"
     "$root/bench/load/redis.sh" "$build" 5 "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/pg.sh" ]; then
+    echo "== PostgreSQL point SELECT vs pgbench, pipelined batches"
+    "$root/bench/load/pg.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/sqlite.sh" ]; then
+    echo "== SQLite inserts: group commit vs one transaction each"
+    "$root/bench/load/sqlite.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"
