@@ -29,7 +29,7 @@ static void unlock(void *arg)
 void mica_event_set(mica_event_t *ev)
 {
     lock(ev);
-    atomic_store_explicit(&ev->_set, 1, memory_order_relaxed);
+    atomic_store_explicit(&ev->_set, 1, memory_order_release);
     mica__waitq_wake_all(&ev->_waiters, 0);
     unlock(ev);
 }
