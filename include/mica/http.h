@@ -299,6 +299,14 @@ MICA_API const char *mica_http_req_query(const mica_http_req_t *req);
 /** Returns the value of header `name` (case-insensitive; the first if repeated), or NULL. */
 MICA_API const char *mica_http_req_header(const mica_http_req_t *req, const char *name);
 
+/**
+ * Returns the value of the `n`th (0: first) header field named `name`
+ * (case-insensitive), or NULL: for fields that may repeat (tracestate) or
+ * must not (traceparent). Valid until the request ends.
+ */
+MICA_API const char *mica_http_req_header_nth(const mica_http_req_t *req, const char *name,
+                                              size_t n);
+
 /** Returns route parameter `name` percent-decoded ("{id}" -> "1001"), or NULL. */
 MICA_API const char *mica_http_req_param(const mica_http_req_t *req, const char *name);
 

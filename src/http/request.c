@@ -353,6 +353,16 @@ const char *mica_http_req_header(const mica_http_req_t *req, const char *name)
     return NULL;
 }
 
+const char *mica_http_req_header_nth(const mica_http_req_t *req, const char *name, size_t n)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (req->headers[i].name_len == len && strncasecmp(req->headers[i].name, name, len) == 0 &&
+            n-- == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
 static int hexval(char ch)
 {
     if (ch >= '0' && ch <= '9')
