@@ -36,7 +36,8 @@ static int relay(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
                                &in.base, &out, &res);
     if (code != MICA_GRPC_OK)
         return mica_http_resp_error(resp, 502, res.message);
-    mica_trace_ids_t ids = {{0}};
+    mica_trace_ids_t ids;
+    memset(&ids, 0, sizeof(ids));
     mica_trace_ids(ctx, &ids);
     char body[512];
     snprintf(body, sizeof(body), "%s|%s-%s", ((Mica__Interop__EchoResponse *)out)->message,
