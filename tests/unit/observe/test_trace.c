@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,8 @@ struct rx {
     int64_t slowest_ms;     /* the slowest app request, seen by the client */
     mica_trace_stats_t st;      /* after the run */
     mica_trace_stats_t during;  /* read by a client during the run */
+    int workers;
+    pthread_mutex_t lock;       /* the receiver may run on either worker */
 };
 
 static void attr_text(char *out, size_t size, Mica__Otlp__KeyValue *const *kv, size_t n)
@@ -74,10 +77,12 @@ static void attr_text(char *out, size_t size, Mica__Otlp__KeyValue *const *kv, s
 static int receive(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 {
     struct rx *x = arg;
-    x->posts++;
+    pthread_mutex_lock(&x->lock);
+    int post = ++x->posts;
+    pthread_mutex_unlock(&x->lock);
     if (x->hang)
         mica_event_wait(&x->release, NULL, mica_deadline_in(20000));
-    if (x->answer_first && x->posts == 1) {
+    if (x->answer_first && post == 1) {
         mica_http_resp_header(resp, "Retry-After", "0");
         return mica_http_resp_text(resp, x->answer_first, "not now");
     }
@@ -88,6 +93,7 @@ static int receive(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     if (!EXPECT(m != NULL) || !EXPECT_EQ(m->n_resource_spans, 1))
         return mica_http_resp_text(resp, 400, "bad");
     const Mica__Otlp__ResourceSpans *rs = m->resource_spans[0];
+    pthread_mutex_lock(&x->lock);
     x->resource[0] = '\0';
     attr_text(x->resource, sizeof(x->resource), rs->resource->attributes,
               rs->resource->n_attributes);
@@ -114,8 +120,9 @@ static int receive(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
             EXPECT(sp->end_time_unix_nano >= sp->start_time_unix_nano);
             EXPECT(sp->start_time_unix_nano > 1700000000ull * 1000000000ull);
         }
-    mica__otlp__export_trace_service_request__free_unpacked(m, NULL);
     x->accepted++;
+    pthread_mutex_unlock(&x->lock);
+    mica__otlp__export_trace_service_request__free_unpacked(m, NULL);
     return mica_http_resp_send(resp, 200, "application/x-protobuf", NULL, 0);
 }
 
@@ -152,9 +159,10 @@ static int failing(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     return MICA_EINTERNAL;
 }
 
-static void start(struct rx *x, const mica_trace_opts_t *o, mica_worker_cb client)
+static void start(struct rx *x, int workers, const mica_trace_opts_t *o, mica_worker_cb client)
 {
-    mica_runtime_opts_t ro = {.workers = 1, .no_signals = true, .drain_timeout_ms = 5000};
+    mica_runtime_opts_t ro = {.workers = workers, .no_signals = true, .drain_timeout_ms = 5000};
+    pthread_mutex_init(&x->lock, NULL);
     assert_int_equal(mica_runtime_new(&x->rt, &ro), 0);
     assert_int_equal(mica_http_server_new(&x->recv, NULL), 0);
     assert_int_equal(mica_http_route(x->recv, "POST", "/v1/traces", receive, x), 0);
@@ -174,6 +182,7 @@ static void start(struct rx *x, const mica_trace_opts_t *o, mica_worker_cb clien
     mica_runtime_on_start(x->rt, client, x);
     assert_int_equal(mica_runtime_run(x->rt), 0);
     mica_trace_stats(x->tracer, &x->st);
+    x->workers = workers;
     mica_http_server_free(x->app);
     mica_http_server_free(x->recv);
     mica_tracer_free(x->tracer);
@@ -223,6 +232,8 @@ static const seen_span_t *find(const struct rx *x, const char *name)
 static void export_client(int worker, void *arg)
 {
     struct rx *x = arg;
+    if (worker != 0)
+        return; /* the other worker serves and exports, and ends spans of its own */
     EXPECT_EQ(get(x, "/users/7", "traceparent: 00-" TID "-" SID "-01\r\nUser-Agent: t/1\r\n"), 200);
     EXPECT_EQ(get(x, "/fail", ""), 500);
     EXPECT_EQ(get(x, "/nope", ""), 404);
@@ -235,7 +246,7 @@ static void test_spans_reach_the_receiver_with_their_attributes_and_parents(void
     static struct rx x;
     memset(&x, 0, sizeof(x));
     mica_trace_opts_t o = {.schedule_delay_ms = 50, .service_name = "users"};
-    start(&x, &o, export_client);
+    start(&x, 2, &o, export_client); /* two workers: queues, exporters and stats across threads */
     assert_int_equal(x.nspans, 5);
     assert_non_null(strstr(x.resource, "service.name=users;"));
     assert_non_null(strstr(x.resource, "telemetry.sdk.name=mica;"));
@@ -308,7 +319,7 @@ static void test_a_503_is_retried_and_the_spans_delivered_once(void **state)
     memset(&x, 0, sizeof(x));
     x.answer_first = 503;
     mica_trace_opts_t o = {.schedule_delay_ms = 50};
-    start(&x, &o, retry_client);
+    start(&x, 1, &o, retry_client);
     assert_int_equal(x.posts, 2);
     assert_int_equal(x.accepted, 1);
     assert_int_equal(x.nspans, 3);
@@ -338,7 +349,7 @@ static void test_a_hanging_receiver_does_not_hold_requests_and_drops_are_counted
     memset(&x, 0, sizeof(x));
     x.hang = true;
     mica_trace_opts_t o = {.schedule_delay_ms = 10, .max_queue = 8, .max_batch = 4};
-    start(&x, &o, hang_client);
+    start(&x, 1, &o, hang_client);
     assert_true(x.slowest_ms < 1000);
     assert_int_equal(x.during.started, 40); /* read while the receiver still hung */
     assert_true(x.during.dropped >= 40 - 8 - 4); /* beyond the queue and the batch in flight */
