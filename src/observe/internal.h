@@ -19,6 +19,8 @@
 /* One attribute: a span's (event 0) or event k-1's. */
 typedef struct mica__attr {
     const char *key;  /* a static string, or in the record's text */
+    uint16_t key_len;
+    uint16_t val_len; /* of a string value */
     uint8_t type;     /* mica_log_type_t */
     uint8_t event;
     union {
@@ -83,6 +85,8 @@ typedef struct mica__otlp_target {
 typedef struct mica__post_result {
     int status;              /* HTTP status, 0: none (a connection failure) */
     int64_t retry_after_ms;  /* Retry-After, -1: none */
+    size_t body_len;         /* the start of the response body (0: none, or longer than body) */
+    uint8_t body[1024];
 } mica__post_result_t;
 
 /*
@@ -137,9 +141,16 @@ void mica__span_begin(mica_tracer_t *t, mica_span_t *sp, const mica_span_context
 void mica__span_finish(mica_span_t *sp);
 /* Sets the tracestate `sp` propagates (borrowed) and copies it into its record. */
 void mica__span_tracestate(mica_span_t *sp, const char *state);
-/* Attribute with a static key (not copied); string values are copied. */
-void mica__span_attr_str(mica_span_t *sp, const char *key, const char *value, size_t len);
-void mica__span_attr_int(mica_span_t *sp, const char *key, int64_t value);
+/*
+ * Adds an attribute with a static key (not copied, not looked for among
+ * the span's: the instrumentation sets each key once); string values are
+ * copied. MICA__ATTR_STR/INT take the key's length from the literal.
+ */
+void mica__span_attr_str(mica_span_t *sp, const char *key, size_t klen, const char *value,
+                         size_t len);
+void mica__span_attr_int(mica_span_t *sp, const char *key, size_t klen, int64_t value);
+#define MICA__ATTR_STR(sp, k, v, n) mica__span_attr_str(sp, k, sizeof(k) - 1, v, n)
+#define MICA__ATTR_INT(sp, k, v) mica__span_attr_int(sp, k, sizeof(k) - 1, v)
 void mica__span_name(mica_span_t *sp, const char *a, size_t alen, const char *b, size_t blen);
 void mica__rec_put(mica__trace_worker_t *w, mica__span_rec_t *r);
 static inline void mica__count(atomic_uint_least64_t *c, uint64_t n)
@@ -160,6 +171,8 @@ void mica__trace_enqueue(mica_tracer_t *t, mica__span_rec_t *r);
 /* trace_otlp.c: encodes `n` records as an ExportTraceServiceRequest. */
 int mica__otlp_encode(const mica_tracer_t *t, mica__span_rec_t *const *recs, size_t n,
                       uint8_t **out, size_t *len);
+/* The spans an ExportTraceServiceResponse says were rejected (0: none, or not one), its message in msg. */
+int64_t mica__otlp_rejected(const void *body, size_t len, char *msg, size_t size);
 
 /* trace_transport.c: parses an endpoint URL. */
 int mica__otlp_parse_url(const char *url, mica__otlp_target_t *out);

@@ -158,44 +158,57 @@ static const char *rec_text(mica__span_rec_t *r, const char *s, size_t len)
     return p;
 }
 
-/* The slot for attribute `key` of event `ev` (an existing one is overwritten), or NULL. */
-static mica__attr_t *rec_attr(mica__span_rec_t *r, const char *key, uint8_t ev, bool copy_key)
+/*
+ * The slot for attribute `key` (klen bytes) of event `ev`, or NULL (full).
+ * With `search`, an existing one is reused: a key set twice keeps the last.
+ */
+static mica__attr_t *rec_attr(mica__span_rec_t *r, const char *key, size_t klen, uint8_t ev,
+                              bool copy_key, bool search)
 {
-    for (size_t i = 0; i < r->nattrs; i++)
-        if (r->attrs[i].event == ev && strcmp(r->attrs[i].key, key) == 0)
-            return &r->attrs[i];
+    if (search)
+        for (size_t i = 0; i < r->nattrs; i++) {
+            mica__attr_t *a = &r->attrs[i];
+            if (a->event == ev && a->key_len == klen && memcmp(a->key, key, klen) == 0)
+                return a;
+        }
     if (r->nattrs == MICA__SPAN_MAX_ATTRS) {
         r->dropped_attrs++;
         return NULL;
     }
-    const char *k = copy_key ? rec_text(r, key, strlen(key)) : key;
+    const char *k = copy_key ? rec_text(r, key, klen) : key;
     if (!k) {
         r->dropped_attrs++;
         return NULL;
     }
     mica__attr_t *a = &r->attrs[r->nattrs++];
     a->key = k;
+    a->key_len = (uint16_t)klen;
     a->event = ev;
     return a;
 }
 
-static void rec_field(mica__span_rec_t *r, const mica_log_field_t *f, uint8_t ev, bool copy_key)
+/* A string value into `a`; an empty one (counted as dropped) when the text is full. */
+static void set_str(mica__span_rec_t *r, mica__attr_t *a, const char *s, size_t len)
+{
+    a->type = MICA_LOG_T_STR;
+    if ((a->v.s = rec_text(r, s, len))) {
+        a->val_len = (uint16_t)len;
+    } else {
+        a->v.s = "";
+        a->val_len = 0;
+        r->dropped_attrs++; /* the key stays with an empty value: rare, and visible */
+    }
+}
+
+static void rec_field(mica__span_rec_t *r, const mica_log_field_t *f, uint8_t ev)
 {
     if (!f->key)
         return;
-    mica__attr_t *a = rec_attr(r, f->key, ev, copy_key);
+    mica__attr_t *a = rec_attr(r, f->key, strlen(f->key), ev, true, true);
     if (!a)
         return;
     a->type = (uint8_t)f->type;
     switch (f->type) {
-    case MICA_LOG_T_STR: {
-        const char *s = f->v.s ? f->v.s : "";
-        if (!(a->v.s = rec_text(r, s, strlen(s)))) {
-            a->v.s = "";
-            r->dropped_attrs++; /* the key stays with an empty value: rare, and visible */
-        }
-        break;
-    }
     case MICA_LOG_T_INT:
         a->v.i = f->v.i;
         break;
@@ -205,9 +218,10 @@ static void rec_field(mica__span_rec_t *r, const mica_log_field_t *f, uint8_t ev
     case MICA_LOG_T_BOOL:
         a->v.b = f->v.b;
         break;
-    default:
-        a->type = MICA_LOG_T_STR;
-        a->v.s = "";
+    default: {
+        const char *s = f->type == MICA_LOG_T_STR && f->v.s ? f->v.s : "";
+        set_str(r, a, s, strlen(s));
+    }
     }
 }
 
@@ -272,23 +286,19 @@ void mica__span_tracestate(mica_span_t *sp, const char *state)
         sp->rec->tracestate = rec_text(sp->rec, state, strlen(state));
 }
 
-void mica__span_attr_str(mica_span_t *sp, const char *key, const char *value, size_t len)
+void mica__span_attr_str(mica_span_t *sp, const char *key, size_t klen, const char *value,
+                         size_t len)
 {
     mica__span_rec_t *r = sp->rec;
-    mica__attr_t *a = r ? rec_attr(r, key, 0, false) : NULL;
-    if (!a)
-        return;
-    a->type = MICA_LOG_T_STR;
-    if (!(a->v.s = rec_text(r, value, len))) {
-        a->v.s = "";
-        r->dropped_attrs++;
-    }
+    mica__attr_t *a = r ? rec_attr(r, key, klen, 0, false, false) : NULL;
+    if (a)
+        set_str(r, a, value, len);
 }
 
-void mica__span_attr_int(mica_span_t *sp, const char *key, int64_t value)
+void mica__span_attr_int(mica_span_t *sp, const char *key, size_t klen, int64_t value)
 {
     mica__span_rec_t *r = sp->rec;
-    mica__attr_t *a = r ? rec_attr(r, key, 0, false) : NULL;
+    mica__attr_t *a = r ? rec_attr(r, key, klen, 0, false, false) : NULL;
     if (!a)
         return;
     a->type = MICA_LOG_T_INT;
@@ -368,7 +378,7 @@ void mica_span_set_attrs(mica_span_t *span, const mica_log_field_t *attrs, size_
     if (!span || !span->rec)
         return;
     for (size_t i = 0; i < n; i++)
-        rec_field(span->rec, &attrs[i], 0, true);
+        rec_field(span->rec, &attrs[i], 0);
 }
 
 void mica_span_set_str(mica_span_t *span, const char *key, const char *value)
@@ -395,7 +405,7 @@ void mica_span_add_event(mica_span_t *span, const char *name, const mica_log_fie
     uint8_t ev = (uint8_t)(++r->nevents);
     r->events[ev - 1] = (mica__event_t){nm, mica__trace_now_ns()};
     for (size_t i = 0; i < n; i++)
-        rec_field(r, &attrs[i], ev, true);
+        rec_field(r, &attrs[i], ev);
 }
 
 void mica_span_set_status(mica_span_t *span, mica_span_status_t status, const char *msg)

@@ -44,6 +44,7 @@ typedef struct exporter {
     mica_ctx_t *run_ctx;      /* cancelled when the worker drains: ends a pending export */
     int64_t stop_ms;          /* when the drain began, 0 before */
     unsigned seed;
+    mica__post_result_t res;  /* the last answer */
 } exporter_t;
 
 static void set_len(mica__trace_worker_t *w, size_t len)
@@ -101,8 +102,12 @@ static bool retryable(int status)
     return status == 429 || status == 502 || status == 503 || status == 504;
 }
 
-/* Posts `body` until it is accepted, refused for good, or time is up. Returns true if accepted. */
-static bool deliver(exporter_t *x, const uint8_t *body, size_t len)
+/*
+ * Posts `body` until it is accepted, refused for good, or time is up.
+ * Returns the spans the receiver accepted: n, fewer when it answered with
+ * a partial success (logged), or 0.
+ */
+static size_t deliver(exporter_t *x, const uint8_t *body, size_t len, size_t n)
 {
     mica_tracer_t *t = x->t;
     mica__trace_worker_t *w = x->w;
@@ -113,27 +118,37 @@ static bool deliver(exporter_t *x, const uint8_t *body, size_t len)
         int64_t d = deadline;
         if (stopping && x->stop_ms + FLUSH_BUDGET_MS < d)
             d = x->stop_ms + FLUSH_BUDGET_MS;
-        mica__post_result_t res;
-        int rc = t->transport->post(x->conn, stopping ? NULL : x->run_ctx, d, body, len, &res);
-        if (rc == 0 && res.status >= 200 && res.status < 300)
-            return true;
+        mica__post_result_t *res = &x->res;
+        int rc = t->transport->post(x->conn, stopping ? NULL : x->run_ctx, d, body, len, res);
+        if (rc == 0 && res->status >= 200 && res->status < 300) {
+            char msg[256];
+            int64_t rejected = mica__otlp_rejected(res->body, res->body_len, msg, sizeof(msg));
+            if (rejected > 0) { /* OTLP partial success: not to be retried */
+                mica_log_fields(MICA_LOG_WARN, "trace: the OTLP receiver rejected spans",
+                                (mica_log_field_t[]){MICA_LOG_INT("rejected", rejected),
+                                                     MICA_LOG_STR("error", msg)},
+                                2);
+                return rejected >= (int64_t)n ? 0 : n - (size_t)rejected;
+            }
+            return n;
+        }
         mica__count(&w->failures, 1);
         if (!stopping && w->stopping)
             continue; /* cut short by the drain: once more, as a final flush */
-        if (rc == 0 && !retryable(res.status)) {
+        if (rc == 0 && !retryable(res->status)) {
             mica_log_fields(MICA_LOG_WARN, "trace: the OTLP receiver refused spans",
                             (mica_log_field_t[]){MICA_LOG_STR("endpoint", t->endpoint),
-                                                 MICA_LOG_INT("status", res.status)},
+                                                 MICA_LOG_INT("status", res->status)},
                             2);
-            return false;
+            return 0;
         }
         if (stopping)
-            return false; /* the final flush failed too */
-        int64_t pause = rc == 0 && res.retry_after_ms >= 0 ? res.retry_after_ms
-                                                           : backoff_ms(x, wait);
+            return 0; /* the final flush failed too */
+        int64_t pause = rc == 0 && res->retry_after_ms >= 0 ? res->retry_after_ms
+                                                            : backoff_ms(x, wait);
         wait = wait * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : wait * 2;
         if (mica_now_ms() + pause >= deadline)
-            return false;
+            return 0;
         mica_ctx_sleep(x->run_ctx, pause); /* the drain cuts it short: then the final flush */
     }
 }
@@ -152,18 +167,15 @@ static void export_batch(exporter_t *x)
         w->tail = NULL;
     set_len(w, w->len - n);
     uint8_t *body;
-    size_t len;
-    bool ok = mica__otlp_encode(t, x->batch, n, &body, &len) == 0;
-    if (ok) {
-        ok = deliver(x, body, len);
+    size_t len, accepted = 0;
+    if (mica__otlp_encode(t, x->batch, n, &body, &len) == 0) {
+        accepted = deliver(x, body, len, n);
         mica__free(body);
     }
-    if (ok) {
-        mica__count(&w->exported, n);
+    if (accepted)
         mica__count(&w->exports, 1);
-    } else {
-        mica__count(&w->dropped, n);
-    }
+    mica__count(&w->exported, accepted);
+    mica__count(&w->dropped, n - accepted);
     for (size_t i = 0; i < n; i++)
         mica__rec_put(w, x->batch[i]);
 }

@@ -43,12 +43,12 @@ static void server_attrs(mica_span_t *sp, const char *hostport)
         hl = strlen(hostport), colon = NULL; /* "[::1]" without a port */
     if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']')
         h++, hl -= 2;
-    mica__span_attr_str(sp, "server.address", h, hl);
+    MICA__ATTR_STR(sp, "server.address", h, hl);
     if (colon) {
         char *end;
         long port = strtol(colon + 1, &end, 10);
         if (*end == '\0' && port > 0 && port < 65536)
-            mica__span_attr_int(sp, "server.port", port);
+            MICA__ATTR_INT(sp, "server.port", port);
     }
 }
 
@@ -59,10 +59,10 @@ static void rpc_attrs(mica_span_t *sp, const char *path)
         path++;
     const char *slash = strchr(path, '/');
     mica__span_name(sp, path, strlen(path), NULL, 0);
-    mica__span_attr_str(sp, "rpc.system", "grpc", 4);
+    MICA__ATTR_STR(sp, "rpc.system", "grpc", 4);
     if (slash) {
-        mica__span_attr_str(sp, "rpc.service", path, (size_t)(slash - path));
-        mica__span_attr_str(sp, "rpc.method", slash + 1, strlen(slash + 1));
+        MICA__ATTR_STR(sp, "rpc.service", path, (size_t)(slash - path));
+        MICA__ATTR_STR(sp, "rpc.method", slash + 1, strlen(slash + 1));
     }
 }
 
@@ -76,7 +76,7 @@ static bool grpc_server_error(int code)
 
 static void set_error(mica_span_t *sp, const char *type, size_t len)
 {
-    mica__span_attr_str(sp, "error.type", type, len);
+    MICA__ATTR_STR(sp, "error.type", type, len);
     if (sp->rec)
         sp->rec->status = MICA_SPAN_ERROR;
 }
@@ -140,20 +140,20 @@ static int server_mw(mica_http_req_t *req, mica_http_resp_t *resp, mica_http_nex
     int code = ct && strncmp(ct, "application/grpc", 16) == 0 ? mica_grpc_resp_code(resp) : -1;
     if (code >= 0) {
         rpc_attrs(sp, mica_http_req_path(req));
-        mica__span_attr_int(sp, "rpc.grpc.status_code", code);
+        MICA__ATTR_INT(sp, "rpc.grpc.status_code", code);
         if (grpc_server_error(code)) {
             const char *name = mica_grpc_code_name(code);
             set_error(sp, name, strlen(name));
         }
     } else {
         mica__span_name(sp, method, strlen(method), route, route ? strlen(route) : 0);
-        mica__span_attr_str(sp, "http.request.method", method, strlen(method));
+        MICA__ATTR_STR(sp, "http.request.method", method, strlen(method));
         if (route)
-            mica__span_attr_str(sp, "http.route", route, strlen(route));
+            MICA__ATTR_STR(sp, "http.route", route, strlen(route));
         const char *path = mica_http_req_path(req);
-        mica__span_attr_str(sp, "url.path", path, strlen(path));
+        MICA__ATTR_STR(sp, "url.path", path, strlen(path));
         if (status)
-            mica__span_attr_int(sp, "http.response.status_code", status);
+            MICA__ATTR_INT(sp, "http.response.status_code", status);
         if (status >= 500 || status == 0) {
             char st[8];
             int n = status ? snprintf(st, sizeof(st), "%d", status) : 0;
@@ -164,10 +164,10 @@ static int server_mw(mica_http_req_t *req, mica_http_resp_t *resp, mica_http_nex
         }
         const char *ua = mica_http_req_header(req, "user-agent");
         if (ua)
-            mica__span_attr_str(sp, "user_agent.original", ua, strlen(ua));
+            MICA__ATTR_STR(sp, "user_agent.original", ua, strlen(ua));
     }
     int v = mica_http_req_version(req);
-    mica__span_attr_str(sp, "network.protocol.version", v == 20 ? "2" : v == 10 ? "1.0" : "1.1",
+    MICA__ATTR_STR(sp, "network.protocol.version", v == 20 ? "2" : v == 10 ? "1.0" : "1.1",
                         v == 20 ? 1 : 3);
     server_attrs(sp, mica_http_req_header(req, "host"));
     mica__span_finish(sp);
@@ -190,7 +190,7 @@ typedef struct client_span {
 static void client_end(mica_span_t *sp, int code)
 {
     if (sp->rec) {
-        mica__span_attr_int(sp, "rpc.grpc.status_code", code);
+        MICA__ATTR_INT(sp, "rpc.grpc.status_code", code);
         if (code != MICA_GRPC_OK) {
             const char *name = mica_grpc_code_name(code);
             set_error(sp, name, strlen(name));

@@ -156,8 +156,21 @@ static int read_line(conn_t *c, mica_ctx_t *ctx, int64_t deadline, char *line, s
     }
 }
 
-/* Discards `n` body bytes. */
-static int skip(conn_t *c, mica_ctx_t *ctx, int64_t deadline, uint64_t n)
+/* Keeps what fits of the body's start in res (a longer body is not kept at all). */
+static void keep_body(mica__post_result_t *res, const char *p, size_t n, bool *overflow)
+{
+    if (*overflow || res->body_len + n > sizeof(res->body)) {
+        *overflow = true;
+        res->body_len = 0;
+        return;
+    }
+    memcpy(res->body + res->body_len, p, n);
+    res->body_len += n;
+}
+
+/* Reads `n` body bytes into res (what fits). */
+static int skip(conn_t *c, mica_ctx_t *ctx, int64_t deadline, uint64_t n,
+                mica__post_result_t *res, bool *overflow)
 {
     while (n) {
         if (!c->have) {
@@ -166,6 +179,7 @@ static int skip(conn_t *c, mica_ctx_t *ctx, int64_t deadline, uint64_t n)
                 return rc == MICA_ECLOSED ? MICA_EPROTO : rc;
         }
         size_t k = c->have < n ? c->have : (size_t)n;
+        keep_body(res, c->buf, k, overflow);
         consume(c, k);
         n -= k;
     }
@@ -199,7 +213,8 @@ static int read_response(conn_t *c, mica_ctx_t *ctx, int64_t deadline, mica__pos
         return MICA_EPROTO;
     *keep = minor >= 1;
     int64_t length = -1;
-    bool chunked = false;
+    bool chunked = false, overflow = false;
+    res->body_len = 0;
     for (;;) {
         if ((rc = read_line(c, ctx, deadline, line, sizeof(line))) != 0)
             return rc;
@@ -249,16 +264,18 @@ static int read_response(conn_t *c, mica_ctx_t *ctx, int64_t deadline, mica__pos
                 } while (*line);
                 break;
             }
-            if ((rc = skip(c, ctx, deadline, n)) != 0 ||
+            if ((rc = skip(c, ctx, deadline, n, res, &overflow)) != 0 ||
                 (rc = read_line(c, ctx, deadline, line, sizeof(line))) != 0)
                 return rc;
         }
     } else if (length >= 0) {
-        if ((rc = skip(c, ctx, deadline, (uint64_t)length)) != 0)
+        if ((rc = skip(c, ctx, deadline, (uint64_t)length, res, &overflow)) != 0)
             return rc;
     } else {
-        while ((rc = fill(c, ctx, deadline)) == 0) /* to the close */
+        while ((rc = fill(c, ctx, deadline)) == 0) { /* to the close */
+            keep_body(res, c->buf, c->have, &overflow);
             c->have = 0;
+        }
         if (rc != MICA_ECLOSED)
             return rc;
         *keep = false;
@@ -271,7 +288,9 @@ static int post(void *state, mica_ctx_t *ctx, int64_t deadline, const void *body
                 mica__post_result_t *res)
 {
     conn_t *c = state;
-    *res = (mica__post_result_t){0, -1};
+    res->status = 0;
+    res->retry_after_ms = -1;
+    res->body_len = 0;
     int rc;
     for (int attempt = 0;; attempt++) {
         bool fresh = c->fd < 0;
