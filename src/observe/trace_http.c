@@ -45,9 +45,11 @@ static void server_attrs(mica_span_t *sp, const char *hostport)
         h++, hl -= 2;
     MICA__ATTR_STR(sp, "server.address", h, hl);
     if (colon) {
-        char *end;
-        long port = strtol(colon + 1, &end, 10);
-        if (*end == '\0' && port > 0 && port < 65536)
+        long port = 0;
+        const char *p = colon + 1;
+        for (; *p >= '0' && *p <= '9' && port < 65536; p++)
+            port = port * 10 + (*p - '0');
+        if (*p == '\0' && p > colon + 1 && port > 0 && port < 65536)
             MICA__ATTR_INT(sp, "server.port", port);
     }
 }

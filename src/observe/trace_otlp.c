@@ -169,10 +169,11 @@ static uint8_t *put_str(uint8_t *p, uint32_t field, const char *s)
 
 static uint8_t *put_kv(uint8_t *p, uint32_t field, const mica__attr_t *a)
 {
-    p = head(p, field, kv_size(a));
+    size_t any = any_size(a);
+    p = head(p, field, (a->key_len ? lenf(KV_KEY, a->key_len) : 0) + lenf(KV_VALUE, any));
     if (a->key_len)
         p = bytes(p, KV_KEY, a->key, a->key_len);
-    p = head(p, KV_VALUE, any_size(a));
+    p = head(p, KV_VALUE, any);
     switch (a->type) {
     case MICA_LOG_T_INT:
         return varint(varint(p, TAG(ANY_INT, WT_VARINT)), (uint64_t)a->v.i);
@@ -198,9 +199,9 @@ static uint8_t *put_attrs(uint8_t *p, const mica__span_rec_t *r, uint32_t field,
     return p;
 }
 
-static uint8_t *put_span(uint8_t *p, const mica__span_rec_t *r)
+static uint8_t *put_span(uint8_t *p, const mica__span_rec_t *r, size_t size)
 {
-    p = head(p, SS_SPANS, span_size(r));
+    p = head(p, SS_SPANS, size);
     p = bytes(p, SPAN_TRACE_ID, r->sc.trace_id, 16);
     p = bytes(p, SPAN_SPAN_ID, r->sc.span_id, 8);
     p = put_str(p, SPAN_TRACE_STATE, r->tracestate);
@@ -263,14 +264,19 @@ int mica__otlp_encode(const mica_tracer_t *t, mica__span_rec_t *const *recs, siz
         res_size += lenf(RES_ATTRS, kv_size(&res[i]));
     size_t scope_size = lenf(SCOPE_NAME, 4) + lenf(SCOPE_VERSION, strlen(MICA__VERSION));
     size_t ss_size = lenf(SS_SCOPE, scope_size);
+    size_t *sizes = mica__malloc(n * sizeof(*sizes) + 1); /* each span's, for the writing pass */
+    if (!sizes)
+        return MICA_ENOMEM;
     for (size_t i = 0; i < n; i++)
-        ss_size += lenf(SS_SPANS, span_size(recs[i]));
+        ss_size += lenf(SS_SPANS, sizes[i] = span_size(recs[i]));
     size_t rs_size = lenf(RS_RESOURCE, res_size) + lenf(RS_SCOPE_SPANS, ss_size);
     size_t total = lenf(REQ_RESOURCE_SPANS, rs_size);
 
     uint8_t *buf = mica__malloc(total), *p = buf;
-    if (!buf)
+    if (!buf) {
+        mica__free(sizes);
         return MICA_ENOMEM;
+    }
     p = head(p, REQ_RESOURCE_SPANS, rs_size);
     p = head(p, RS_RESOURCE, res_size);
     for (int i = 0; i < 3; i++)
@@ -280,7 +286,8 @@ int mica__otlp_encode(const mica_tracer_t *t, mica__span_rec_t *const *recs, siz
     p = bytes(p, SCOPE_NAME, "mica", 4);
     p = bytes(p, SCOPE_VERSION, MICA__VERSION, strlen(MICA__VERSION));
     for (size_t i = 0; i < n; i++)
-        p = put_span(p, recs[i]);
+        p = put_span(p, recs[i], sizes[i]);
+    mica__free(sizes);
     *out = buf;
     *len = (size_t)(p - buf);
     return *len == total ? 0 : MICA_EINTERNAL; /* sizes and writes disagree: a bug */
