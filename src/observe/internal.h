@@ -14,32 +14,21 @@
 
 #define MICA__SPAN_MAX_ATTRS 32
 #define MICA__SPAN_MAX_EVENTS 8
-#define MICA__SPAN_TEXT_BYTES 1024
+#define MICA__SPAN_ATTR_BYTES 1024  /* the span's attributes, encoded */
+#define MICA__SPAN_EVENT_BYTES 512  /* its events, encoded */
+#define MICA__SPAN_TEXT_BYTES 768   /* name, status message, tracestate */
 
-/* One attribute: a span's (event 0) or event k-1's. */
-typedef struct mica__attr {
-    const char *key;  /* a static string, or in the record's text */
-    uint16_t key_len;
-    uint16_t val_len; /* of a string value */
-    uint8_t type;     /* mica_log_type_t */
-    uint8_t event;
-    union {
-        const char *s; /* in the record's text */
-        int64_t i;
-        double f;
-        bool b;
-    } v;
-} mica__attr_t;
-
-typedef struct mica__event {
-    const char *name; /* in the record's text */
-    int64_t time_ns;
-} mica__event_t;
+/* Where an encoded attribute sits in the record's attrs_enc. */
+typedef struct mica__attr_at {
+    uint16_t off, len;        /* the whole field */
+    uint16_t key_off, key_len;
+} mica__attr_at_t;
 
 /*
- * What a recording span keeps until it is exported: everything a span
- * message needs, self-contained (its strings are in `text`), so it outlives
- * the request that made it. Pooled per worker.
+ * What a recording span keeps until it is exported, self-contained, so it
+ * outlives the request that made it: its attributes and events already
+ * encoded as the protobuf fields of an OTLP Span (so export copies them),
+ * other strings in `text`. Pooled per worker.
  */
 typedef struct mica__span_rec {
     struct mica__span_rec *next; /* the worker's queue, or its pool */
@@ -47,14 +36,15 @@ typedef struct mica__span_rec {
     uint8_t parent_id[8];
     bool has_parent;
     uint8_t kind;   /* mica_span_kind_t */
-    int worker;     /* where it started */
     uint8_t status; /* mica_span_status_t */
-    const char *name, *status_msg, *tracestate;
+    int worker;     /* where it started */
+    const char *name, *status_msg, *tracestate; /* in text, or NULL */
     int64_t start_ns, end_ns; /* CLOCK_REALTIME */
     uint16_t nattrs, nevents, dropped_attrs, dropped_events;
-    size_t text_used;
-    mica__attr_t attrs[MICA__SPAN_MAX_ATTRS];
-    mica__event_t events[MICA__SPAN_MAX_EVENTS];
+    uint16_t attrs_len, events_len, text_used;
+    mica__attr_at_t at[MICA__SPAN_MAX_ATTRS];
+    uint8_t attrs_enc[MICA__SPAN_ATTR_BYTES];   /* repeated Span.attributes (field 9) */
+    uint8_t events_enc[MICA__SPAN_EVENT_BYTES]; /* repeated Span.events (field 11) */
     char text[MICA__SPAN_TEXT_BYTES];
 } mica__span_rec_t;
 
@@ -142,9 +132,9 @@ void mica__span_finish(mica_span_t *sp);
 /* Sets the tracestate `sp` propagates (borrowed) and copies it into its record. */
 void mica__span_tracestate(mica_span_t *sp, const char *state);
 /*
- * Adds an attribute with a static key (not copied, not looked for among
- * the span's: the instrumentation sets each key once); string values are
- * copied. MICA__ATTR_STR/INT take the key's length from the literal.
+ * Adds an attribute with a static key, not looked for among the span's
+ * (the instrumentation sets each key once). MICA__ATTR_STR/INT take the
+ * key's length from the literal.
  */
 void mica__span_attr_str(mica_span_t *sp, const char *key, size_t klen, const char *value,
                          size_t len);

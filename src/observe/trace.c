@@ -34,6 +34,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "observe/internal.h"
+#include "observe/wire.h"
 
 const char mica_trace_span_key = 0;
 
@@ -131,7 +132,7 @@ static mica__span_rec_t *rec_get(mica__trace_worker_t *w)
     r->status = MICA_SPAN_UNSET;
     r->name = r->status_msg = r->tracestate = NULL;
     r->nattrs = r->nevents = r->dropped_attrs = r->dropped_events = 0;
-    r->text_used = 0;
+    r->attrs_len = r->events_len = r->text_used = 0;
     return r;
 }
 
@@ -149,80 +150,77 @@ void mica__rec_put(mica__trace_worker_t *w, mica__span_rec_t *r)
 /* Copies `len` bytes of `s` into the record's text; NULL when it is full. */
 static const char *rec_text(mica__span_rec_t *r, const char *s, size_t len)
 {
-    if (len >= MICA__SPAN_TEXT_BYTES - r->text_used)
+    if (len >= (size_t)MICA__SPAN_TEXT_BYTES - r->text_used)
         return NULL;
     char *p = r->text + r->text_used;
     memcpy(p, s, len);
     p[len] = '\0';
-    r->text_used += len + 1;
+    r->text_used = (uint16_t)(r->text_used + len + 1);
     return p;
 }
 
+/* Removes encoded attribute i (a key set again). */
+static void rec_attr_remove(mica__span_rec_t *r, size_t i)
+{
+    mica__attr_at_t gone = r->at[i];
+    memmove(r->attrs_enc + gone.off, r->attrs_enc + gone.off + gone.len,
+            r->attrs_len - gone.off - gone.len);
+    r->attrs_len = (uint16_t)(r->attrs_len - gone.len);
+    memmove(&r->at[i], &r->at[i + 1], (r->nattrs - i - 1) * sizeof(r->at[0]));
+    r->nattrs--;
+    for (size_t j = i; j < r->nattrs; j++) {
+        r->at[j].off = (uint16_t)(r->at[j].off - gone.len);
+        r->at[j].key_off = (uint16_t)(r->at[j].key_off - gone.len);
+    }
+}
+
 /*
- * The slot for attribute `key` (klen bytes) of event `ev`, or NULL (full).
- * With `search`, an existing one is reused: a key set twice keeps the last.
+ * Encodes attribute key = v as a Span.attributes field. With `search`, an
+ * earlier one with the same key goes (a key set twice keeps the last);
+ * beyond the record's room it is dropped and counted.
  */
-static mica__attr_t *rec_attr(mica__span_rec_t *r, const char *key, size_t klen, uint8_t ev,
-                              bool copy_key, bool search)
+static void rec_attr(mica__span_rec_t *r, const char *key, size_t klen, const mica__value_t *v,
+                     bool search)
 {
     if (search)
-        for (size_t i = 0; i < r->nattrs; i++) {
-            mica__attr_t *a = &r->attrs[i];
-            if (a->event == ev && a->key_len == klen && memcmp(a->key, key, klen) == 0)
-                return a;
-        }
-    if (r->nattrs == MICA__SPAN_MAX_ATTRS) {
+        for (size_t i = 0; i < r->nattrs; i++)
+            if (r->at[i].key_len == klen && memcmp(r->attrs_enc + r->at[i].key_off, key, klen) == 0) {
+                rec_attr_remove(r, i);
+                break;
+            }
+    size_t any, body = mica__kv_size(klen, v, &any);
+    size_t need = mica__lenf(MICA__SPAN_ATTRS, body);
+    if (r->nattrs == MICA__SPAN_MAX_ATTRS || need > (size_t)MICA__SPAN_ATTR_BYTES - r->attrs_len) {
         r->dropped_attrs++;
-        return NULL;
+        return;
     }
-    const char *k = copy_key ? rec_text(r, key, klen) : key;
-    if (!k) {
-        r->dropped_attrs++;
-        return NULL;
-    }
-    mica__attr_t *a = &r->attrs[r->nattrs++];
-    a->key = k;
-    a->key_len = (uint16_t)klen;
-    a->event = ev;
-    return a;
+    uint8_t *start = r->attrs_enc + r->attrs_len, *key_at;
+    uint8_t *end = mica__put_kv(start, MICA__SPAN_ATTRS, key, klen, v, any, body, &key_at);
+    r->at[r->nattrs++] = (mica__attr_at_t){r->attrs_len, (uint16_t)need,
+                                            (uint16_t)(key_at - r->attrs_enc), (uint16_t)klen};
+    r->attrs_len = (uint16_t)(r->attrs_len + (end - start));
 }
 
-/* A string value into `a`; an empty one (counted as dropped) when the text is full. */
-static void set_str(mica__span_rec_t *r, mica__attr_t *a, const char *s, size_t len)
+/* A typed log field as an attribute value (a NULL string is ""). */
+static mica__value_t value_of(const mica_log_field_t *f)
 {
-    a->type = MICA_LOG_T_STR;
-    if ((a->v.s = rec_text(r, s, len))) {
-        a->val_len = (uint16_t)len;
-    } else {
-        a->v.s = "";
-        a->val_len = 0;
-        r->dropped_attrs++; /* the key stays with an empty value: rare, and visible */
-    }
-}
-
-static void rec_field(mica__span_rec_t *r, const mica_log_field_t *f, uint8_t ev)
-{
-    if (!f->key)
-        return;
-    mica__attr_t *a = rec_attr(r, f->key, strlen(f->key), ev, true, true);
-    if (!a)
-        return;
-    a->type = (uint8_t)f->type;
+    mica__value_t v = {.type = f->type};
     switch (f->type) {
     case MICA_LOG_T_INT:
-        a->v.i = f->v.i;
+        v.v.i = f->v.i;
         break;
     case MICA_LOG_T_FLOAT:
-        a->v.f = f->v.f;
+        v.v.f = f->v.f;
         break;
     case MICA_LOG_T_BOOL:
-        a->v.b = f->v.b;
+        v.v.b = f->v.b;
         break;
-    default: {
-        const char *s = f->type == MICA_LOG_T_STR && f->v.s ? f->v.s : "";
-        set_str(r, a, s, strlen(s));
+    default:
+        v.type = MICA_LOG_T_STR;
+        v.v.s = f->type == MICA_LOG_T_STR && f->v.s ? f->v.s : "";
+        v.slen = strlen(v.v.s);
     }
-    }
+    return v;
 }
 
 /* ---- spans ------------------------------------------------------------------------ */
@@ -289,26 +287,24 @@ void mica__span_tracestate(mica_span_t *sp, const char *state)
 void mica__span_attr_str(mica_span_t *sp, const char *key, size_t klen, const char *value,
                          size_t len)
 {
-    mica__span_rec_t *r = sp->rec;
-    mica__attr_t *a = r ? rec_attr(r, key, klen, 0, false, false) : NULL;
-    if (a)
-        set_str(r, a, value, len);
+    if (!sp->rec)
+        return;
+    mica__value_t v = {.type = MICA_LOG_T_STR, .v.s = value, .slen = len};
+    rec_attr(sp->rec, key, klen, &v, false);
 }
 
 void mica__span_attr_int(mica_span_t *sp, const char *key, size_t klen, int64_t value)
 {
-    mica__span_rec_t *r = sp->rec;
-    mica__attr_t *a = r ? rec_attr(r, key, klen, 0, false, false) : NULL;
-    if (!a)
+    if (!sp->rec)
         return;
-    a->type = MICA_LOG_T_INT;
-    a->v.i = value;
+    mica__value_t v = {.type = MICA_LOG_T_INT, .v.i = value};
+    rec_attr(sp->rec, key, klen, &v, false);
 }
 
 void mica__span_name(mica_span_t *sp, const char *a, size_t alen, const char *b, size_t blen)
 {
     mica__span_rec_t *r = sp->rec;
-    if (!r || alen + blen + 2 > MICA__SPAN_TEXT_BYTES - r->text_used)
+    if (!r || alen + blen + 2 > (size_t)MICA__SPAN_TEXT_BYTES - r->text_used)
         return;
     char *p = r->text + r->text_used;
     memcpy(p, a, alen);
@@ -318,7 +314,7 @@ void mica__span_name(mica_span_t *sp, const char *a, size_t alen, const char *b,
         alen += blen + 1;
     }
     p[alen] = '\0';
-    r->text_used += alen + 1;
+    r->text_used = (uint16_t)(r->text_used + alen + 1);
     r->name = p;
 }
 
@@ -377,8 +373,12 @@ void mica_span_set_attrs(mica_span_t *span, const mica_log_field_t *attrs, size_
 {
     if (!span || !span->rec)
         return;
-    for (size_t i = 0; i < n; i++)
-        rec_field(span->rec, &attrs[i], 0);
+    for (size_t i = 0; i < n; i++) {
+        if (!attrs[i].key)
+            continue;
+        mica__value_t v = value_of(&attrs[i]);
+        rec_attr(span->rec, attrs[i].key, strlen(attrs[i].key), &v, true);
+    }
 }
 
 void mica_span_set_str(mica_span_t *span, const char *key, const char *value)
@@ -397,15 +397,35 @@ void mica_span_add_event(mica_span_t *span, const char *name, const mica_log_fie
     mica__span_rec_t *r = span ? span->rec : NULL;
     if (!r)
         return;
-    const char *nm = name ? rec_text(r, name, strlen(name)) : "";
-    if (r->nevents == MICA__SPAN_MAX_EVENTS || !nm) {
+    /* Sized first (an Event is length-prefixed), then written whole, or dropped whole. */
+    int64_t now = mica__trace_now_ns();
+    size_t nlen = name ? strlen(name) : 0;
+    size_t body = 9 + (nlen ? mica__lenf(MICA__EV_NAME, nlen) : 0);
+    for (size_t i = 0; i < n; i++) {
+        if (!attrs[i].key)
+            continue;
+        mica__value_t v = value_of(&attrs[i]);
+        size_t any;
+        body += mica__lenf(MICA__EV_ATTRS, mica__kv_size(strlen(attrs[i].key), &v, &any));
+    }
+    size_t need = mica__lenf(MICA__SPAN_EVENTS, body);
+    if (r->nevents == MICA__SPAN_MAX_EVENTS || need > (size_t)MICA__SPAN_EVENT_BYTES - r->events_len) {
         r->dropped_events++;
         return;
     }
-    uint8_t ev = (uint8_t)(++r->nevents);
-    r->events[ev - 1] = (mica__event_t){nm, mica__trace_now_ns()};
-    for (size_t i = 0; i < n; i++)
-        rec_field(r, &attrs[i], ev);
+    uint8_t *p = mica__head(r->events_enc + r->events_len, MICA__SPAN_EVENTS, body);
+    p = mica__fixed(p, MICA__EV_TIME, (uint64_t)now, 8);
+    if (nlen)
+        p = mica__bytes(p, MICA__EV_NAME, name, nlen);
+    for (size_t i = 0; i < n; i++) {
+        if (!attrs[i].key)
+            continue;
+        mica__value_t v = value_of(&attrs[i]);
+        size_t any, klen = strlen(attrs[i].key), kv = mica__kv_size(klen, &v, &any);
+        p = mica__put_kv(p, MICA__EV_ATTRS, attrs[i].key, klen, &v, any, kv, NULL);
+    }
+    r->events_len = (uint16_t)(p - r->events_enc);
+    r->nevents++;
 }
 
 void mica_span_set_status(mica_span_t *span, mica_span_status_t status, const char *msg)
