@@ -8,6 +8,7 @@
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 #   7. Redis GET/SET: mica's auto-pipelined client vs redis-benchmark (bench/load/redis.sh)
+#   8. Tracing's cost on /health: untraced, ratio 0, ratio 1 with export (bench/load/trace.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -55,5 +56,9 @@ fi
 if [ -x "$root/bench/load/redis.sh" ]; then
     echo "== Redis GET/SET: mica's client vs redis-benchmark"
     "$root/bench/load/redis.sh" "$build" 5 "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/trace.sh" ]; then
+    echo "== Tracing overhead on /health (untraced, ratio 0, ratio 1 exporting)"
+    "$root/bench/load/trace.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -30,6 +30,7 @@ read -r -a cg_n <<<"${BENCH_CG_N:-2000 10000}"
 srv_cpu=0
 load_cpu=1
 [ "$(nproc)" -ge 2 ] || load_cpu=0
+mkdir -p "$build/bench"
 bin="$build/examples/user"
 [ -x "$bin" ] || { echo "trace.sh: no $bin (build it first)" >&2; exit 1; }
 for tool in wrk taskset curl python3; do
