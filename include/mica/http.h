@@ -264,7 +264,7 @@ MICA_API const char *mica_http_req_tls_peer(const mica_http_req_t *req);
  * Attaches `value` (borrowed) under `key` to the request's ctx: later
  * mica_http_req_ctx() calls return a child carrying it (Go's
  * r.WithContext(context.WithValue(...))), for the middlewares and handler
- * downstream. Returns 0 or MICA_ENOMEM.
+ * downstream; no ctx is made until one is asked for. Returns 0 or MICA_ENOMEM.
  */
 MICA_API int mica_http_req_with_value(mica_http_req_t *req, const void *key, void *value);
 

@@ -144,8 +144,8 @@ MICA_API bool mica_span_recording(const mica_span_t *span);
 
 /**
  * Sets attributes (keys and strings copied; a key set twice keeps the last
- * value). Beyond the span's room (32 attributes, 2 KiB of text) they are
- * dropped and counted. No-op on a span that does not record.
+ * value). Beyond the span's room (32 attributes in 1 KiB, encoded) they
+ * are dropped and counted. No-op on a span that does not record.
  */
 MICA_API void mica_span_set_attrs(mica_span_t *span, const mica_log_field_t *attrs, size_t n);
 
@@ -157,7 +157,8 @@ MICA_API void mica_span_set_int(mica_span_t *span, const char *key, int64_t valu
 
 /**
  * Adds an event `name` at the current time with `n` attributes (copied;
- * up to 8 events a span, more are dropped and counted). No-op unless recording.
+ * up to 8 events in 512 bytes a span, more are dropped and counted). No-op
+ * unless recording.
  */
 MICA_API void mica_span_add_event(mica_span_t *span, const char *name,
                                   const mica_log_field_t *attrs, size_t n);
