@@ -9,8 +9,9 @@
 #           batches to a local OTLP receiver (a Python sink on the load CPU)
 # Server on CPU 0 (MICA_WORKERS=1), wrk -t1 on CPU 1; each run a fresh
 # server and a warm-up. Figures: requests per server CPU-second (utime +
-# stime from /proc over the run) and req/s, medians of the runs, and the
-# ratio of each to bare. Then callgrind's instructions per request, which
+# stime from /proc over the run) and req/s, medians of the runs, the
+# ratio of each median to bare's, and the median of the paired ratios
+# (each run over the bare run just before it: steadier on a busy machine). Then callgrind's instructions per request, which
 # a shared, noisy machine does not move: the server under callgrind serves
 # N1 then N2 requests (h2load --h1), and (Ir(N2) - Ir(N1)) / (N2 - N1)
 # cancels start-up and shutdown.
@@ -147,15 +148,23 @@ fi
     echo "$started, $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
     echo "load average $load_start at start, $load_end at the end; $runs runs of ${secs} s each, alternating; medians."
     echo
-    echo "| configuration | req per server CPU-second | vs bare | req/s | vs bare | callgrind Ir/request |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| configuration | req per server CPU-second | vs bare | paired | req/s | vs bare | callgrind Ir/request |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     # shellcheck disable=SC2086 # lists of numbers
     bc=$(median ${core[bare]}) br=$(median ${rps[bare]})
     for cfg in "${configs[@]}"; do
         # shellcheck disable=SC2086
         c=$(median ${core[$cfg]}) r=$(median ${rps[$cfg]})
-        printf '| %s | %.0f | %s | %.0f | %s | %s |\n' "$cfg" "$c" \
-            "$(awk -v a="$c" -v b="$bc" 'BEGIN {printf "%.1f %%", 100 * a / b}')" "$r" \
+        # paired: each run's figure over the bare run just before it, then the median
+        read -r -a mine <<<"${core[$cfg]}"
+        read -r -a base <<<"${core[bare]}"
+        pairs=()
+        for ((k = 0; k < ${#mine[@]}; k++)); do
+            pairs+=("$(awk -v a="${mine[$k]}" -v b="${base[$k]}" 'BEGIN {printf "%.4f", a / b}')")
+        done
+        printf '| %s | %.0f | %s | %s | %.0f | %s | %s |\n' "$cfg" "$c" \
+            "$(awk -v a="$c" -v b="$bc" 'BEGIN {printf "%.1f %%", 100 * a / b}')" \
+            "$(awk -v m="$(median "${pairs[@]}")" 'BEGIN {printf "%.1f %%", 100 * m}')" "$r" \
             "$(awk -v a="$r" -v b="$br" 'BEGIN {printf "%.1f %%", 100 * a / b}')" "${cg_ir[$cfg]:--}"
     done
     echo
