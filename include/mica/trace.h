@@ -79,14 +79,10 @@ MICA_API void mica_traceparent_format(const mica_span_context_t *sc,
                                       char out[MICA_TRACEPARENT_LEN + 1]);
 
 /**
- * Validates the combined tracestate value `s` (`len` bytes: repeated
- * fields joined with ","), and writes what mica propagates into `out`
- * (`size` bytes, NUL-terminated): the members without optional whitespace
- * and empty members, truncated to MICA_TRACESTATE_MAX_LEN by dropping
- * whole members, those over 128 bytes first. Returns the length written
- * (0: nothing to propagate), or MICA_EINVAL when the list is invalid --
- * a bad key or value, a repeated key, over 32 members -- and must be
- * discarded whole (*out is then ""). `size` must be at least 1.
+ * Validates tracestate `s` (`len` bytes; repeated fields joined with ",") and writes the list
+ * to propagate into `out` (`size` >= 1, NUL-terminated): no whitespace or empty members, cut
+ * to MICA_TRACESTATE_MAX_LEN by whole members. Returns its length, or MICA_EINVAL (a bad or
+ * repeated key or value, over 32 members: discard it whole; *out is "").
  */
 MICA_API int mica_tracestate_parse(const char *s, size_t len, char *out, size_t size);
 
@@ -117,7 +113,7 @@ typedef enum mica_span_status {
 MICA_API extern const char mica_trace_span_key;
 #define MICA_TRACE_SPAN_KEY ((const void *)&mica_trace_span_key)
 
-/** Returns the span stored in `ctx` or its ancestors (NULL: none). Borrowed from the ctx's owner. */
+/** Returns the span in `ctx` or its ancestors, or NULL; borrowed from the ctx's owner. */
 MICA_API mica_span_t *mica_trace_span(const mica_ctx_t *ctx);
 
 /**
@@ -139,7 +135,7 @@ MICA_API void mica_span_end(mica_span_t *span);
 /** Copies the span's trace id, span id and flags into *out. */
 MICA_API void mica_span_context(const mica_span_t *span, mica_span_context_t *out);
 
-/** Returns whether the span records (is sampled and has an exporter): skip costly attributes if not. */
+/** Returns whether the span records (sampled, with an exporter): else skip costly attributes. */
 MICA_API bool mica_span_recording(const mica_span_t *span);
 
 /**
@@ -230,13 +226,13 @@ MICA_API size_t mica_trace_settings(mica_trace_opts_t *opts, mica_setting_t *out
 MICA_API int mica_trace_opts_from_env(mica_trace_opts_t *opts);
 
 /**
- * Creates a tracer for `rt` with `opts` (NULL: defaults; strings copied)
- * and arranges its exporters to run on every worker; call before
- * mica_runtime_run(). The first tracer made is the process's default (for
- * mica_trace_start() without a span in ctx). Returns 0, MICA_EINVAL (a bad
- * ratio or endpoint URL: logged) or MICA_ENOMEM.
+ * Creates a tracer for `rt` with `opts` (NULL: defaults; strings copied) and its exporters on
+ * every worker; call before mica_runtime_run(). The first one made is the process's default
+ * (mica_trace_start() without a span). Returns 0, MICA_EINVAL (a bad ratio or endpoint URL:
+ * logged) or MICA_ENOMEM.
  */
-MICA_API int mica_tracer_new(mica_tracer_t **out, mica_runtime_t *rt, const mica_trace_opts_t *opts);
+MICA_API int mica_tracer_new(mica_tracer_t **out, mica_runtime_t *rt,
+                             const mica_trace_opts_t *opts);
 
 /** Frees the tracer after its runtime has stopped. NULL is a no-op. */
 MICA_API void mica_tracer_free(mica_tracer_t *t);
@@ -262,12 +258,12 @@ MICA_API int mica_trace_enable(mica_tracer_t **out, mica_runtime_t *rt, mica_htt
 
 /* A tracer's counters, summed over its workers (ever-growing, but `queued`). */
 typedef struct mica_trace_stats {
-    uint64_t started;   /* recording spans started */
-    uint64_t exported;  /* spans the receiver accepted */
-    uint64_t dropped;   /* spans dropped: a full queue, ended off a worker, a failed export */
-    uint64_t queued;    /* spans waiting now */
-    uint64_t exports;   /* export requests that succeeded */
-    uint64_t failures;  /* export attempts that failed (each retry counts) */
+    uint64_t started;  /* recording spans started */
+    uint64_t exported; /* spans the receiver accepted */
+    uint64_t dropped;  /* spans dropped: a full queue, ended off a worker, a failed export */
+    uint64_t queued;   /* spans waiting now */
+    uint64_t exports;  /* export requests that succeeded */
+    uint64_t failures; /* export attempts that failed (each retry counts) */
 } mica_trace_stats_t;
 
 /** Fills *out with `t`'s counters (any thread; a moment's snapshot). */

@@ -14,13 +14,13 @@
 
 #define MICA__SPAN_MAX_ATTRS 32
 #define MICA__SPAN_MAX_EVENTS 8
-#define MICA__SPAN_ATTR_BYTES 1024  /* the span's attributes, encoded */
-#define MICA__SPAN_EVENT_BYTES 512  /* its events, encoded */
-#define MICA__SPAN_TEXT_BYTES 768   /* name, status message, tracestate */
+#define MICA__SPAN_ATTR_BYTES 1024 /* the span's attributes, encoded */
+#define MICA__SPAN_EVENT_BYTES 512 /* its events, encoded */
+#define MICA__SPAN_TEXT_BYTES 768  /* name, status message, tracestate */
 
 /* Where an encoded attribute sits in the record's attrs_enc. */
 typedef struct mica__attr_at {
-    uint16_t off, len;        /* the whole field */
+    uint16_t off, len; /* the whole field */
     uint16_t key_off, key_len;
 } mica__attr_at_t;
 
@@ -35,11 +35,11 @@ typedef struct mica__span_rec {
     mica_span_context_t sc;
     uint8_t parent_id[8];
     bool has_parent;
-    uint8_t kind;   /* mica_span_kind_t */
-    uint8_t status; /* mica_span_status_t */
-    int worker;     /* where it started */
+    uint8_t kind;                               /* mica_span_kind_t */
+    uint8_t status;                             /* mica_span_status_t */
+    int worker;                                 /* where it started */
     const char *name, *status_msg, *tracestate; /* in text, or NULL */
-    int64_t start_ns, end_ns; /* CLOCK_REALTIME */
+    int64_t start_ns, end_ns;                   /* CLOCK_REALTIME */
     uint16_t nattrs, nevents, dropped_attrs, dropped_events;
     uint16_t attrs_len, events_len, text_used;
     mica__attr_at_t at[MICA__SPAN_MAX_ATTRS];
@@ -65,7 +65,7 @@ struct mica_span {
 
 /* Where and how spans are posted: one transport behind these callbacks. */
 typedef struct mica__otlp_target {
-    char host[64];  /* an IP literal */
+    char host[64]; /* an IP literal */
     char port[8];
     char path[256]; /* "/v1/traces" */
     char authority[80];
@@ -73,9 +73,9 @@ typedef struct mica__otlp_target {
 
 /* An export's outcome, as the exporter needs it. */
 typedef struct mica__post_result {
-    int status;              /* HTTP status, 0: none (a connection failure) */
-    int64_t retry_after_ms;  /* Retry-After, -1: none */
-    size_t body_len;         /* the start of the response body (0: none, or longer than body) */
+    int status;             /* HTTP status, 0: none (a connection failure) */
+    int64_t retry_after_ms; /* Retry-After, -1: none */
+    size_t body_len;        /* the start of the response body (0: none, or longer than body) */
     uint8_t body[1024];
 } mica__post_result_t;
 
@@ -101,7 +101,7 @@ typedef struct mica__trace_worker {
     size_t npool;
     mica_event_t wake; /* set when a batch is full, or the worker stops */
     bool stopping;
-    bool running;     /* the exporter coroutine is up */
+    bool running;        /* the exporter coroutine is up */
     mica_ctx_t *run_ctx; /* the exporter's; cancelled when the worker drains */
     /* counters: written by the worker alone, read by mica_trace_stats() */
     atomic_uint_least64_t started, ended, exported, dropped, queued, exports, failures;
@@ -110,8 +110,8 @@ typedef struct mica__trace_worker {
 
 struct mica_tracer {
     mica_runtime_t *rt;
-    uint64_t threshold; /* root spans sample when their trace id's low 56 bits are below it */
-    bool exporting;     /* an endpoint is set: sampled spans record */
+    uint64_t threshold;  /* root spans sample when their trace id's low 56 bits are below it */
+    bool exporting;      /* an endpoint is set: sampled spans record */
     mica_trace_opts_t o; /* strings below */
     char *endpoint, *service_name;
     mica__otlp_target_t target;
@@ -161,7 +161,7 @@ void mica__trace_enqueue(mica_tracer_t *t, mica__span_rec_t *r);
 /* trace_otlp.c: encodes `n` records as an ExportTraceServiceRequest. */
 int mica__otlp_encode(const mica_tracer_t *t, mica__span_rec_t *const *recs, size_t n,
                       uint8_t **out, size_t *len);
-/* The spans an ExportTraceServiceResponse says were rejected (0: none, or not one), its message in msg. */
+/* Spans an ExportTraceServiceResponse says were rejected (0: none); its message in msg. */
 int64_t mica__otlp_rejected(const void *body, size_t len, char *msg, size_t size);
 
 /* trace_transport.c: parses an endpoint URL. */

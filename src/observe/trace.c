@@ -184,7 +184,8 @@ static void rec_attr(mica__span_rec_t *r, const char *key, size_t klen, const mi
 {
     if (search)
         for (size_t i = 0; i < r->nattrs; i++)
-            if (r->at[i].key_len == klen && memcmp(r->attrs_enc + r->at[i].key_off, key, klen) == 0) {
+            if (r->at[i].key_len == klen &&
+                memcmp(r->attrs_enc + r->at[i].key_off, key, klen) == 0) {
                 rec_attr_remove(r, i);
                 break;
             }
@@ -197,7 +198,7 @@ static void rec_attr(mica__span_rec_t *r, const char *key, size_t klen, const mi
     uint8_t *start = r->attrs_enc + r->attrs_len, *key_at;
     uint8_t *end = mica__put_kv(start, MICA__SPAN_ATTRS, key, klen, v, any, body, &key_at);
     r->at[r->nattrs++] = (mica__attr_at_t){r->attrs_len, (uint16_t)need,
-                                            (uint16_t)(key_at - r->attrs_enc), (uint16_t)klen};
+                                           (uint16_t)(key_at - r->attrs_enc), (uint16_t)klen};
     r->attrs_len = (uint16_t)(r->attrs_len + (end - start));
 }
 
@@ -323,8 +324,8 @@ mica_span_t *mica_trace_span(const mica_ctx_t *ctx)
     return ctx ? mica_ctx_value(ctx, MICA_TRACE_SPAN_KEY) : NULL;
 }
 
-int mica_trace_start(mica_ctx_t *parent, const char *name, mica_span_kind_t kind,
-                     mica_ctx_t **ctx, mica_span_t **span)
+int mica_trace_start(mica_ctx_t *parent, const char *name, mica_span_kind_t kind, mica_ctx_t **ctx,
+                     mica_span_t **span)
 {
     mica_span_t *p = mica_trace_span(parent);
     mica_tracer_t *t = p ? p->tracer : atomic_load(&default_tracer);
@@ -409,7 +410,8 @@ void mica_span_add_event(mica_span_t *span, const char *name, const mica_log_fie
         body += mica__lenf(MICA__EV_ATTRS, mica__kv_size(strlen(attrs[i].key), &v, &any));
     }
     size_t need = mica__lenf(MICA__SPAN_EVENTS, body);
-    if (r->nevents == MICA__SPAN_MAX_EVENTS || need > (size_t)MICA__SPAN_EVENT_BYTES - r->events_len) {
+    if (r->nevents == MICA__SPAN_MAX_EVENTS ||
+        need > (size_t)MICA__SPAN_EVENT_BYTES - r->events_len) {
         r->dropped_events++;
         return;
     }
@@ -475,12 +477,12 @@ size_t mica_trace_settings(mica_trace_opts_t *o, mica_setting_t *out, size_t cap
         {"otlp_endpoint", MICA_SETTING_STR, NULL,
          "OTLP/HTTP traces URL (http://host:4318[/v1/traces]); unset: no export", &o->endpoint, 0,
          0, NULL},
-        {"service_name", MICA_SETTING_STR, NULL, "service.name of exported spans (default: program)",
-         &o->service_name, 0, 0, NULL},
+        {"service_name", MICA_SETTING_STR, NULL,
+         "service.name of exported spans (default: program)", &o->service_name, 0, 0, NULL},
         {"trace_max_queue", MICA_SETTING_COUNT, "2048", "spans waiting for export, per worker",
          &o->max_queue, 1, 1 << 20, NULL},
-        {"trace_max_batch", MICA_SETTING_COUNT, "512", "spans per export request", &o->max_batch,
-         1, 1 << 16, NULL},
+        {"trace_max_batch", MICA_SETTING_COUNT, "512", "spans per export request", &o->max_batch, 1,
+         1 << 16, NULL},
         {"trace_schedule_delay", MICA_SETTING_MS, "5s", "export at least this often",
          &o->schedule_delay_ms, 1, 3600 * 1000, NULL},
         {"trace_export_timeout", MICA_SETTING_MS, "30s", "one export, retries included",
@@ -557,14 +559,15 @@ int mica_tracer_new(mica_tracer_t **out, mica_runtime_t *rt, const mica_trace_op
         mica__log_error("trace: bad sample ratio (want 0..1)", "trace_sample", sample);
         rc = MICA_EINVAL;
     }
-    const char *name = t->o.service_name && *t->o.service_name ? t->o.service_name
-                                                                : program_invocation_short_name;
+    const char *name =
+        t->o.service_name && *t->o.service_name ? t->o.service_name : program_invocation_short_name;
     if (rc == 0 && !(t->service_name = mica__strdup(name && *name ? name : "mica")))
         rc = MICA_ENOMEM;
     if (rc == 0 && t->o.endpoint && *t->o.endpoint) {
         if (mica__otlp_parse_url(t->o.endpoint, &t->target) != 0) {
-            mica__log_error("trace: bad OTLP endpoint (want http://<ip or localhost>:<port>[/path])",
-                            "otlp_endpoint", t->o.endpoint);
+            mica__log_error(
+                "trace: bad OTLP endpoint (want http://<ip or localhost>:<port>[/path])",
+                "otlp_endpoint", t->o.endpoint);
             rc = MICA_EINVAL;
         } else if (!(t->endpoint = mica__strdup(t->o.endpoint))) {
             rc = MICA_ENOMEM;

@@ -163,7 +163,7 @@ static bool valid_value(const char *v, size_t n)
 
 typedef struct member {
     const char *p;
-    size_t len;     /* the whole "key=value" */
+    size_t len; /* the whole "key=value" */
     size_t key_len;
     bool dropped;
 } member_t;

@@ -44,7 +44,7 @@ typedef struct exporter {
     mica_ctx_t *run_ctx;      /* cancelled when the worker drains: ends a pending export */
     int64_t stop_ms;          /* when the drain began, 0 before */
     unsigned seed;
-    mica__post_result_t res;  /* the last answer */
+    mica__post_result_t res; /* the last answer */
 } exporter_t;
 
 static void set_len(mica__trace_worker_t *w, size_t len)
@@ -144,8 +144,8 @@ static size_t deliver(exporter_t *x, const uint8_t *body, size_t len, size_t n)
         }
         if (stopping)
             return 0; /* the final flush failed too */
-        int64_t pause = rc == 0 && res->retry_after_ms >= 0 ? res->retry_after_ms
-                                                            : backoff_ms(x, wait);
+        int64_t pause =
+            rc == 0 && res->retry_after_ms >= 0 ? res->retry_after_ms : backoff_ms(x, wait);
         wait = wait * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : wait * 2;
         if (mica_now_ms() + pause >= deadline)
             return 0;

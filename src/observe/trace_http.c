@@ -169,8 +169,11 @@ static int server_mw(mica_http_req_t *req, mica_http_resp_t *resp, mica_http_nex
             MICA__ATTR_STR(sp, "user_agent.original", ua, strlen(ua));
     }
     int v = mica_http_req_version(req);
-    MICA__ATTR_STR(sp, "network.protocol.version", v == 20 ? "2" : v == 10 ? "1.0" : "1.1",
-                        v == 20 ? 1 : 3);
+    MICA__ATTR_STR(sp, "network.protocol.version",
+                   v == 20   ? "2"
+                   : v == 10 ? "1.0"
+                             : "1.1",
+                   v == 20 ? 1 : 3);
     server_attrs(sp, mica_http_req_header(req, "host"));
     mica__span_finish(sp);
     return rc;

@@ -117,8 +117,8 @@ int mica__otlp_encode(const mica_tracer_t *t, mica__span_rec_t *const *recs, siz
         return MICA_ENOMEM;
     for (size_t i = 0; i < n; i++)
         ss_size += mica__lenf(MICA__SS_SPANS, sizes[i] = span_size(recs[i]));
-    size_t rs_size = mica__lenf(MICA__RS_RESOURCE, res_size) +
-                     mica__lenf(MICA__RS_SCOPE_SPANS, ss_size);
+    size_t rs_size =
+        mica__lenf(MICA__RS_RESOURCE, res_size) + mica__lenf(MICA__RS_SCOPE_SPANS, ss_size);
     size_t total = mica__lenf(MICA__REQ_RESOURCE_SPANS, rs_size);
 
     uint8_t *buf = mica__malloc(total), *p = buf;

@@ -169,8 +169,8 @@ static void keep_body(mica__post_result_t *res, const char *p, size_t n, bool *o
 }
 
 /* Reads `n` body bytes into res (what fits). */
-static int skip(conn_t *c, mica_ctx_t *ctx, int64_t deadline, uint64_t n,
-                mica__post_result_t *res, bool *overflow)
+static int skip(conn_t *c, mica_ctx_t *ctx, int64_t deadline, uint64_t n, mica__post_result_t *res,
+                bool *overflow)
 {
     while (n) {
         if (!c->have) {
@@ -316,7 +316,8 @@ static int post(void *state, mica_ctx_t *ctx, int64_t deadline, const void *body
         }
         drop_conn(c);
         /* A kept-alive connection the receiver closed meanwhile: once more on a new one. */
-        if (fresh || attempt > 0 || (rc != MICA_EPROTO && rc != MICA_ECONNRESET && rc != MICA_EPIPE))
+        if (fresh || attempt > 0 ||
+            (rc != MICA_EPROTO && rc != MICA_ECONNRESET && rc != MICA_EPIPE))
             return rc;
     }
 }

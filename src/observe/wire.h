@@ -22,19 +22,38 @@ enum { MICA__WT_VARINT = 0, MICA__WT_FIXED64 = 1, MICA__WT_LEN = 2, MICA__WT_FIX
 
 /* Field numbers of otlp_trace.proto. */
 enum {
-    MICA__ANY_STRING = 1, MICA__ANY_BOOL = 2, MICA__ANY_INT = 3, MICA__ANY_DOUBLE = 4,
-    MICA__KV_KEY = 1, MICA__KV_VALUE = 2,
-    MICA__SCOPE_NAME = 1, MICA__SCOPE_VERSION = 2,
+    MICA__ANY_STRING = 1,
+    MICA__ANY_BOOL = 2,
+    MICA__ANY_INT = 3,
+    MICA__ANY_DOUBLE = 4,
+    MICA__KV_KEY = 1,
+    MICA__KV_VALUE = 2,
+    MICA__SCOPE_NAME = 1,
+    MICA__SCOPE_VERSION = 2,
     MICA__RES_ATTRS = 1,
-    MICA__STATUS_MESSAGE = 2, MICA__STATUS_CODE = 3,
-    MICA__EV_TIME = 1, MICA__EV_NAME = 2, MICA__EV_ATTRS = 3,
-    MICA__SPAN_TRACE_ID = 1, MICA__SPAN_SPAN_ID = 2, MICA__SPAN_TRACE_STATE = 3,
-    MICA__SPAN_PARENT = 4, MICA__SPAN_NAME = 5, MICA__SPAN_KIND = 6, MICA__SPAN_START = 7,
-    MICA__SPAN_END = 8, MICA__SPAN_ATTRS = 9, MICA__SPAN_DROPPED_ATTRS = 10,
-    MICA__SPAN_EVENTS = 11, MICA__SPAN_DROPPED_EVENTS = 12, MICA__SPAN_STATUS = 15,
+    MICA__STATUS_MESSAGE = 2,
+    MICA__STATUS_CODE = 3,
+    MICA__EV_TIME = 1,
+    MICA__EV_NAME = 2,
+    MICA__EV_ATTRS = 3,
+    MICA__SPAN_TRACE_ID = 1,
+    MICA__SPAN_SPAN_ID = 2,
+    MICA__SPAN_TRACE_STATE = 3,
+    MICA__SPAN_PARENT = 4,
+    MICA__SPAN_NAME = 5,
+    MICA__SPAN_KIND = 6,
+    MICA__SPAN_START = 7,
+    MICA__SPAN_END = 8,
+    MICA__SPAN_ATTRS = 9,
+    MICA__SPAN_DROPPED_ATTRS = 10,
+    MICA__SPAN_EVENTS = 11,
+    MICA__SPAN_DROPPED_EVENTS = 12,
+    MICA__SPAN_STATUS = 15,
     MICA__SPAN_FLAGS = 16,
-    MICA__SS_SCOPE = 1, MICA__SS_SPANS = 2,
-    MICA__RS_RESOURCE = 1, MICA__RS_SCOPE_SPANS = 2,
+    MICA__SS_SCOPE = 1,
+    MICA__SS_SPANS = 2,
+    MICA__RS_RESOURCE = 1,
+    MICA__RS_SCOPE_SPANS = 2,
     MICA__REQ_RESOURCE_SPANS = 1,
 };
 
@@ -122,7 +141,7 @@ static inline size_t mica__kv_size(size_t klen, const mica__value_t *v, size_t *
     return (klen ? mica__lenf(MICA__KV_KEY, klen) : 0) + mica__lenf(MICA__KV_VALUE, *any);
 }
 
-/* Writes a KeyValue of `body` bytes (mica__kv_size) as field `field`; *key_at gets the key's place. */
+/* Writes a KeyValue of `body` bytes (mica__kv_size) as `field`; *key_at: where the key is. */
 static inline uint8_t *mica__put_kv(uint8_t *p, uint32_t field, const char *key, size_t klen,
                                     const mica__value_t *v, size_t any, size_t body,
                                     uint8_t **key_at)

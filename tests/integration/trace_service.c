@@ -32,8 +32,8 @@ static int relay(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     in.message = "relay";
     ProtobufCMessage *out = NULL;
     mica_grpc_result_t res;
-    int code = mica_grpc_unary(echo, ctx, &mica__interop__echo__descriptor, "Unary", NULL,
-                               &in.base, &out, &res);
+    int code = mica_grpc_unary(echo, ctx, &mica__interop__echo__descriptor, "Unary", NULL, &in.base,
+                               &out, &res);
     if (code != MICA_GRPC_OK)
         return mica_http_resp_error(resp, 502, res.message);
     mica_trace_ids_t ids;

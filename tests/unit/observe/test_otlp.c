@@ -91,15 +91,14 @@ static void test_the_encoder_writes_what_protoc_c_reads_and_packs_the_same(void 
     r->kind = MICA_SPAN_SERVER;
     MICA__ATTR_STR(s[0], "http.request.method", "GET", 3);
     MICA__ATTR_INT(s[0], "http.response.status_code", 503);
-    mica_span_set_attrs(s[0],
-                        (mica_log_field_t[]){MICA_LOG_INT("negative", -7),
-                                             MICA_LOG_INT("big", INT64_MAX),
-                                             MICA_LOG_FLOAT("ratio", 0.25),
-                                             MICA_LOG_FLOAT("zero", 0.0), MICA_LOG_BOOL("yes", 1),
-                                             MICA_LOG_BOOL("no", 0), MICA_LOG_STR("empty", ""),
-                                             MICA_LOG_STR("again", "first"), MICA_LOG_STR("", "x"),
-                                             MICA_LOG_STR("again", "second")},
-                        10);
+    mica_span_set_attrs(
+        s[0],
+        (mica_log_field_t[]){MICA_LOG_INT("negative", -7), MICA_LOG_INT("big", INT64_MAX),
+                             MICA_LOG_FLOAT("ratio", 0.25), MICA_LOG_FLOAT("zero", 0.0),
+                             MICA_LOG_BOOL("yes", 1), MICA_LOG_BOOL("no", 0),
+                             MICA_LOG_STR("empty", ""), MICA_LOG_STR("again", "first"),
+                             MICA_LOG_STR("", "x"), MICA_LOG_STR("again", "second")},
+        10);
     mica_span_set_status(s[0], MICA_SPAN_ERROR, "upstream said no");
     /* events with attributes, one unnamed; more than the record holds */
     s[1] = span(1);
@@ -158,8 +157,7 @@ static void test_the_encoder_writes_what_protoc_c_reads_and_packs_the_same(void 
     assert_int_equal(attr_of(a, na, "negative")->int_value, -7);
     assert_int_equal(attr_of(a, na, "big")->int_value, INT64_MAX);
     assert_true(attr_of(a, na, "ratio")->double_value == 0.25);
-    assert_int_equal(attr_of(a, na, "zero")->value_case,
-                     MICA__OTLP__ANY_VALUE__VALUE_DOUBLE_VALUE);
+    assert_int_equal(attr_of(a, na, "zero")->value_case, MICA__OTLP__ANY_VALUE__VALUE_DOUBLE_VALUE);
     assert_int_equal(attr_of(a, na, "yes")->bool_value, 1);
     assert_int_equal(attr_of(a, na, "no")->value_case, MICA__OTLP__ANY_VALUE__VALUE_BOOL_VALUE);
     assert_string_equal(attr_of(a, na, "empty")->string_value, "");
@@ -214,7 +212,8 @@ static void test_a_partial_success_is_read(void **state)
     Mica__Otlp__ExportTraceServiceResponse ok = MICA__OTLP__EXPORT_TRACE_SERVICE_RESPONSE__INIT;
     n = mica__otlp__export_trace_service_response__pack(&ok, buf);
     assert_int_equal(mica__otlp_rejected(buf, n, msg, sizeof(msg)), 0);
-    assert_int_equal(mica__otlp_rejected("\xff\xff\xff", 3, msg, sizeof(msg)), 0); /* not protobuf */
+    assert_int_equal(mica__otlp_rejected("\xff\xff\xff", 3, msg, sizeof(msg)),
+                     0); /* not protobuf */
 }
 
 int main(void)

@@ -42,19 +42,19 @@ struct rx {
     mica_http_server_t *app, *recv;
     mica_tracer_t *tracer;
     char app_addr[64], recv_addr[64], endpoint[96];
-    int answer_first;       /* this status to the first post, then 200 */
-    bool hang;              /* hold each post until `release` */
+    int answer_first; /* this status to the first post, then 200 */
+    bool hang;        /* hold each post until `release` */
     mica_event_t release;
-    int posts;              /* every post received */
-    int accepted;           /* posts answered 200 */
+    int posts;    /* every post received */
+    int accepted; /* posts answered 200 */
     char resource[128];
     seen_span_t spans[MAX_SPANS];
     int nspans;
-    int64_t slowest_ms;     /* the slowest app request, seen by the client */
-    mica_trace_stats_t st;      /* after the run */
-    mica_trace_stats_t during;  /* read by a client during the run */
+    int64_t slowest_ms;        /* the slowest app request, seen by the client */
+    mica_trace_stats_t st;     /* after the run */
+    mica_trace_stats_t during; /* read by a client during the run */
     int workers;
-    pthread_mutex_t lock;       /* the receiver may run on either worker */
+    pthread_mutex_t lock; /* the receiver may run on either worker */
 };
 
 static void attr_text(char *out, size_t size, Mica__Otlp__KeyValue *const *kv, size_t n)
@@ -351,7 +351,7 @@ static void test_a_hanging_receiver_does_not_hold_requests_and_drops_are_counted
     mica_trace_opts_t o = {.schedule_delay_ms = 10, .max_queue = 8, .max_batch = 4};
     start(&x, 1, &o, hang_client);
     assert_true(x.slowest_ms < 1000);
-    assert_int_equal(x.during.started, 40); /* read while the receiver still hung */
+    assert_int_equal(x.during.started, 40);      /* read while the receiver still hung */
     assert_true(x.during.dropped >= 40 - 8 - 4); /* beyond the queue and the batch in flight */
     assert_true(x.during.queued <= 8);
     assert_int_equal(x.during.exported, 0);
@@ -426,7 +426,7 @@ static void test_bad_settings_are_refused(void **state)
         assert_int_equal(mica_tracer_new(&t, rt, &o), MICA_EINVAL);
     }
     const char *bad_url[] = {"https://127.0.0.1:4318", "127.0.0.1:4318", "http://collector:4318",
-                             "http://127.0.0.1:x", "http://[::1", "http:///v1/traces"};
+                             "http://127.0.0.1:x",     "http://[::1",    "http:///v1/traces"};
     for (size_t i = 0; i < sizeof(bad_url) / sizeof(bad_url[0]); i++) {
         mica_trace_opts_t o = {.endpoint = bad_url[i]};
         assert_int_equal(mica_tracer_new(&t, rt, &o), MICA_EINVAL);

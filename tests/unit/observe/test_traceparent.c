@@ -30,7 +30,7 @@ static const struct {
 } parents[] = {
     {"00-" TID "-" SID "-01", true, 1},
     {"00-" TID "-" SID "-00", true, 0},
-    {"00-" TID "-" SID "-09", true, 1},  /* unknown flags ignored, sampled kept */
+    {"00-" TID "-" SID "-09", true, 1}, /* unknown flags ignored, sampled kept */
     {"00-" TID "-" SID "-02", true, 0},
     /* version 00 is exactly 55 characters */
     {"00-" TID "-" SID "-01.", false, 0},
@@ -156,7 +156,8 @@ static void test_tracestate_table(void **state)
     check_state(",foo=1", "foo=1");
     check_state("foo=1,,bar=2", "foo=1,bar=2");
     check_state("foo=1, ,bar=2", "foo=1,bar=2");
-    check_state("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
+    check_state("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+                "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
     /* optional whitespace around members, not inside them */
     check_state("foo=1 \t , \t bar=2, \t baz=3", "foo=1,bar=2,baz=3");
     check_state("foo=1\t \t,\t \tbar=2,\t \tbaz=3", "foo=1,bar=2,baz=3");
@@ -285,29 +286,31 @@ static void observe(const mica_http_completion_t *c, void *arg)
 {
     struct wire *w = arg;
     mica_trace_ids_t ids;
-    if (w->nobserved < NCASES &&
-        EXPECT_EQ(mica_trace_ids(mica_http_req_ctx(c->req), &ids), 0))
+    if (w->nobserved < NCASES && EXPECT_EQ(mica_trace_ids(mica_http_req_ctx(c->req), &ids), 0))
         memcpy(w->observed[w->nobserved++], ids.span_id, 17);
 }
 
 static const char *const cases[NCASES] = {
     /* 0 */ "",
     /* 1 */ "traceparent: 00-" TID "-" SID "-01\r\n",
-    /* 2 */ "traceparent: 00-12345678901234567890123456789011-" SID "-01\r\n"
-            "traceparent: 00-" TID "-" SID "-01\r\n",
+    /* 2 */
+    "traceparent: 00-12345678901234567890123456789011-" SID "-01\r\n"
+    "traceparent: 00-" TID "-" SID "-01\r\n",
     /* 3 */ "trace-parent: 00-" TID "-" SID "-01\r\n",
     /* 4 */ "trace.parent: 00-" TID "-" SID "-01\r\n",
     /* 5 */ "TrAcEpArEnT: 00-" TID "-" SID "-01\r\n",
-    /* 6 */ "traceparent: 00-" TID "-" SID "-00\r\ntracestate: foo=1,bar=2\r\n"
-            "tracestate: rojo=1,congo=2\r\ntracestate: baz=3\r\n",
+    /* 6 */
+    "traceparent: 00-" TID "-" SID "-00\r\ntracestate: foo=1,bar=2\r\n"
+    "tracestate: rojo=1,congo=2\r\ntracestate: baz=3\r\n",
     /* 7 */ "traceparent: 00-" TID "-" SID "-00\r\ntracestate: foo=1\r\ntracestate:\r\n",
     /* 8 */ "traceparent: 00-" TID "-" SID "-00\r\ntracestate:\r\ntracestate: foo=1\r\n",
     /* 9 */ "tracestate: foo=1,bar=2\r\n",
     /* 10 */ "traceparent: 00-" TID "-" SID "-00\r\ntracestate: foo=1\r\ntracestate: foo=2\r\n",
     /* 11 */ "traceparent: 00-" TID "-" SID "-00\r\ntrace-state: foo=1\r\n",
     /* 12 */ "traceparent: 00-" TID "-" SID "-00\r\nTrAcEsTaTe: foo=1\r\n",
-    /* 13 */ "traceparent: 00-" TID "-" SID "-00\r\ntracestate: foo=1\r\n"
-             "tracestate: zzzzzzzz=1,FOO=2\r\n",
+    /* 13 */
+    "traceparent: 00-" TID "-" SID "-00\r\ntracestate: foo=1\r\n"
+    "tracestate: zzzzzzzz=1,FOO=2\r\n",
     /* 14 */ "traceparent: 00-00000000000000000000000000000000-" SID "-01\r\ntracestate: foo=1\r\n",
     /* 15 */ "traceparent: cc-" TID "-" SID "-01-what-the-future-will-be-like\r\n",
     /* 16 */ "traceparent: ff-" TID "-" SID "-01\r\n",
@@ -316,16 +319,18 @@ static const char *const cases[NCASES] = {
     /* 19 */ "traceparent: 00-" TID "-" SID "-01\r\n", /* with the ratio 0 tracer: still sampled */
     /* 20 */ "",                                       /* ratio 0: a root is not */
     /* 21 */ "traceparent: 00-" TID "-" SID "-00\r\n", /* ratio 1: an unsampled parent wins */
-    /* 22 */ "traceparent: 00-" TID "-" SID "-01\r\ntracestate: bar01=01,bar02=02,bar03=03,"
-             "bar04=04,bar05=05,bar06=06,bar07=07,bar08=08,bar09=09,bar10=10\r\ntracestate: "
-             "bar11=11,bar12=12,bar13=13,bar14=14,bar15=15,bar16=16,bar17=17,bar18=18,bar19=19,"
-             "bar20=20\r\ntracestate: bar21=21,bar22=22,bar23=23,bar24=24,bar25=25,bar26=26,"
-             "bar27=27,bar28=28,bar29=29,bar30=30\r\ntracestate: bar31=31,bar32=32\r\n",
-    /* 23 */ "traceparent: 00-" TID "-" SID "-01\r\ntracestate: bar01=01,bar02=02,bar03=03,"
-             "bar04=04,bar05=05,bar06=06,bar07=07,bar08=08,bar09=09,bar10=10\r\ntracestate: "
-             "bar11=11,bar12=12,bar13=13,bar14=14,bar15=15,bar16=16,bar17=17,bar18=18,bar19=19,"
-             "bar20=20\r\ntracestate: bar21=21,bar22=22,bar23=23,bar24=24,bar25=25,bar26=26,"
-             "bar27=27,bar28=28,bar29=29,bar30=30\r\ntracestate: bar31=31,bar32=32,bar33=33\r\n",
+                                                       /* 22 */
+    "traceparent: 00-" TID "-" SID "-01\r\ntracestate: bar01=01,bar02=02,bar03=03,"
+    "bar04=04,bar05=05,bar06=06,bar07=07,bar08=08,bar09=09,bar10=10\r\ntracestate: "
+    "bar11=11,bar12=12,bar13=13,bar14=14,bar15=15,bar16=16,bar17=17,bar18=18,bar19=19,"
+    "bar20=20\r\ntracestate: bar21=21,bar22=22,bar23=23,bar24=24,bar25=25,bar26=26,"
+    "bar27=27,bar28=28,bar29=29,bar30=30\r\ntracestate: bar31=31,bar32=32\r\n",
+    /* 23 */
+    "traceparent: 00-" TID "-" SID "-01\r\ntracestate: bar01=01,bar02=02,bar03=03,"
+    "bar04=04,bar05=05,bar06=06,bar07=07,bar08=08,bar09=09,bar10=10\r\ntracestate: "
+    "bar11=11,bar12=12,bar13=13,bar14=14,bar15=15,bar16=16,bar17=17,bar18=18,bar19=19,"
+    "bar20=20\r\ntracestate: bar21=21,bar22=22,bar23=23,bar24=24,bar25=25,bar26=26,"
+    "bar27=27,bar28=28,bar29=29,bar30=30\r\ntracestate: bar31=31,bar32=32,bar33=33\r\n",
 };
 
 /* Cases 19 and 20 go to /zero, a second server traced at ratio 0. */
@@ -337,8 +342,8 @@ static void wire_client(int worker, void *arg)
     struct wire *w = arg;
     for (int i = 0; i < NCASES; i++) {
         char req[2048];
-        int n = snprintf(req, sizeof(req), "GET /echo HTTP/1.1\r\nHost: t\r\n%sConnection: close\r\n\r\n",
-                         cases[i]);
+        int n = snprintf(req, sizeof(req),
+                         "GET /echo HTTP/1.1\r\nHost: t\r\n%sConnection: close\r\n\r\n", cases[i]);
         const char *addr = (i == 19 || i == 20) ? zero_addr : w->addr;
         EXPECT(wire_exchange(addr, req, (size_t)n, w->reply[i], sizeof(w->reply[i]), 3000) > 0);
     }
@@ -366,7 +371,8 @@ static void expect_case(struct wire *w, int i, bool same_trace, const char *flag
     char tp[56], got_ts[1024], sid[17];
     body(w, i, tp, got_ts, sid);
     if (same_trace != (strncmp(tp + 3, TID, 32) == 0))
-        fail_msg("case %d: traceparent %s (want %s trace)", i, tp, same_trace ? "the same" : "a new");
+        fail_msg("case %d: traceparent %s (want %s trace)", i, tp,
+                 same_trace ? "the same" : "a new");
     if (strncmp(tp + 36, SID, 16) == 0)
         fail_msg("case %d: the parent id was not replaced: %s", i, tp);
     assert_string_equal(tp + 36 + 16, flags); /* "-01" */
@@ -434,8 +440,8 @@ static void test_a_traced_server_propagates_per_the_w3c_test_suite(void **state)
     char want32[512];
     size_t n = 0;
     for (int i = 1; i <= 32; i++)
-        n += (size_t)snprintf(want32 + n, sizeof(want32) - n, "%sbar%02d=%02d", i > 1 ? "," : "",
-                              i, i);
+        n += (size_t)snprintf(want32 + n, sizeof(want32) - n, "%sbar%02d=%02d", i > 1 ? "," : "", i,
+                              i);
     expect_case(&w, 22, true, "-01", want32);
     expect_case(&w, 23, true, "-01", "-");
 
