@@ -15,6 +15,9 @@
  * Unknown id: NOT_FOUND / 404; empty id: INVALID_ARGUMENT / 400.
  * Settings come from flags, MICA_* variables or a --config JSON file;
  * `user --help` lists them all. SIGTERM or Ctrl-C drains and exits 0.
+ * With otlp_endpoint ($MICA_OTLP_ENDPOINT) every request is traced (W3C
+ * traceparent honoured, spans exported over OTLP/HTTP; trace_sample sets
+ * the ratio of new traces kept).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +27,7 @@
 #include "mica/grpc.h"
 #include "mica/http.h"
 #include "mica/runtime.h"
+#include "mica/trace.h"
 #include "user.pb-c.h"
 
 typedef struct user {
@@ -112,7 +116,8 @@ int main(int argc, char **argv)
     mica_http_server_opts_t opts = {0};
     mica_http_tls_settings_t tls = {0};
     mica_grpc_server_opts_t gopts = {0};
-    mica_setting_t settings[3 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS] = {
+    mica_trace_opts_t topts = {0};
+    mica_setting_t settings[3 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS + MICA_TRACE_SETTINGS] = {
         {"listen", MICA_SETTING_STR, ":8080,:50051", "listen addresses, comma-separated", &listen,
          0, 0, NULL},
         {"workers", MICA_SETTING_INT, "0", "worker threads (0: one per CPU)", &ropts.workers, 0,
@@ -123,6 +128,7 @@ int main(int argc, char **argv)
     size_t n = 3;
     n += mica_http_server_settings(&opts, &tls, settings + n, MICA_HTTP_SETTINGS);
     n += mica_grpc_server_settings(&gopts, settings + n, MICA_GRPC_SETTINGS);
+    n += mica_trace_settings(&topts, settings + n, MICA_TRACE_SETTINGS);
     mica_config_t *cfg;
     int rc = mica_config_load(&cfg, settings, n, argc, argv);
     if (rc != 0)
@@ -136,6 +142,10 @@ int main(int argc, char **argv)
     if ((rc = mica_http_server_new(&srv, &opts)) != 0 ||
         (rc = mica_grpc_server_new(&gs, srv, &gopts)) != 0)
         return fail("server options", rc);
+    /* Tracing first, so its server span covers every other middleware. */
+    mica_tracer_t *tracer = NULL;
+    if (topts.endpoint && *topts.endpoint && (rc = mica_trace_enable(&tracer, rt, srv, &topts)) != 0)
+        return fail("tracing", rc);
 
     if ((rc = mica_grpc_register(gs, &user__user_service__descriptor, "GetUser", MICA_GRPC_UNARY,
                                  get_user, NULL)) != 0 ||
@@ -156,6 +166,7 @@ int main(int argc, char **argv)
     rc = mica_runtime_run(rt);
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);
+    mica_tracer_free(tracer);
     mica_runtime_free(rt);
     mica_config_free(cfg);
     return rc == 0 ? 0 : fail("shutdown", rc);

@@ -264,7 +264,7 @@ MICA_API const char *mica_http_req_tls_peer(const mica_http_req_t *req);
  * Attaches `value` (borrowed) under `key` to the request's ctx: later
  * mica_http_req_ctx() calls return a child carrying it (Go's
  * r.WithContext(context.WithValue(...))), for the middlewares and handler
- * downstream. Returns 0 or MICA_ENOMEM.
+ * downstream; no ctx is made until one is asked for. Returns 0 or MICA_ENOMEM.
  */
 MICA_API int mica_http_req_with_value(mica_http_req_t *req, const void *key, void *value);
 
@@ -298,6 +298,14 @@ MICA_API const char *mica_http_req_query(const mica_http_req_t *req);
 
 /** Returns the value of header `name` (case-insensitive; the first if repeated), or NULL. */
 MICA_API const char *mica_http_req_header(const mica_http_req_t *req, const char *name);
+
+/**
+ * Returns the value of the `n`th (0: first) header field named `name`
+ * (case-insensitive), or NULL: for fields that may repeat (tracestate) or
+ * must not (traceparent). Valid until the request ends.
+ */
+MICA_API const char *mica_http_req_header_nth(const mica_http_req_t *req, const char *name,
+                                              size_t n);
 
 /** Returns route parameter `name` percent-decoded ("{id}" -> "1001"), or NULL. */
 MICA_API const char *mica_http_req_param(const mica_http_req_t *req, const char *name);

@@ -150,6 +150,7 @@ typedef struct mica__http_ops {
 } mica__http_ops_t;
 
 typedef struct mica__ctx_link mica__ctx_link_t;
+typedef struct mica__ctx_value mica__ctx_value_t;
 
 struct mica_http_req {
     const mica__http_ops_t *ops;
@@ -176,6 +177,7 @@ struct mica_http_req {
     mica_ctx_t *ctx;      /* innermost: created on first mica_http_req_ctx() */
     mica_ctx_t *ctx_base; /* the one cancelled when the client goes */
     mica__ctx_link_t *ctxs; /* every ctx made for the request, newest first */
+    mica__ctx_value_t *values; /* values given before the ctx was made, newest first */
     const char *tls_peer; /* the connection's verified client certificate subject, or NULL */
     int64_t start_ns;     /* observers: when the head arrived */
     uint64_t bytes_in;

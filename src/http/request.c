@@ -16,6 +16,9 @@
  * The request ctx is made on first use (most handlers never ask, and a ctx
  * costs an allocation); values and earlier deadlines are children of it,
  * kept on a list in the arena and freed newest first when the request ends.
+ * A value given before the ctx exists (a tracing middleware's span) waits
+ * in the arena and becomes a child when the ctx is made, so a request whose
+ * handler never asks for its ctx makes none at all.
  */
 #include <string.h>
 #include <strings.h>
@@ -28,6 +31,12 @@
 struct mica__ctx_link {
     mica_ctx_t *ctx;
     mica__ctx_link_t *next;
+};
+
+struct mica__ctx_value {
+    const void *key;
+    void *value;
+    mica__ctx_value_t *next;
 };
 
 struct mica_http_next {
@@ -247,6 +256,18 @@ static int push_ctx(mica_http_req_t *req, mica_ctx_t *ctx)
     return 0;
 }
 
+/* Makes the pending values children of the new ctx, oldest first. */
+static int apply_values(mica_http_req_t *req, mica__ctx_value_t *v)
+{
+    if (!v)
+        return 0;
+    int rc = apply_values(req, v->next);
+    mica_ctx_t *ctx;
+    if (rc != 0 || mica_ctx_with_value(req->ctx, v->key, v->value, &ctx) != 0)
+        return MICA_ENOMEM;
+    return push_ctx(req, ctx);
+}
+
 mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req)
 {
     if (!req->ctx) {
@@ -258,13 +279,24 @@ mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req)
             mica_ctx_cancel(ctx);
         else if (req->fd >= 0) /* HTTP/2 streams are cancelled by their connection */
             mica_net_cancel_on_hup(req->fd, ctx);
+        mica__ctx_value_t *v = req->values;
+        req->values = NULL;
+        apply_values(req, v); /* out of memory: the ctx lacks the newest values */
     }
     return req->ctx;
 }
 
 int mica_http_req_with_value(mica_http_req_t *req, const void *key, void *value)
 {
-    mica_ctx_t *parent = mica_http_req_ctx(req), *ctx;
+    if (!req->ctx) { /* kept until the ctx is made */
+        mica__ctx_value_t *v = mica__arena_alloc(req->arena, sizeof(*v));
+        if (!v)
+            return MICA_ENOMEM;
+        *v = (mica__ctx_value_t){key, value, req->values};
+        req->values = v;
+        return 0;
+    }
+    mica_ctx_t *parent = req->ctx, *ctx;
     if (parent == mica_ctx_background() || mica_ctx_with_value(parent, key, value, &ctx) != 0)
         return MICA_ENOMEM;
     return push_ctx(req, ctx);
@@ -272,7 +304,12 @@ int mica_http_req_with_value(mica_http_req_t *req, const void *key, void *value)
 
 void *mica_http_req_value(mica_http_req_t *req, const void *key)
 {
-    return req->ctx ? mica_ctx_value(req->ctx, key) : NULL;
+    if (req->ctx)
+        return mica_ctx_value(req->ctx, key);
+    for (const mica__ctx_value_t *v = req->values; v; v = v->next)
+        if (v->key == key)
+            return v->value;
+    return NULL;
 }
 
 int mica_http_req_set_deadline(mica_http_req_t *req, int64_t deadline_ms)
@@ -302,6 +339,7 @@ void mica__http_req_cancel(mica_http_req_t *req)
 
 void mica__http_req_release(mica_http_req_t *req)
 {
+    req->values = NULL; /* in the arena */
     if (!req->ctxs)
         return;
     if (req->fd >= 0)
@@ -349,6 +387,16 @@ const char *mica_http_req_header(const mica_http_req_t *req, const char *name)
     size_t len = strlen(name);
     for (size_t i = 0; i < req->nheaders; i++)
         if (req->headers[i].name_len == len && strncasecmp(req->headers[i].name, name, len) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+const char *mica_http_req_header_nth(const mica_http_req_t *req, const char *name, size_t n)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (req->headers[i].name_len == len && strncasecmp(req->headers[i].name, name, len) == 0 &&
+            n-- == 0)
             return req->headers[i].value;
     return NULL;
 }
