@@ -528,10 +528,13 @@ int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res)
         mica_grpc_stream_close_send(st);
     }
     /* The stream's data provider points at us: wait until nghttp2 is done
-     * with it (a reset or the connection's end closes it promptly). */
+     * with it (a reset or the connection's end closes it promptly). A call
+     * that ended here (ctx, deadline, a local error) has its reset queued
+     * and becomes an orphan below, freed when nghttp2 closes it: its caller
+     * does not wait for the connection's coroutine to get round to it. */
     st->ctx = NULL; /* already honoured: this wait only bounds the close */
     st->deadline_ms = mica_deadline_in(st->cn->c->o.connect_timeout_ms);
-    while (!st->closed && wait_stream(st) == 0)
+    while (!st->closed && !st->local_code && wait_stream(st) == 0)
         ;
     int code;
     const char *msg = NULL;

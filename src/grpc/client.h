@@ -133,6 +133,7 @@ struct mica_grpc_stream {
     bool remote_ended; /* END_STREAM received */
     bool closed;       /* nghttp2 closed the stream */
     uint32_t rst_code;
+    bool rst_queued;   /* we submitted RST_STREAM (once is enough) */
     int local_code; /* >0: how the client itself ended the call */
     const char *local_message;
 

@@ -162,7 +162,8 @@ void mica__grpc_stream_abort(mica_grpc_stream_t *st, int code, const char *msg)
         st->local_code = code;
         st->local_message = msg;
     }
-    if (!st->closed && st->id > 0) {
+    if (!st->closed && st->id > 0 && !st->rst_queued) {
+        st->rst_queued = true;
         nghttp2_submit_rst_stream(st->cn->sess, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
         mica__grpc_conn_nudge(st->cn);
     }
