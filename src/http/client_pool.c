@@ -224,14 +224,19 @@ static void on_idle_readable(void *arg)
 
 static void watch_idle(mica__hc_conn_t *cn)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         int rc = mica_net_on_readable(cn->fd, on_idle_readable, cn);
         if (rc == 0) {
             cn->watched = true;
             return;
         }
-        /* MICA_EAGAIN: an edge is pending (often the response's own); look. */
-        if (rc != MICA_EAGAIN || !idle_alive(cn))
+        if (rc != MICA_EAGAIN)
+            break;
+        /* MICA_EAGAIN: the loop remembered a readable edge, most often the
+         * response's own (already read; the call cleared it), or a hang-up,
+         * which it keeps reporting. Look only from the second time on, so a
+         * healthy connection costs no system call here. */
+        if (i > 0 && !idle_alive(cn))
             break;
     }
     evict(cn, "unreadable or closed by the server");
