@@ -82,7 +82,7 @@ static int up_stream(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     return mica_http_resp_end(resp);
 }
 
-static void upstream_start(struct upstream *u, mica_runtime_t *rt, bool tls, const char *cert,
+static inline void upstream_start(struct upstream *u, mica_runtime_t *rt, bool tls, const char *cert,
                            const char *key)
 {
     mica_http_server_opts_t so = {.max_body_bytes = 4 << 20};
@@ -129,7 +129,7 @@ struct raw_server {
 };
 
 /* Reads one request head (and a Content-Length body) from fd. 1, 0 at EOF, < 0. */
-static int raw_read_request(int fd, int64_t deadline)
+static inline int raw_read_request(int fd, int64_t deadline)
 {
     char buf[8192];
     size_t have = 0;
@@ -218,7 +218,7 @@ static void raw_accept_main(void *arg)
 }
 
 /* Opens `s`'s listening socket (on the main thread, before the runtime runs). */
-static void raw_listen(struct raw_server *s)
+static inline void raw_listen(struct raw_server *s)
 {
     s->fd = mica_net_listen("127.0.0.1:0", 64, 0);
     assert_true(s->fd >= 0);
@@ -229,21 +229,21 @@ static void raw_listen(struct raw_server *s)
 }
 
 /* Serves `s` (its steps filled in), from a coroutine; s->stop ends it. */
-static void raw_serve(struct raw_server *s)
+static inline void raw_serve(struct raw_server *s)
 {
     s->stop = false;
     mica_go(raw_accept_main, s);
 }
 
 /* Runs body(arg) in a coroutine on worker 0 of rt, stops rt after it, frees rt. */
-static void run_body(mica_runtime_t *rt, void (*body)(void *), void *arg)
+static inline void run_body(mica_runtime_t *rt, void (*body)(void *), void *arg)
 {
     struct run_once ro = {.rt = rt, .body = body, .arg = arg};
     mica_runtime_on_start(rt, run_once_start, &ro);
     assert_int_equal(mica_runtime_run(rt), 0);
 }
 
-static mica_runtime_t *new_runtime(void)
+static inline mica_runtime_t *new_runtime(void)
 {
     mica_runtime_t *rt;
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true, .drain_timeout_ms = 3000};
@@ -252,7 +252,7 @@ static mica_runtime_t *new_runtime(void)
 }
 
 /* A loopback port nobody listens on (bound, then closed). */
-static void dead_addr(char *buf, size_t size)
+static inline void dead_addr(char *buf, size_t size)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
