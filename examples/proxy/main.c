@@ -152,14 +152,18 @@ static int proxy(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
         mica_http_response_free(r);
         return mica_http_resp_send(resp, status, ctype, body, have);
     }
+    /* Streamed: the first piece decides between a 502/504 and a response. */
+    ssize_t k = mica_http_response_read(r, body, sizeof(body));
+    if (k < 0) {
+        mica_http_response_free(r);
+        return upstream_failed(resp, (int)k);
+    }
     rc = mica_http_resp_start(resp, status, ctype);
-    ssize_t k;
-    while (rc == 0 && (k = mica_http_response_read(r, body, sizeof(body))) != 0) {
-        if (k < 0) { /* the head went out already: cut the response short */
+    while (rc == 0 && k > 0) {
+        if ((rc = mica_http_resp_write(resp, body, (size_t)k)) == 0)
+            k = mica_http_response_read(r, body, sizeof(body));
+        if (k < 0) /* the head went out already: cut the response short */
             rc = (int)k;
-            break;
-        }
-        rc = mica_http_resp_write(resp, body, (size_t)k);
     }
     mica_http_response_free(r);
     return rc != 0 ? rc : mica_http_resp_end(resp);
