@@ -134,7 +134,8 @@ typedef struct mica_http_result {
  * headers by pointing opts.headers at a larger array that lives until next()
  * returns; move the deadline) and `req`, then call next() -- any number of
  * times, to retry (freeing a response they drop) -- or not at all, to answer
- * by themselves (*resp from mica_http_response_new(), or an error).
+ * by themselves (*resp from mica_http_response_new(), or an error). What an
+ * interceptor changed is put back when it returns, for the ones around it.
  */
 typedef struct mica_http_call_info {
     mica_http_client_t *client;

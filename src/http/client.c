@@ -836,16 +836,27 @@ static int transport(mica_http_call_info_t *call)
     return rc;
 }
 
-/* next(): the following interceptor, or the transport. Re-entrant, for retries. */
+/*
+ * next(): the following interceptor, or the transport. Re-entrant, for
+ * retries: what an interceptor changed (ctx, opts, req) is put back when it
+ * returns, so an outer one that calls next() again starts from what it
+ * passed, never from an inner one's headers array that has gone out of scope.
+ */
 static int call_next(mica_http_call_info_t *call)
 {
     mica_http_client_t *c = call->client;
     int i = call->_pos;
     if ((size_t)i >= c->nicpt)
         return transport(call);
+    mica_http_call_opts_t opts = call->opts;
+    mica_ctx_t *ctx = call->ctx;
+    const mica_http_request_t *req = call->req;
     call->_pos = i + 1;
     int rc = c->icpt[i].fn(call, call_next, c->icpt[i].arg);
     call->_pos = i;
+    call->opts = opts;
+    call->ctx = ctx;
+    call->req = req;
     return rc;
 }
 
