@@ -246,7 +246,9 @@ for ((i = 1; i <= runs; i++)); do
                     'BEGIN { cs = t / hz; if (cs > 0) printf "%.1f %.0f\n", 100 * cs / d, r * d / cs; else print "nan nan" }')
                 R[$k]+="$w_rps " P50[$k]+="$w_p50 " P99[$k]+="$w_p99 " CORE[$k]+="$core " BUSY[$k]+="$busy "
                 ERR[$k]=$((${ERR[$k]:-0} + w_err))
-                log "run $i c=$c $p: $w_rps req/s, p50 $w_p50 ms, p99 $w_p99 ms, proxy CPU $busy%, $core req per proxy CPU-second${w_err:+, errors $w_err}"
+                e=""
+                [ "$w_err" -eq 0 ] || e=", wrk errors/non-2xx $w_err"
+                log "run $i c=$c $p: $w_rps req/s, p50 $w_p50 ms, p99 $w_p99 ms, proxy CPU $busy%, $core req per proxy CPU-second$e"
             else
                 failed=1
             fi
@@ -274,19 +276,21 @@ med() { # key field-array-name
     echo "Proxy alone on CPU $pcpu; upstream (examples/hello, 1 worker) and \`wrk -t1\` share CPU $lcpu. ${secs} s per run, $runs runs, proxies alternating, ${warmup} s warm-up each; medians."
     echo "Versions: $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(go version 2>/dev/null | cut -d' ' -f3), mica tree $(git -C "$root" describe --always --dirty 2>/dev/null || echo '?')."
     echo
-    echo "| proxy | conns | req/s | p50 | p99 | added p99 | proxy CPU | req per proxy CPU-second | vs haproxy | vs nginx | vs go |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | conns | req/s | p50 | p99 | added p50 | added p99 | proxy CPU | req per proxy CPU-second | vs haproxy | vs nginx | vs go |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for c in "${conns[@]}"; do
         dp99=$(med "direct,$c" P99)
-        [ -z "$dp99" ] || printf '| direct (no proxy) | %s | %.0f | %.3f ms | %.3f ms | | | | | | |\n' "$c" \
-            "$(med "direct,$c" R)" "$(med "direct,$c" P50)" "$dp99"
+        dp50=$(med "direct,$c" P50)
+        [ -z "$dp99" ] || printf '| direct (no proxy) | %s | %.0f | %.3f ms | %.3f ms | | | | | | | |\n' "$c" \
+            "$(med "direct,$c" R)" "$dp50" "$dp99"
         for p in "${have[@]}"; do
             k="$p,$c"
-            [ -n "${CORE[$k]:-}" ] || { echo "| $p | $c | failed | | | | | | | | |"; continue; }
+            [ -n "${CORE[$k]:-}" ] || { echo "| $p | $c | failed | | | | | | | | | |"; continue; }
             core=$(med "$k" CORE)
             rat() { local o; o=$(med "$1,$c" CORE); [ -n "$o" ] && awk -v a="$core" -v b="$o" 'BEGIN {printf "%.2fx", a / b}' || echo "-"; }
-            printf '| %s | %s | %.0f | %.3f ms | %.3f ms | %s | %.0f%% | %.0f | %s | %s | %s |\n' "$p" "$c" \
+            printf '| %s | %s | %.0f | %.3f ms | %.3f ms | %s | %s | %.0f%% | %.0f | %s | %s | %s |\n' "$p" "$c" \
                 "$(med "$k" R)" "$(med "$k" P50)" "$(med "$k" P99)" \
+                "$(awk -v a="$(med "$k" P50)" -v b="${dp50:-nan}" 'BEGIN {printf "%.0f us", 1000 * (a - b)}')" \
                 "$(awk -v a="$(med "$k" P99)" -v b="${dp99:-nan}" 'BEGIN {printf "%.0f us", 1000 * (a - b)}')" \
                 "$(med "$k" BUSY)" "$core" "$(rat haproxy)" "$(rat nginx)" "$(rat go)"
         done

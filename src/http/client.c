@@ -791,7 +791,11 @@ static int transport(mica_http_call_info_t *call)
         res->attempts++;
         res->reused = reused;
         res->connect_us += connect_us;
-        snprintf(res->endpoint, sizeof(res->endpoint), "%s", ep->addr);
+        size_t alen = strlen(ep->addr); /* (an IP literal and a port: it fits) */
+        if (alen >= sizeof(res->endpoint))
+            alen = sizeof(res->endpoint) - 1;
+        memcpy(res->endpoint, ep->addr, alen);
+        res->endpoint[alen] = '\0';
         struct attempt a = {0};
         mica_http_response_t *r = NULL;
         rc = send_request(cn, call, deadline, &a);
