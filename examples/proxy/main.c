@@ -133,8 +133,14 @@ static int proxy(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     for (size_t i = 0; i < count; i++) {
         const char *name, *value;
         mica_http_response_header_at(r, i, &name, &value);
-        if (strcasecmp(name, "content-type") == 0)
-            ctype = value;
+        if (strcasecmp(name, "content-type") == 0) {
+            /* The server keeps the pointer until the response ends: copy it
+             * into the request's memory, which outlives the upstream response. */
+            size_t vlen = strlen(value) + 1;
+            char *copy = mica_http_req_alloc(req, vlen);
+            if (copy)
+                ctype = memcpy(copy, value, vlen);
+        }
         else if (!hop_by_hop(name, rconn) && strcasecmp(name, "date") != 0)
             mica_http_resp_header(resp, name, value);
     }
@@ -145,11 +151,9 @@ static int proxy(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
         ssize_t k;
         while ((k = mica_http_response_read(r, body + have, sizeof(body) - have)) > 0)
             have += (size_t)k;
-        if (k < 0) {
-            mica_http_response_free(r);
-            return upstream_failed(resp, (int)k);
-        }
         mica_http_response_free(r);
+        if (k < 0)
+            return upstream_failed(resp, (int)k);
         return mica_http_resp_send(resp, status, ctype, body, have);
     }
     /* Streamed: the first piece decides between a 502/504 and a response. */

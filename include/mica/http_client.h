@@ -99,7 +99,12 @@ typedef struct mica_http_call_opts {
  */
 typedef ssize_t (*mica_http_body_fn)(void *buf, size_t len, void *arg);
 
-/* What to send. Borrowed for the call. */
+/*
+ * What to send. Borrowed for the call; the strings (and the headers of the
+ * call options) are read only until body_fn is first called, so body_fn
+ * may invalidate them (a proxy's server-side request strings can move as
+ * its body is read).
+ */
 typedef struct mica_http_request {
     const char *method; /* "GET", "POST", any token */
     const char *path;   /* origin-form: "/users/1001?fields=name" */

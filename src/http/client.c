@@ -549,6 +549,7 @@ static int conn_writev(mica__hc_conn_t *cn, struct iovec *iov, int n, mica_ctx_t
 
 /* State of one attempt, for the stale-connection rule. */
 struct attempt {
+    bool head_req;      /* a HEAD: no body comes back, whatever the head says */
     uint64_t written;   /* request bytes that left */
     bool body_pulled;   /* body_fn was called */
     bool got_bytes;     /* any response byte came */
@@ -704,10 +705,9 @@ static int read_head(mica__hc_conn_t *cn, mica_http_call_info_t *call, int64_t d
         r->ctx = call->ctx;
         r->deadline_ms = deadline;
         r->t0_us = t0;
-        bool head_req = strcmp(call->req->method, "HEAD") == 0;
-        if (head_req || h.status == 204 || h.status == 304) {
+        if (a->head_req || h.status == 204 || h.status == 304) {
             r->framing = BODY_NONE;
-            r->content_length = head_req ? h.content_length : 0;
+            r->content_length = a->head_req ? h.content_length : 0;
         } else if (h.chunked) {
             r->framing = BODY_CHUNKED;
             mica__http_chunked_init(&r->chunked);
@@ -796,7 +796,9 @@ static int transport(mica_http_call_info_t *call)
             alen = sizeof(res->endpoint) - 1;
         memcpy(res->endpoint, ep->addr, alen);
         res->endpoint[alen] = '\0';
-        struct attempt a = {0};
+        /* Nothing of call->req is read once its body_fn has been called: a
+         * proxy's request strings may move as its own body is read. */
+        struct attempt a = {.head_req = strcmp(call->req->method, "HEAD") == 0};
         mica_http_response_t *r = NULL;
         rc = send_request(cn, call, deadline, &a);
         res->bytes_out += a.written;
