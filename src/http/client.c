@@ -661,6 +661,15 @@ static int read_head(mica__hc_conn_t *cn, mica_http_call_info_t *call, int64_t d
         if (len < 0)
             return MICA_EPROTO;
         if (len == 0) {
+            /* Right after the request went out the answer cannot be there
+             * yet: wait for the socket's edge first instead of paying a read
+             * that says EAGAIN (plain TCP only: OpenSSL may hold bytes the
+             * socket no longer shows). A remembered edge returns at once. */
+            if (!a->got_bytes && !interim && !cn->tls && mica__buf_len(&cn->in) == 0) {
+                int rc = mica_net_wait(cn->fd, MICA_NET_READABLE, call->ctx, dl);
+                if (rc != 0)
+                    return rc;
+            }
             ssize_t n = fill(cn, call->ctx, dl, &bytes_in);
             call->res->bytes_in += bytes_in;
             bytes_in = 0;
