@@ -63,7 +63,8 @@ typedef struct mica_http_client_opts {
     const char *tls_cert_file;   /* mTLS: PEM certificate chain the client presents */
     const char *tls_key_file;    /* mTLS: its PEM private key */
     const mica_picker_ops_t *picker; /* NULL: mica_picker_round_robin */
-    const void *picker_conf;         /* given to the picker's create (borrowed for the client's life) */
+    const void *picker_conf;         /* given to the picker's create (borrowed for the
+                                        client's life) */
     int64_t resolve_interval_ms;     /* dns targets: re-resolution period: 30000 */
 } mica_http_client_opts_t;
 
@@ -251,7 +252,7 @@ MICA_API int mica_http_client_get(mica_http_client_t *c, mica_ctx_t *ctx, const 
 MICA_API int mica_http_response_new(mica_http_response_t **out, int status,
                                     const char *content_type, const void *body, size_t len);
 
-/** Frees `r`, putting its connection back in the pool if its body was read to the end. NULL: no-op. */
+/** Frees `r`; its connection goes back to the pool if its body was read to the end. NULL: no-op. */
 MICA_API void mica_http_response_free(mica_http_response_t *r);
 
 /** Returns the response's status code (200). */
