@@ -11,6 +11,7 @@
 #   8. PostgreSQL point SELECT: pgbench -S -M prepared vs mica's pool; pipelined batches (bench/load/pg.sh)
 #   9. SQLite inserts: group commit vs one transaction per insert (bench/load/sqlite.sh)
 #  10. Tracing's cost on /health: untraced, ratio 0, ratio 1 with export (bench/load/trace.sh)
+#  11. Reverse proxy hop: mica's examples/proxy vs haproxy, nginx, Go (bench/load/proxy.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -70,5 +71,9 @@ fi
 if [ -x "$root/bench/load/trace.sh" ]; then
     echo "== Tracing overhead on /health (untraced, ratio 0, ratio 1 exporting)"
     "$root/bench/load/trace.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/proxy.sh" ]; then
+    echo "== Reverse proxy: mica vs haproxy, nginx proxy_pass and Go's ReverseProxy"
+    "$root/bench/load/proxy.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

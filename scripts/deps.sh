@@ -6,13 +6,13 @@ set -euo pipefail
 
 build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
        zlib1g-dev libssl-dev libhiredis-dev libpq-dev libsqlite3-dev)
-test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghttp2-client
+test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghttp2-client nginx-light
       nodejs golang-go golang-google-grpc-dev golang-google-protobuf-dev
       protobuf-compiler golang-github-golang-protobuf-1-3-dev redis-server postgresql util-linux)
 # The fresh-machine check's own tools on the host (scripts/fresh-machine.sh).
 fresh=(debootstrap curl nghttp2-client git util-linux)
-bench=(wrk h2o nginx-light golang-go golang-github-gin-gonic-gin-dev util-linux redis-server redis-tools
-       postgresql)
+bench=(wrk h2o nginx-light haproxy golang-go golang-github-gin-gonic-gin-dev util-linux redis-server
+       redis-tools postgresql)
 
 want=("${build[@]}")
 for t in "$@"; do

@@ -307,6 +307,23 @@ MICA_API const char *mica_http_req_header(const mica_http_req_t *req, const char
 MICA_API const char *mica_http_req_header_nth(const mica_http_req_t *req, const char *name,
                                               size_t n);
 
+/** Returns the number of request header fields, for mica_http_req_header_at(). */
+MICA_API size_t mica_http_req_header_count(const mica_http_req_t *req);
+
+/**
+ * Points *name and *value at header field `i` (0..count-1) as received (HTTP/2:
+ * names lower-case). Returns 0 or MICA_EINVAL (no such field).
+ */
+MICA_API int mica_http_req_header_at(const mica_http_req_t *req, size_t i, const char **name,
+                                     const char **value);
+
+/**
+ * Writes the client's IP address ("10.0.0.7", "2001:db8::1"; an IPv4-mapped
+ * address as IPv4) into buf, for X-Forwarded-For and logs. One getpeername()
+ * each call. Returns 0, MICA_ELIMIT (buf too small) or MICA_ENOTCONN.
+ */
+MICA_API int mica_http_req_remote_addr(const mica_http_req_t *req, char *buf, size_t size);
+
 /** Returns route parameter `name` percent-decoded ("{id}" -> "1001"), or NULL. */
 MICA_API const char *mica_http_req_param(const mica_http_req_t *req, const char *name);
 

@@ -3,8 +3,8 @@
  * TLS clients on coroutine sockets, through OpenSSL: a client context made
  * from PEM files, and connections that run their handshake, reads and
  * writes on a connected non-blocking socket (mica_net_connect()), waiting
- * the way mica's sockets do. What mica's gRPC client uses; for any client
- * that speaks HTTP/2 over TLS.
+ * the way mica's sockets do. What mica's gRPC and HTTP/1.1 clients use;
+ * for any client that speaks HTTP/2 or HTTP/1.1 over TLS.
  *
  *     mica_tls_client_t *tc;
  *     mica_tls_client_new(&tc, &(mica_tls_client_opts_t){.ca_file = "ca.pem"});
@@ -36,8 +36,9 @@ typedef struct mica_tls_client_opts {
     const char *ca_file;   /* PEM CA bundle the server's certificate must chain to (required) */
     const char *cert_file; /* mTLS: PEM certificate chain to present (with key_file), or NULL */
     const char *key_file;  /* mTLS: its PEM private key, or NULL */
-    const char *alpn;      /* the protocol to negotiate: "h2" (the default and, for now,
-                              the only one offered; the handshake fails unless chosen) */
+    const char *alpn;      /* the one protocol offered: "h2" (the default; the handshake
+                              fails unless the server chooses it) or "http/1.1" (fails
+                              if the server chooses anything else; none is fine) */
 } mica_tls_client_opts_t;
 
 /**

@@ -837,6 +837,8 @@ void mica__http_conn_main(void *arg)
         c->head_only = false;
         c->req.version = 10 + c->version_minor;
         c->req.fd = c->fd;
+        c->req.sock = c->fd;
+        c->req.peer = c->peer;
         c->req.tls_peer = c->tls.peer;
         if (r < 0) {
             c->req.bytes_in = c->in.len;

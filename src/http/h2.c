@@ -530,6 +530,8 @@ static void route(h2conn_t *hc, mica__h2_stream_t *s)
     mica_http_req_t *req = &s->req;
     mica__http_req_init(req, &s->resp, hc->srv, &h2_ops, s, &s->arena);
     req->version = 20;
+    req->sock = hc->c->fd;
+    req->peer = hc->c->peer;
     req->tls_peer = hc->c->tls.peer;
     req->headers = s->headers;
     req->nheaders = s->nheaders;

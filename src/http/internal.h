@@ -157,6 +157,8 @@ struct mica_http_req {
     void *proto; /* the mica__http_conn_t or mica__h2_stream_t */
     mica_http_server_t *srv;
     int fd;      /* HTTP/1.1: the socket (ctx cancelled on hang-up); -1 on HTTP/2 */
+    int sock;    /* the connection's socket, either protocol (the peer's address) */
+    char *peer;  /* the connection's cache of the peer's address ("" until asked) */
     int version; /* 10, 11, 20 */
     const mica__http_field_t *headers;
     size_t nheaders;
@@ -250,6 +252,7 @@ struct mica__http_conn {
 
     mica__tls_t tls;  /* TLS connections: tls.ssl set */
     bool tls_pending; /* accepted on a TLS listener, handshake not run yet */
+    char peer[48];    /* the client's address, once a request asked for it */
 
     mica__buf_t in;  /* capped: head + body (+ chunk framing); off stays 0 */
     mica__buf_t out; /* capped at MICA__HTTP_OUT_CAP_BYTES */

@@ -542,6 +542,132 @@ int mica__http_parse_head(const char *buf, size_t len, const mica__http_limits_t
     return (int)(p - start);
 }
 
+/* ---- response head --------------------------------------------------------- */
+
+/*
+ * status-line = HTTP-version SP status-code SP [ reason-phrase ] CRLF
+ * (RFC 9112 §4). The reason is ignored by clients (§4), so a status line
+ * that ends right after the code ("HTTP/1.1 200" CRLF, which some servers
+ * send) is accepted: it frames nothing. Everything else is exact.
+ */
+static int parse_status_line(const unsigned char **pp, const unsigned char *end,
+                             mica__http_resp_head_t *h)
+{
+    static const char shape[] = "HTTP/d.d ddd";
+    const unsigned char *p = *pp;
+    size_t n = (size_t)(end - p);
+    for (size_t i = 0; i < sizeof shape - 1 && i < n; i++) {
+        bool ok = shape[i] == 'd' ? (unsigned)(p[i] - '0') < 10 : p[i] == (unsigned char)shape[i];
+        if (!ok)
+            return -502;
+    }
+    if (n < sizeof shape - 1)
+        return MORE;
+    if (p[5] != '1' || p[7] > '1')
+        return -502;
+    h->version_minor = p[7] - '0';
+    h->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    if (h->status < 100)
+        return -502;
+    p += sizeof shape - 1;
+    if (p == end)
+        return MORE;
+    if (*p == ' ')
+        p++;
+    else if (*p != '\r')
+        return -502;
+    const unsigned char *reason = p;
+    p = skip_value(p, end);
+    if (p == end)
+        return MORE;
+    if (*p != '\r')
+        return -502;
+    if (end - p < 2)
+        return MORE;
+    if (p[1] != '\n')
+        return -502;
+    h->reason = (const char *)reason;
+    h->reason_len = (size_t)(p - reason);
+    *pp = p + 2;
+    return 0;
+}
+
+/* Content-Length, Transfer-Encoding and Connection of a response (see the header). */
+static int on_resp_field(mica__http_resp_head_t *h, const mica__http_field_t *f, unsigned *seen)
+{
+    const char *v = f->value;
+    size_t n = f->value_len;
+    if (f->name_len == 14 && lower_eq(f->name, "content-length", 14)) {
+        mica__http_head_t tmp = {.content_length = -1};
+        if (on_content_length(&tmp, v, n, seen) != 0)
+            return -502;
+        h->content_length = tmp.content_length;
+    } else if (f->name_len == 17 && lower_eq(f->name, "transfer-encoding", 17)) {
+        if (h->version_minor == 0 || (*seen & (SEEN_LENGTH | SEEN_CODING)) ||
+            !mica__http_token_eq(v, n, "chunked"))
+            return -502;
+        *seen |= SEEN_CODING;
+        h->chunked = true;
+    } else if (f->name_len == 10 && lower_eq(f->name, "connection", 10)) {
+        if (on_connection(v, n, seen) != 0)
+            return -502;
+    }
+    return 0;
+}
+
+int mica__http_parse_response_head(const char *buf, size_t len, const mica__http_limits_t *limits,
+                                   mica__http_resp_head_t *out)
+{
+    assert(limits != NULL && out != NULL && (buf != NULL || len == 0));
+    size_t max_head = limits->max_head_bytes < INT_MAX ? limits->max_head_bytes : INT_MAX;
+    size_t max_fields =
+        limits->max_headers < MICA__HTTP_MAX_HEADERS ? limits->max_headers : MICA__HTTP_MAX_HEADERS;
+    const unsigned char *start = (const unsigned char *)buf;
+    const unsigned char *p = start;
+    const unsigned char *end = start + (len < max_head ? len : max_head);
+#define RESP_MORE() (len <= max_head ? 0 : -431)
+
+    int rc = parse_status_line(&p, end, out);
+    if (rc == MORE)
+        return RESP_MORE();
+    if (rc < 0)
+        return rc;
+    out->num_headers = 0;
+    out->content_length = -1;
+    out->chunked = false;
+    out->keep_alive = false;
+    unsigned seen = 0;
+    for (;;) {
+        if (p == end)
+            return RESP_MORE();
+        if (*p == '\r') {
+            if (end - p < 2)
+                return RESP_MORE();
+            if (p[1] != '\n')
+                return -502;
+            p += 2;
+            break;
+        }
+        mica__http_field_t f;
+        rc = parse_field_line(&p, end, &f);
+        if (rc == MORE)
+            return RESP_MORE();
+        if (rc < 0)
+            return -502;
+        if (out->num_headers == max_fields)
+            return -431;
+        out->headers[out->num_headers++] = f;
+        if ((rc = on_resp_field(out, &f, &seen)) < 0)
+            return rc;
+    }
+#undef RESP_MORE
+    if (seen & CONN_CLOSE)
+        out->keep_alive = false;
+    else
+        out->keep_alive = out->version_minor == 1 || (seen & CONN_KEEP_ALIVE);
+    return (int)(p - start);
+}
+
 /* ---- chunked body --------------------------------------------------------- */
 
 /*

@@ -92,6 +92,35 @@ typedef struct mica__http_head {
 int mica__http_parse_head(const char *buf, size_t len, const mica__http_limits_t *limits,
                           mica__http_head_t *out);
 
+/* A response head (RFC 9112 §4), as the client reads it. */
+typedef struct mica__http_resp_head {
+    int version_minor; /* 0 or 1 */
+    int status;        /* 100..999 */
+    const char *reason; /* reason-phrase, possibly empty (not NUL-terminated) */
+    size_t reason_len;
+
+    mica__http_field_t headers[MICA__HTTP_MAX_HEADERS];
+    size_t num_headers;
+
+    int64_t content_length; /* -1 when absent */
+    bool chunked;           /* Transfer-Encoding: chunked (the only one accepted) */
+    bool keep_alive;        /* 1.1 unless "close"; 1.0 only with "keep-alive" */
+} mica__http_resp_head_t;
+
+/*
+ * Parses a response head at buf[0..len) (status-line and fields), with the
+ * same strictness as requests: CRLF only, no obs-fold, no whitespace before
+ * the colon, tokens and field values per RFC 9110, and framing fields that
+ * leave no doubt -- Content-Length at most once (repeated, even identical:
+ * refused), never with Transfer-Encoding, and Transfer-Encoding only as
+ * exactly "chunked" in HTTP/1.1 (anything else would be read to the close,
+ * which is where response smuggling lives). Returns the head's length, 0
+ * when more bytes are needed, -431 past max_head_bytes or max_headers, or
+ * -502 for anything malformed. max_target_bytes is not used.
+ */
+int mica__http_parse_response_head(const char *buf, size_t len, const mica__http_limits_t *limits,
+                                   mica__http_resp_head_t *out);
+
 /* Incremental chunked body decoder (RFC 9112 §7.1), decoding in place. */
 typedef struct mica__http_chunked {
     int state;             /* private */

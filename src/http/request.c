@@ -20,7 +20,10 @@
  * in the arena and becomes a child when the ctx is made, so a request whose
  * handler never asks for its ctx makes none at all.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <strings.h>
 
 #include "common/alloc.h"
@@ -48,7 +51,8 @@ struct mica_http_next {
 void mica__http_req_init(mica_http_req_t *req, mica_http_resp_t *resp, mica_http_server_t *srv,
                          const mica__http_ops_t *ops, void *proto, mica__arena_t *arena)
 {
-    *req = (mica_http_req_t){.ops = ops, .proto = proto, .srv = srv, .fd = -1, .arena = arena,
+    *req = (mica_http_req_t){.ops = ops, .proto = proto, .srv = srv, .fd = -1, .sock = -1,
+                             .arena = arena,
                              .method = "", .path = "", .deadline_ms = MICA_NO_DEADLINE};
     *resp = (mica_http_resp_t){.req = req};
 }
@@ -355,6 +359,58 @@ void mica__http_req_release(mica_http_req_t *req)
 const char *mica_http_req_tls_peer(const mica_http_req_t *req)
 {
     return req->tls_peer;
+}
+
+size_t mica_http_req_header_count(const mica_http_req_t *req)
+{
+    return req->nheaders;
+}
+
+int mica_http_req_header_at(const mica_http_req_t *req, size_t i, const char **name,
+                            const char **value)
+{
+    if (i >= req->nheaders)
+        return MICA_EINVAL;
+    *name = req->headers[i].name;
+    *value = req->headers[i].value;
+    return 0;
+}
+
+/* The peer of `fd` as text into buf. 0, MICA_ELIMIT or MICA_ENOTCONN. */
+static int peer_of(int fd, char *buf, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+        return MICA_ENOTCONN;
+    const void *a;
+    int family = ss.ss_family;
+    if (family == AF_INET6) { /* an IPv4 client of a dual-stack listener: a.b.c.d */
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        bool mapped = IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr);
+        a = mapped ? (const void *)&s6->sin6_addr.s6_addr[12] : (const void *)&s6->sin6_addr;
+        family = mapped ? AF_INET : AF_INET6;
+    } else if (family == AF_INET) {
+        a = &((struct sockaddr_in *)&ss)->sin_addr;
+    } else {
+        return MICA_ENOTCONN;
+    }
+    return inet_ntop(family, a, buf, (socklen_t)size) ? 0 : MICA_ELIMIT;
+}
+
+int mica_http_req_remote_addr(const mica_http_req_t *req, char *buf, size_t size)
+{
+    /* Asked once per connection: later requests copy the connection's cache. */
+    if (req->peer && !req->peer[0] && peer_of(req->sock, req->peer, 48) != 0)
+        req->peer[0] = '\0';
+    if (req->peer && req->peer[0]) {
+        size_t n = strlen(req->peer);
+        if (n >= size)
+            return MICA_ELIMIT;
+        memcpy(buf, req->peer, n + 1);
+        return 0;
+    }
+    return peer_of(req->sock, buf, size);
 }
 
 const char *mica_http_req_method(const mica_http_req_t *req)

@@ -6,7 +6,8 @@
  * context thread-safe); one SSL per connection, used only by the coroutine
  * that owns the connection. On listeners ALPN picks "h2" when the client
  * offers it, else "http/1.1" (RFC 7301), so REST and gRPC share a TLS port
- * as they share a cleartext one; the client offers only "h2".
+ * as they share a cleartext one; a client offers "h2" (gRPC) or
+ * "http/1.1" (the HTTP/1.1 client), one of them.
  *
  * Reads and writes map OpenSSL's WANT_READ/WANT_WRITE onto the loop's
  * edge-triggered waits: a wait follows only an SSL call that reported
@@ -34,6 +35,7 @@
 static const unsigned char ALPN_H2[] = "h2";
 static const unsigned char ALPN_H1[] = "http/1.1";
 static const unsigned char ALPN_CLIENT[] = "\x02h2";
+static const unsigned char ALPN_CLIENT_H1[] = "\x08http/1.1";
 
 /* ALPN: the first of h2, http/1.1 the client offers; neither: no ALPN (HTTP/1.1). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -159,13 +161,15 @@ int mica__tls_server_ctx_verify_clients(struct ssl_ctx_st *ctx, const char *ca_f
 }
 
 int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file, const char *cert_file,
-                             const char *key_file)
+                             const char *key_file, bool http1)
 {
     SSL_CTX *ctx = ctx_new(TLS_client_method());
     if (!ctx)
         return MICA_ENOMEM;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    if (SSL_CTX_set_alpn_protos(ctx, ALPN_CLIENT, sizeof(ALPN_CLIENT) - 1) != 0 ||
+    int alpn = http1 ? SSL_CTX_set_alpn_protos(ctx, ALPN_CLIENT_H1, sizeof(ALPN_CLIENT_H1) - 1)
+                     : SSL_CTX_set_alpn_protos(ctx, ALPN_CLIENT, sizeof(ALPN_CLIENT) - 1);
+    if (alpn != 0 ||
         SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
         log_ssl_error("cannot load TLS CA certificates", "file", ca_file);
         SSL_CTX_free(ctx);
@@ -296,7 +300,7 @@ int mica__tls_accept(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, int64_t dea
 }
 
 int mica__tls_connect(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, const char *name,
-                      int64_t deadline)
+                      int64_t deadline, bool http1)
 {
     int rc = tls_new(t, ctx, fd);
     if (rc != 0)
@@ -323,6 +327,13 @@ int mica__tls_connect(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, const char
     const unsigned char *proto;
     unsigned int len;
     SSL_get0_alpn_selected(t->ssl, &proto, &len);
+    if (http1) { /* no ALPN at all is HTTP/1.1 too (RFC 7301 §3.2: a server may ignore it) */
+        if (len != 0 && (len != 8 || memcmp(proto, ALPN_H1, 8) != 0)) {
+            mica__log_error("TLS server chose another protocol than http/1.1", "server", name);
+            return MICA_EPROTO;
+        }
+        return 0;
+    }
     if (len != 2 || memcmp(proto, ALPN_H2, 2) != 0) {
         mica__log_error("TLS server did not choose h2 by ALPN", "server", name);
         return MICA_EPROTO;

@@ -33,13 +33,13 @@ int mica__tls_server_ctx_new(struct ssl_ctx_st **out, const char *cert_file, con
  */
 int mica__tls_server_ctx_verify_clients(struct ssl_ctx_st *ctx, const char *ca_file);
 /*
- * Creates a client context offering ALPN h2 and verifying servers against
- * the PEM CA bundle `ca_file`; with cert_file and key_file (else NULL) it
- * presents that certificate when asked (mTLS). Returns 0, MICA_EINVAL
- * (logged) or MICA_ENOMEM.
+ * Creates a client context offering ALPN h2 (or, with `http1`, http/1.1)
+ * and verifying servers against the PEM CA bundle `ca_file`; with cert_file
+ * and key_file (else NULL) it presents that certificate when asked (mTLS).
+ * Returns 0, MICA_EINVAL (logged) or MICA_ENOMEM.
  */
 int mica__tls_client_ctx_new(struct ssl_ctx_st **out, const char *ca_file, const char *cert_file,
-                             const char *key_file);
+                             const char *key_file, bool http1);
 void mica__tls_ctx_free(struct ssl_ctx_st *ctx);
 
 /*
@@ -51,10 +51,11 @@ int mica__tls_accept(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, int64_t dea
  * Runs the client handshake on fd until deadline, verifying the server's
  * certificate for `name` (a host name, sent as SNI, or an IP address).
  * Returns 0, MICA_EPROTO (handshake or verification failed, or the server
- * did not choose h2; logged), MICA_ETIMEDOUT or a socket error.
+ * did not choose h2 -- with `http1`: chose something else than http/1.1 or
+ * nothing; logged), MICA_ETIMEDOUT or a socket error.
  */
 int mica__tls_connect(mica__tls_t *t, struct ssl_ctx_st *ctx, int fd, const char *name,
-                      int64_t deadline);
+                      int64_t deadline, bool http1);
 /*
  * Reads plaintext without waiting for the socket: > 0 bytes, 0 at the peer's
  * close, MICA_EAGAIN (drained: wait for readable), or an error. May wait,

@@ -15,6 +15,7 @@
 
 struct mica_tls_client {
     struct ssl_ctx_st *ctx;
+    bool http1; /* ALPN http/1.1, else h2 */
 };
 
 struct mica_tls_conn {
@@ -25,14 +26,17 @@ int mica_tls_client_new(mica_tls_client_t **out, const mica_tls_client_opts_t *o
 {
     if (!opts || !opts->ca_file)
         return MICA_EINVAL;
-    if (opts->alpn && strcmp(opts->alpn, "h2") != 0) {
-        mica__log_error("TLS client: only ALPN h2 is supported", "alpn", opts->alpn);
+    bool http1 = opts->alpn && strcmp(opts->alpn, "http/1.1") == 0;
+    if (opts->alpn && !http1 && strcmp(opts->alpn, "h2") != 0) {
+        mica__log_error("TLS client: ALPN must be h2 or http/1.1", "alpn", opts->alpn);
         return MICA_EINVAL;
     }
     mica_tls_client_t *tc = mica__calloc(1, sizeof(*tc));
     if (!tc)
         return MICA_ENOMEM;
-    int rc = mica__tls_client_ctx_new(&tc->ctx, opts->ca_file, opts->cert_file, opts->key_file);
+    tc->http1 = http1;
+    int rc = mica__tls_client_ctx_new(&tc->ctx, opts->ca_file, opts->cert_file, opts->key_file,
+                                      http1);
     if (rc != 0) {
         mica__free(tc);
         return rc;
@@ -57,7 +61,7 @@ int mica_tls_connect(mica_tls_client_t *tc, int fd, const char *server_name, int
     mica_tls_conn_t *t = mica__calloc(1, sizeof(*t));
     if (!t)
         return MICA_ENOMEM;
-    int rc = mica__tls_connect(&t->tls, tc->ctx, fd, server_name, deadline_ms);
+    int rc = mica__tls_connect(&t->tls, tc->ctx, fd, server_name, deadline_ms, tc->http1);
     if (rc != 0) {
         mica__tls_free(&t->tls);
         mica__free(t);

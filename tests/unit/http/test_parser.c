@@ -1004,6 +1004,82 @@ static void test_chunked_request_decodes_after_its_head(void **state)
     assert_memory_equal(req + head + n, "next", 4);
 }
 
+/* ---- response heads (the client's parser) ----------------------------------------- */
+
+struct resp_row {
+    const char *rule;
+    const char *head;
+    int rc; /* > 0: complete (its length is strlen(head)), else the result */
+    int status;
+    int64_t content_length;
+    bool chunked, keep_alive;
+};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers" /* rows name what they need */
+static const struct resp_row resp_rows[] = {
+    {"plain 1.1 keeps alive", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1, 200, 5, false, true},
+    {"no reason phrase", "HTTP/1.1 204\r\n\r\n", 1, 204, -1, false, true},
+    {"empty reason phrase", "HTTP/1.1 404 \r\n\r\n", 1, 404, -1, false, true},
+    {"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n", 1, 200, -1, true, true},
+    {"close", "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", 1, 200, -1, false, false},
+    {"1.0 closes by default", "HTTP/1.0 200 OK\r\n\r\n", 1, 200, -1, false, false},
+    {"1.0 keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n", 1, 200, -1, false, true},
+    {"status 999", "HTTP/1.1 999 Odd\r\n\r\n", 1, 999, -1, false, true},
+    {"incomplete", "HTTP/1.1 200 OK\r\nContent-Le", 0},
+    {"incomplete status", "HTTP/1.", 0},
+    {"§6.3 CL with TE", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", -502},
+    {"§6.3 TE with CL", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", -502},
+    {"§8.6 repeated CL", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", -502},
+    {"§8.6 CL list", "HTTP/1.1 200 OK\r\nContent-Length: 1,1\r\n\r\n", -502},
+    {"§8.6 signed CL", "HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n", -502},
+    {"TE not exactly chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", -502},
+    {"two TE fields", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", -502},
+    {"TE in 1.0", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", -502},
+    {"§5.2 obs-fold", "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", -502},
+    {"§5.1 space before colon", "HTTP/1.1 200 OK\r\nX : a\r\n\r\n", -502},
+    {"§2.2 bare LF", "HTTP/1.1 200 OK\nX: a\r\n\r\n", -502},
+    {"two spaces after version", "HTTP/1.1  200 OK\r\n\r\n", -502},
+    {"HTTP/2.0", "HTTP/2.0 200 OK\r\n\r\n", -502},
+    {"HTTP/1.2", "HTTP/1.2 200 OK\r\n\r\n", -502},
+    {"lower-case name", "http/1.1 200 OK\r\n\r\n", -502},
+    {"status 099", "HTTP/1.1 099 Low\r\n\r\n", -502},
+    {"four-digit status", "HTTP/1.1 2000 OK\r\n\r\n", -502},
+    {"control byte in reason", "HTTP/1.1 200 O\x01K\r\n\r\n", -502},
+};
+#pragma GCC diagnostic pop
+
+static void test_response_heads_table(void **state)
+{
+    for (size_t i = 0; i < sizeof(resp_rows) / sizeof(resp_rows[0]); i++) {
+        const struct resp_row *r = &resp_rows[i];
+        size_t len = strlen(r->head);
+        char *copy = dup_exact(r->head, len);
+        mica__http_resp_head_t h;
+        int rc = mica__http_parse_response_head(copy, len, &limits_default, &h);
+        int want = r->rc == 1 ? (int)len : r->rc;
+        if (rc != want)
+            fail_msg("%s: rc %d, want %d", r->rule, rc, want);
+        if (rc > 0 && (h.status != r->status || h.content_length != r->content_length ||
+                       h.chunked != r->chunked || h.keep_alive != r->keep_alive))
+            fail_msg("%s: status %d cl %lld chunked %d keep-alive %d", r->rule, h.status,
+                     (long long)h.content_length, h.chunked, h.keep_alive);
+        free(copy);
+    }
+}
+
+static void test_response_head_limits_give_431(void **state)
+{
+    mica__http_resp_head_t h;
+    char head[200];
+    snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+    assert_int_equal(mica__http_parse_response_head(head, strlen(head), &limits_small, &h), -431);
+    memset(head, 'x', sizeof(head));
+    memcpy(head, "HTTP/1.1 200 OK\r\nX: ", 20);
+    assert_int_equal(mica__http_parse_response_head(head, sizeof(head), &limits_small, &h), -431);
+    assert_int_equal(mica__http_parse_response_head(head, 60, &limits_small, &h), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1025,6 +1101,8 @@ int main(void)
         cmocka_unit_test(test_trailer_section_is_capped_at_4096_bytes),
         cmocka_unit_test(test_chunked_decoder_stays_finished_or_failed),
         cmocka_unit_test(test_chunked_request_decodes_after_its_head),
+        cmocka_unit_test(test_response_heads_table),
+        cmocka_unit_test(test_response_head_limits_give_431),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -295,6 +295,58 @@ static void test_middleware_wraps_handlers_and_404s_and_observers_see_every_requ
     assert_int_equal(s.seen[3].status, 400);
 }
 
+/* ---- request fields in order, and the client's address ---------------------------- */
+
+static int list_fields(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    char out[512], peer[64];
+    size_t k = 0;
+    size_t n = mica_http_req_header_count(req);
+    for (size_t i = 0; i < n; i++) {
+        const char *name, *value;
+        if (mica_http_req_header_at(req, i, &name, &value) != 0)
+            return MICA_EINTERNAL;
+        k += (size_t)snprintf(out + k, sizeof(out) - k, "%s=%s;", name, value);
+    }
+    const char *dummy;
+    if (mica_http_req_header_at(req, n, &dummy, &dummy) != MICA_EINVAL)
+        return MICA_EINTERNAL;
+    if (mica_http_req_remote_addr(req, peer, sizeof(peer)) != 0 ||
+        mica_http_req_remote_addr(req, peer, 4) != MICA_ELIMIT) /* cached, still checked */
+        return MICA_EINTERNAL;
+    mica_http_req_remote_addr(req, peer, sizeof(peer));
+    snprintf(out + k, sizeof(out) - k, "peer=%s", peer);
+    return mica_http_resp_text(resp, 200, out);
+}
+
+static void fields_client(int worker, void *arg)
+{
+    struct fixture *f = arg;
+    static const char req[] = "GET /fields HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nx-b:  two words \r\n"
+                              "Connection: close\r\n\r\n";
+    ssize_t n = wire_exchange(f->addr, req, sizeof(req) - 1, f->reply, sizeof(f->reply), 3000);
+    EXPECT(n > 0);
+    mica_runtime_stop(f->rt);
+}
+
+static void test_request_fields_iterate_in_order_with_the_client_address(void **state)
+{
+    struct fixture f = {0};
+    mica_runtime_opts_t ro = {.workers = 1, .no_signals = true, .drain_timeout_ms = 3000};
+    assert_int_equal(mica_runtime_new(&f.rt, &ro), 0);
+    assert_int_equal(mica_http_server_new(&f.srv, NULL), 0);
+    assert_int_equal(mica_http_route(f.srv, "GET", "/fields", list_fields, &f), 0);
+    assert_int_equal(mica_http_server_listen(f.srv, "127.0.0.1:0"), 0);
+    assert_int_equal(mica_http_server_attach(f.srv, f.rt), 0);
+    snprintf(f.addr, sizeof(f.addr), "127.0.0.1:%d", mica_http_server_port(f.srv, 0));
+    mica_runtime_on_start(f.rt, fields_client, &f);
+    assert_int_equal(mica_runtime_run(f.rt), 0);
+    mica_http_server_free(f.srv);
+    mica_runtime_free(f.rt);
+    expect_no_failure();
+    assert_non_null(strstr(f.reply, "Host=t;X-A=1;x-b=two words;Connection=close;peer=127.0.0.1"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -302,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_handler_ctx_is_cancelled_when_the_client_disconnects),
         cmocka_unit_test(test_drain_closing_a_parked_connection_with_a_pending_spawn_is_safe),
         cmocka_unit_test(test_middleware_wraps_handlers_and_404s_and_observers_see_every_request),
+        cmocka_unit_test(test_request_fields_iterate_in_order_with_the_client_address),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
