@@ -286,7 +286,8 @@ typedef struct mica_grpc_result {
  * A call as interceptors see it. They may change `ctx` and `opts` (add
  * metadata by pointing opts.md at a larger array that lives until next()
  * returns; move the deadline), then call next() -- any number of times, to
- * retry -- or not at all, to answer themselves. A ctx substituted for a
+ * retry -- or not at all, to answer themselves. Their changes are undone
+ * when they return, so an outer interceptor's retry sees its own. A ctx substituted for a
  * streaming call must live until the stream finishes.
  */
 typedef struct mica_grpc_call_info {

@@ -258,9 +258,16 @@ static int call_next(mica_grpc_call_info_t *call)
     int i = call->_pos;
     if ((size_t)i >= c->nicpt)
         return call->streaming ? transport_open(call) : transport_unary(call);
+    /* What this interceptor changes (ctx, options: e.g. md pointing at its own
+     * stack array) is put back when it returns, so an outer interceptor that
+     * calls next() again (a retry) starts from what it passed itself. */
+    mica_ctx_t *ctx = call->ctx;
+    mica_grpc_call_opts_t opts = call->opts;
     call->_pos = i + 1;
     int code = c->icpt[i].fn(call, call_next, c->icpt[i].arg);
     call->_pos = i;
+    call->ctx = ctx;
+    call->opts = opts;
     return code;
 }
 
