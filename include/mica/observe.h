@@ -12,7 +12,7 @@
  *     mica_runtime_run(rt);
  *     mica_observe_free(obs);
  *
- * The admin listener (MICA_ADMIN_LISTEN, "" turns it off) is a mica HTTP
+ * The admin listener (MICA_ADMIN_LISTEN; "off" or "" turns it off) is a mica HTTP
  * server on the same runtime serving:
  *   GET /metrics                       Prometheus text format 0.0.4
  *   GET /healthz                       200 while the process serves (liveness)
@@ -44,7 +44,7 @@ typedef struct mica_observe mica_observe_t;
 
 /* Settings; NULL/0 picks the default shown (unready_delay_ms excepted). */
 typedef struct mica_observe_opts {
-    const char *admin_listen; /* admin listener: "127.0.0.1:6060"; "" turns it off */
+    const char *admin_listen; /* admin listener: "127.0.0.1:6060"; "" or "off": none */
     const char *service;      /* the "service" of every log line: the program's name */
     const char *log_level;    /* debug, info, warn, error, off: $MICA_LOG_LEVEL, else info */
     const char *log_file;     /* log lines go to this file (reopened on SIGHUP): stderr */

@@ -57,7 +57,7 @@ size_t mica_observe_settings(mica_observe_opts_t *o, mica_setting_t *out, size_t
 {
     const mica_setting_t all[] = {
         {"admin_listen", MICA_SETTING_STR, DEFAULT_ADMIN,
-         "admin listener (/metrics, /healthz, /readyz, /debug/pprof); \"\" turns it off",
+         "admin listener (/metrics, /healthz, /readyz, /debug/pprof); off: none",
          &o->admin_listen, 0, 0, NULL},
         {"service", MICA_SETTING_STR, NULL, "service name in log lines (default: the program's)",
          &o->service, 0, 0, NULL},
@@ -255,6 +255,10 @@ static int start_admin(mica_observe_t *obs, const char *listen)
     };
     for (size_t i = 0; rc == 0 && i < sizeof(routes) / sizeof(routes[0]); i++)
         rc = mica_http_route(srv, "GET", routes[i].path, routes[i].fn, routes[i].arg);
+    if (rc == 0)
+        rc = mica_http_route(srv, "GET", "/debug/pprof/symbol", mica__symbol_handler, NULL);
+    if (rc == 0)
+        rc = mica_http_route(srv, "POST", "/debug/pprof/symbol", mica__symbol_handler, NULL);
     if (rc == 0 && (rc = mica_http_server_listen_list(srv, listen)) != 0)
         mica__log_error("invalid setting", "name", "admin_listen", "value", listen);
     if (rc == 0)
@@ -283,6 +287,8 @@ int mica_observe_enable(mica_observe_t **out, mica_runtime_t *rt, const mica_obs
             return MICA_EINVAL;
     }
     const char *listen = o.admin_listen ? o.admin_listen : DEFAULT_ADMIN;
+    if (strcmp(listen, "off") == 0)
+        listen = "";
     if (atomic_exchange(&enabled, true))
         return MICA_EBUSY;
     int rc = apply_logging(&o);

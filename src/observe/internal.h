@@ -59,5 +59,7 @@ void mica__instrument_detach(void);
 
 /* Serves GET /debug/pprof/profile on the admin server (arg: max seconds as intptr_t). */
 int mica__profile_handler(mica_http_req_t *req, mica_http_resp_t *resp, void *arg);
+/* Serves GET and POST /debug/pprof/symbol (pprof's symbolz protocol). */
+int mica__symbol_handler(mica_http_req_t *req, mica_http_resp_t *resp, void *arg);
 
 #endif /* MICA_OBSERVE_INTERNAL_H */

@@ -13,14 +13,18 @@
  * mid-profile leaves nothing behind. One profile at a time (gperftools has
  * one profiler): a second request gets 409 until the thread is done.
  */
+#include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -160,7 +164,9 @@ int mica__profile_handler(mica_http_req_t *req, mica_http_resp_t *resp, void *ar
         return err;
     }
     close(fd);
-    mica__log_info("cpu profile started", "seconds", mica_http_req_query(req) ? mica_http_req_query(req) : "30");
+    char secs_s[12];
+    snprintf(secs_s, sizeof(secs_s), "%ld", secs);
+    mica__log_info("cpu profile started", "seconds", secs_s);
 
     /* The thread takes no signal but SIGPROF's samples: SIGTERM and SIGHUP
      * belong to the runtime's signalfd. */
@@ -212,4 +218,149 @@ int mica__profile_handler(mica_http_req_t *req, mica_http_resp_t *resp, void *ar
     }
     mica__free(r.data);
     return rc;
+}
+
+/* ---- /debug/pprof/symbol: pprof's symbolz protocol ------------------------------------ */
+/*
+ * `pprof -symbolize=remote` (and gperftools' pprof) POSTs the profile's
+ * addresses here as "0x1234+0x5678" and reads back "0x1234 name" lines. Go's
+ * pprof finds no function names in the DWARF of an LTO build (they hang off
+ * abstract origins it does not follow), so the service names them itself:
+ * the executable's own .symtab (static functions included), read once from
+ * /proc/self/exe and shifted by its load bias, then dladdr() for the shared
+ * libraries' exported symbols.
+ */
+
+typedef struct sym {
+    uintptr_t addr;
+    size_t size;
+    uint32_t name; /* offset in names */
+} sym_t;
+
+static struct {
+    pthread_once_t once;
+    sym_t *syms;
+    size_t n;
+    char *names;
+} table = {.once = PTHREAD_ONCE_INIT};
+
+static int first_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    *(uintptr_t *)arg = (uintptr_t)info->dlpi_addr;
+    return 1; /* the first object is the executable */
+}
+
+static int by_addr(const void *a, const void *b)
+{
+    uintptr_t x = ((const sym_t *)a)->addr, y = ((const sym_t *)b)->addr;
+    return x < y ? -1 : x > y;
+}
+
+static void load_symbols(void)
+{
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(Elf64_Ehdr)) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    size_t len = (size_t)st.st_size;
+    const unsigned char *f = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (f == MAP_FAILED)
+        return;
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)f;
+    const Elf64_Shdr *sh = (const Elf64_Shdr *)(f + eh->e_shoff);
+    bool ok = memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+              eh->e_shoff + (size_t)eh->e_shnum * sizeof(Elf64_Shdr) <= len;
+    const Elf64_Shdr *symtab = NULL;
+    for (int pass = 0; ok && pass < 2 && !symtab; pass++)
+        for (unsigned i = 0; i < eh->e_shnum; i++)
+            if (sh[i].sh_type == (pass ? SHT_DYNSYM : SHT_SYMTAB) && sh[i].sh_link < eh->e_shnum)
+                symtab = &sh[i];
+    if (symtab && symtab->sh_offset + symtab->sh_size <= len &&
+        sh[symtab->sh_link].sh_offset + sh[symtab->sh_link].sh_size <= len) {
+        const Elf64_Sym *s = (const Elf64_Sym *)(f + symtab->sh_offset);
+        size_t n = symtab->sh_size / sizeof(*s);
+        const char *str = (const char *)(f + sh[symtab->sh_link].sh_offset);
+        size_t strsz = sh[symtab->sh_link].sh_size;
+        uintptr_t bias = 0;
+        dl_iterate_phdr(first_object, &bias);
+        table.syms = mica__calloc(n ? n : 1, sizeof(sym_t));
+        table.names = mica__malloc(strsz + 1);
+        if (table.syms && table.names) {
+            memcpy(table.names, str, strsz);
+            table.names[strsz] = '\0';
+            for (size_t i = 0; i < n; i++)
+                if (ELF64_ST_TYPE(s[i].st_info) == STT_FUNC && s[i].st_value && s[i].st_name < strsz)
+                    table.syms[table.n++] = (sym_t){bias + s[i].st_value, s[i].st_size, s[i].st_name};
+            qsort(table.syms, table.n, sizeof(sym_t), by_addr);
+        }
+    }
+    munmap((void *)f, len);
+}
+
+static const char *symbol_of(uintptr_t a)
+{
+    size_t lo = 0, hi = table.n;
+    while (lo < hi) { /* the last symbol at or below a */
+        size_t mid = (lo + hi) / 2;
+        if (table.syms[mid].addr <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo > 0 && a < table.syms[lo - 1].addr + (table.syms[lo - 1].size ? table.syms[lo - 1].size : 1))
+        return table.names + table.syms[lo - 1].name;
+    Dl_info info;
+    if (dladdr((void *)a, &info) && info.dli_sname)
+        return info.dli_sname;
+    return NULL;
+}
+
+static int load_job(void *arg)
+{
+    pthread_once(&table.once, load_symbols);
+    return 0;
+}
+
+int mica__symbol_handler(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    int res;
+    int rc = mica_offload(NULL, mica_http_req_ctx(req), load_job, NULL, &res);
+    if (rc != 0)
+        return rc;
+    if (strcmp(mica_http_req_method(req), "POST") != 0)
+        return mica_http_resp_text(resp, 200, table.n ? "num_symbols: 1\n" : "num_symbols: 0\n");
+    size_t len;
+    const char *body = mica_http_req_body(req, &len);
+    size_t cap = len * 4 + 64, used = 0;
+    char *out = mica_http_req_alloc(req, cap);
+    if (!out)
+        return MICA_ENOMEM;
+    for (const char *p = body, *end = body + len; p < end;) {
+        char *next;
+        unsigned long long a = strtoull(p, &next, 16);
+        if (next == p)
+            break;
+        const char *name = symbol_of((uintptr_t)a);
+        if (name) {
+            int n = snprintf(out + used, cap - used, "%#llx %s\n", a, name);
+            if (n < 0 || (size_t)n >= cap - used) { /* long names: grow */
+                size_t ncap = cap * 2 + (size_t)(n > 0 ? n : 0);
+                char *bigger = mica_http_req_alloc(req, ncap);
+                if (!bigger)
+                    return MICA_ENOMEM;
+                memcpy(bigger, out, used);
+                out = bigger, cap = ncap;
+                continue; /* this address again */
+            }
+            used += (size_t)n;
+        }
+        p = next;
+        while (p < end && (*p == '+' || *p == ' ' || *p == '\n'))
+            p++;
+    }
+    return mica_http_resp_send(resp, 200, "text/plain; charset=utf-8", out, used);
 }

@@ -30,6 +30,7 @@ CLIENT_CERT, CLIENT_KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"), cn="or
 def start(binary, **extra):
     log = tempfile.NamedTemporaryFile(mode="w+", delete=False)
     env = dict(os.environ, MICA_LISTEN="127.0.0.1:0", MICA_WORKERS="2",
+               MICA_ADMIN_LISTEN="127.0.0.1:0",
                MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=CERT, MICA_TLS_KEY=KEY, **extra)
     p = subprocess.Popen(VG + [os.path.join(BUILD, binary)], env=env, stderr=log,
                          stdout=subprocess.DEVNULL)
