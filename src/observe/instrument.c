@@ -110,7 +110,7 @@ typedef struct server_state {
     uint32_t serial;
     _Atomic(mica_http_server_t *) srv; /* NULL once detached: scrapes leave it alone */
     mica_grpc_server_t *grpc;          /* its gRPC server, if instrumented */
-    char port[8];
+    char port[12];
 } server_state_t;
 
 static pthread_mutex_t servers_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -299,7 +299,7 @@ static void observer(const mica_http_completion_t *c, void *arg)
         const void *key = c->route ? (const void *)c->route : unmatched;
         centry_t *e = cache_find(key, k2);
         if (!e) {
-            char code[8];
+            char code[12];
             snprintf(code, sizeof(code), "%d", status);
             const char *v[] = {methods[mi], c->route ? c->route : unmatched, code};
             mica_histogram_t *d, *rq, *rs;

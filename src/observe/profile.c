@@ -164,7 +164,7 @@ int mica__profile_handler(mica_http_req_t *req, mica_http_resp_t *resp, void *ar
         return err;
     }
     close(fd);
-    char secs_s[12];
+    char secs_s[24];
     snprintf(secs_s, sizeof(secs_s), "%ld", secs);
     mica__log_info("cpu profile started", "seconds", secs_s);
 
