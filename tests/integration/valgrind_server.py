@@ -17,7 +17,8 @@ import os, signal, socket, subprocess, sys, tempfile, time
 
 BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 VG = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
-      "--errors-for-leak-kinds=definite,indirect"]
+      "--errors-for-leak-kinds=definite,indirect",
+      "--suppressions=" + os.path.join(os.path.dirname(__file__), "../../scripts/valgrind.supp")]
 
 
 sys.path.insert(0, os.path.dirname(__file__))
