@@ -12,12 +12,14 @@
 #
 # On a shared machine wall-clock figures wander, so the script also counts
 # instructions per request under callgrind (deterministic): each server
-# serves N and then 2N requests on one pipelined connection, and the
-# difference of the two totals over N cancels start-up and shutdown.
+# serves N and then 2N requests on one keep-alive connection, one at a time
+# as wrk sends them (BENCH_CALLGRIND_DEPTH to pipeline), and the difference
+# of the two totals over N cancels start-up and shutdown. Instructions in
+# the kernel (the read and write of each request) are not counted.
 #
 # Usage: bench/load/observe.sh <build-dir> [duration_s, default 10] [runs, default 3]
 # Knobs: BENCH_CONNS=50, BENCH_WARMUP_S=2, BENCH_SERVER_CPU=0, BENCH_LOAD_CPU=1,
-# BENCH_CALLGRIND=1 (0: skip), BENCH_CALLGRIND_N=20000.
+# BENCH_CALLGRIND=1 (0: skip), BENCH_CALLGRIND_N=20000, BENCH_CALLGRIND_DEPTH=1.
 # Results (markdown) go to stdout and <build-dir>/bench/observe.md.
 set -euo pipefail
 
@@ -37,6 +39,7 @@ srv_cpu=${BENCH_SERVER_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
 cg=${BENCH_CALLGRIND:-1}
 cg_n=${BENCH_CALLGRIND_N:-20000}
+cg_depth=${BENCH_CALLGRIND_DEPTH:-1}
 bin="$build/examples/hello"
 out_md="$build/bench/observe.md"
 mkdir -p "$build/bench"
@@ -150,9 +153,9 @@ if [ "$cg" = 1 ] && command -v valgrind >/dev/null; then
         env MICA_WORKERS=1 MICA_LISTEN="127.0.0.1:$p" $(mode_env "$m") \
             valgrind --tool=callgrind --callgrind-out-file="$f" "$bin" >/dev/null 2>"$tmp/cg.err" &
         local vp=$!
-        python3 - "$p" "$n" <<'EOF'
+        python3 - "$p" "$n" "$cg_depth" <<'EOF'
 import socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, depth = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 deadline = time.time() + 60
 while True:
     try:
@@ -164,7 +167,7 @@ req = b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n"
 done = 0
 buf = b""
 while done < n:
-    k = min(16, n - done)
+    k = min(depth, n - done)
     s.sendall(req * k)
     got = 0
     while got < k:
@@ -189,8 +192,9 @@ EOF
     done
     {
         echo
-        echo "Instructions per request under callgrind (deterministic; N = $cg_n and 2N requests, 16 pipelined"
-        echo "on one connection, (I(2N) - I(N)) / N): off ${ipr[off]}, on ${ipr[on]} -- on costs"
+        echo "User-space instructions per request under callgrind (deterministic; N = $cg_n and 2N requests,"
+        echo "$cg_depth at a time on one keep-alive connection, (I(2N) - I(N)) / N; the kernel's share of"
+        echo "each request is not counted): off ${ipr[off]}, on ${ipr[on]} -- on costs"
         awk -v a="${ipr[on]}" -v b="${ipr[off]}" 'BEGIN { printf "%.1f %% more instructions per request.\n", 100 * (a - b) / b }'
     } >>"$out_md"
 fi

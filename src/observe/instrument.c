@@ -208,6 +208,8 @@ static const char unmatched[] = "unmatched"; /* the key of requests without a ro
 
 static int method_index(const char *m)
 {
+    if (m[0] == 'G' && m[1] == 'E' && m[2] == 'T' && !m[3]) /* most requests: no call */
+        return 1;
     switch (m[0]) {
     case 'G': return strcmp(m, "GET") == 0 ? 1 : 0;
     case 'H': return strcmp(m, "HEAD") == 0 ? 2 : 0;
