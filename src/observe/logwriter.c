@@ -211,10 +211,13 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Writes o's buffer; gives up (dropping it) at `deadline` or, unless
- * flushing, when asked to stop. */
+/* Writes o's buffer; gives up, dropping what is left, at `deadline` (0: a
+ * second from now) -- so a stop request is seen within about a second. */
 static void flush(output_t *o, int64_t deadline)
 {
+    bool normal = !deadline; /* not the stop's last attempt: a stop request ends it */
+    if (normal)
+        deadline = mono_ms() + 1000;
     size_t off = 0;
     while (off < o->len && o->fd >= 0) {
         ssize_t n;
@@ -242,7 +245,7 @@ static void flush(output_t *o, int64_t deadline)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (mono_ms() >= deadline)
+            if (mono_ms() >= deadline || (normal && atomic_load(&w.stop)))
                 break;
             if (o->sock)
                 poll(&(struct pollfd){.fd = o->fd, .events = POLLOUT}, 1, 100);
@@ -261,7 +264,8 @@ static void flush(output_t *o, int64_t deadline)
     o->len = 0;
 }
 
-/* Moves every complete record of every ring into the output buffers. Returns lines moved. */
+/* Moves every complete record of every ring into the output buffers, writing
+ * a buffer out when it fills (deadline as flush()). Returns lines moved. */
 static size_t drain(int64_t deadline)
 {
     size_t lines = 0;
@@ -333,11 +337,11 @@ static void *writer_main(void *arg)
         bool stopping = atomic_load(&w.stop);
         if (atomic_exchange(&w.reopen, false))
             reopen_all();
-        int64_t deadline = stopping ? mono_ms() + STOP_FLUSH_MS : INT64_MAX;
+        int64_t deadline = stopping ? mono_ms() + STOP_FLUSH_MS : 0;
         size_t n = drain(deadline);
         for (int i = 0; i < 2; i++)
             if (w.out[i].len)
-                flush(&w.out[i], stopping ? deadline : mono_ms() + 1000);
+                flush(&w.out[i], deadline);
         if (stopping)
             break;
         if (n > 0) {
@@ -348,7 +352,7 @@ static void *writer_main(void *arg)
             /* A quiet round: sleep until poked. Publish the flag, then look
              * once more, so a line pushed in between is not left waiting. */
             atomic_store(&w.sleeping, true);
-            if (drain(INT64_MAX) > 0) {
+            if (drain(0) > 0) {
                 atomic_store(&w.sleeping, false);
                 idle = false;
                 continue;
@@ -478,7 +482,7 @@ void mica__logw_stop(void)
     pthread_mutex_lock(&w.lock);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += STOP_FLUSH_MS / 1000 + 1;
+    until.tv_sec += STOP_FLUSH_MS / 1000 + 2;
     while (!w.done && pthread_cond_timedwait(&w.done_cv, &w.lock, &until) == 0)
         ;
     bool done = w.done;
