@@ -71,18 +71,26 @@ MICA_API void mica_metrics_free(mica_metrics_t *reg);
  * bad buckets), MICA_EEXIST (the name is taken) or MICA_ENOMEM.
  */
 
+/** Registers a counter (its name ends in "_total") and puts its handle in *out. */
 MICA_API int mica_counter_new(mica_counter_t **out, mica_metrics_t *reg, const char *name,
                               const char *help);
+/** Registers a gauge and puts its handle in *out. */
 MICA_API int mica_gauge_new(mica_gauge_t **out, mica_metrics_t *reg, const char *name,
                             const char *help);
-/** `buckets`: `n` upper bounds, strictly increasing and finite (+Inf is implied); copied. */
+/**
+ * Registers a histogram with `n` bucket upper bounds (strictly increasing,
+ * finite; +Inf is implied; copied) and puts its handle in *out.
+ */
 MICA_API int mica_histogram_new(mica_histogram_t **out, mica_metrics_t *reg, const char *name,
                                 const char *help, const double *buckets, size_t n);
 
+/** Registers a counter vector with `nlabels` labels; series come from mica_counter_vec_with(). */
 MICA_API int mica_counter_vec_new(mica_counter_vec_t **out, mica_metrics_t *reg, const char *name,
                                   const char *help, const char *const *labels, size_t nlabels);
+/** Registers a gauge vector with `nlabels` labels. */
 MICA_API int mica_gauge_vec_new(mica_gauge_vec_t **out, mica_metrics_t *reg, const char *name,
                                 const char *help, const char *const *labels, size_t nlabels);
+/** Registers a histogram vector: buckets as mica_histogram_new(), `nlabels` labels. */
 MICA_API int mica_histogram_vec_new(mica_histogram_vec_t **out, mica_metrics_t *reg,
                                     const char *name, const char *help, const double *buckets,
                                     size_t n, const char *const *labels, size_t nlabels);
@@ -95,10 +103,13 @@ MICA_API int mica_histogram_vec_new(mica_histogram_vec_t **out, mica_metrics_t *
  * mica_metrics_series_refused_total) or MICA_ENOMEM.
  */
 
+/** Puts the counter of label `values` in *out (made on first use). */
 MICA_API int mica_counter_vec_with(mica_counter_vec_t *v, const char *const *values,
                                    mica_counter_t **out);
+/** Puts the gauge of label `values` in *out (made on first use). */
 MICA_API int mica_gauge_vec_with(mica_gauge_vec_t *v, const char *const *values,
                                  mica_gauge_t **out);
+/** Puts the histogram of label `values` in *out (made on first use). */
 MICA_API int mica_histogram_vec_with(mica_histogram_vec_t *v, const char *const *values,
                                      mica_histogram_t **out);
 
@@ -115,7 +126,9 @@ MICA_API void mica_counter_add(mica_counter_t *c, uint64_t n);
  * one gauge: the value is the last set plus every add.
  */
 MICA_API void mica_gauge_add(mica_gauge_t *g, double delta);
+/** Adds 1 (sharded, as mica_gauge_add()). */
 MICA_API void mica_gauge_inc(mica_gauge_t *g);
+/** Subtracts 1 (sharded, as mica_gauge_add()). */
 MICA_API void mica_gauge_dec(mica_gauge_t *g);
 /** Sets the value (one shared word: for values one thread owns, a queue length). */
 MICA_API void mica_gauge_set(mica_gauge_t *g, double value);
