@@ -51,9 +51,9 @@ test-asan:
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
 
-# The runtime's unit and stress tests, and tracing's (exporters and stats
-# across workers), under ThreadSanitizer (the coroutine switches are
-# annotated as fibers, so TSan follows them).
+# The runtime's and the observe layer's unit and stress tests (exporters,
+# stats and metric shards read across workers) under ThreadSanitizer (the
+# coroutine switches are annotated as fibers, so TSan follows them).
 test-tsan:
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMICA_SANITIZE=thread -DMICA_TESTS=ON >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)

@@ -5,6 +5,7 @@
 #   2. channels/select/spawn/offload vs Go (bench/micro/chan.sh)
 #   3. HTTP /health: Gin, nginx and mica under wrk (bench/load/http.sh)
 #   4. HTTPS /health: nginx and mica over TLS under wrk (bench/load/http.sh, BENCH_TLS=1)
+#   4a. observability on vs off on examples/hello (bench/load/observe.sh)
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 #   7. Redis GET/SET: mica's auto-pipelined client vs redis-benchmark (bench/load/redis.sh)
@@ -45,6 +46,10 @@ if [ -x "$root/bench/load/http.sh" ]; then
     "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
     echo "== HTTPS /health vs nginx"
     BENCH_TLS=1 BENCH_CONNS=256 "$root/bench/load/http.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$root/bench/load/observe.sh" ]; then
+    echo "== Observability overhead: examples/hello with metrics and logs on vs off"
+    "$root/bench/load/observe.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 if [ -x "$root/bench/load/h2.sh" ]; then
     echo "== HTTP/2 (h2c) /health vs h2o and nginx"

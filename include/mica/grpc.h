@@ -109,6 +109,17 @@ MICA_API int mica_grpc_server_new(mica_grpc_server_t **out, mica_http_server_t *
 /** Frees `gs` after its HTTP server's runtime has stopped. NULL is a no-op. */
 MICA_API void mica_grpc_server_free(mica_grpc_server_t *gs);
 
+/** Returns the HTTP server `gs` is served by (as given to mica_grpc_server_new()). */
+MICA_API mica_http_server_t *mica_grpc_server_http(const mica_grpc_server_t *gs);
+
+/**
+ * Looks up the method served at `path` ("/pkg.Service/Method": an HTTP
+ * observer's route) and puts its kind in *out. Any thread once the server
+ * is attached (methods are fixed then). Returns 0 or MICA_ENOTFOUND.
+ */
+MICA_API int mica_grpc_server_method_kind(const mica_grpc_server_t *gs, const char *path,
+                                          mica_grpc_kind_t *out);
+
 /**
  * A method handler. For UNARY and SERVER_STREAM `req` is the decoded request
  * (owned by the call, valid until the handler returns); for CLIENT_STREAM and

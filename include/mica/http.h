@@ -241,6 +241,21 @@ MICA_API int mica_http_server_attach(mica_http_server_t *srv, mica_runtime_t *rt
  */
 MICA_API int mica_http_server_port(const mica_http_server_t *srv, size_t i);
 
+/* A server's connection and request counters, summed over its workers. */
+typedef struct mica_http_server_stats {
+    uint64_t open_conns; /* connections open now */
+    uint64_t accepted;   /* connections accepted, ever */
+    uint64_t refused;    /* connections refused (max_conns, out of fds or memory), ever */
+    uint64_t requests;   /* requests read (HTTP/1.1 requests, HTTP/2 streams), ever */
+} mica_http_server_stats_t;
+
+/**
+ * Fills *out with `srv`'s counters: any thread, after attach (zeros before),
+ * until the server is freed; takes no lock, and a worker's latest changes
+ * may not be seen yet.
+ */
+MICA_API void mica_http_server_stats(const mica_http_server_t *srv, mica_http_server_stats_t *out);
+
 /** Frees `srv` after its runtime has stopped. NULL is a no-op. */
 MICA_API void mica_http_server_free(mica_http_server_t *srv);
 

@@ -148,6 +148,24 @@ int mica_grpc_register(mica_grpc_server_t *gs, const ProtobufCServiceDescriptor 
     return 0;
 }
 
+mica_http_server_t *mica_grpc_server_http(const mica_grpc_server_t *gs)
+{
+    return gs->http;
+}
+
+int mica_grpc_server_method_kind(const mica_grpc_server_t *gs, const char *path,
+                                 mica_grpc_kind_t *out)
+{
+    mica__list_foreach(n, &gs->methods) {
+        const mica__grpc_method_t *m = mica__list_entry(n, mica__grpc_method_t, link);
+        if (strcmp(m->path, path) == 0) {
+            *out = m->kind;
+            return 0;
+        }
+    }
+    return MICA_ENOTFOUND;
+}
+
 bool mica__grpc_has_service(const mica_grpc_server_t *gs, const char *name)
 {
     mica__list_foreach(n, &gs->methods) {

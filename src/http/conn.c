@@ -64,7 +64,7 @@ void mica__http_conn_close(mica__http_conn_t *c)
         c->parked = false;
     }
     mica__list_remove(&c->link);
-    w->nconns--;
+    MICA__HTTP_COUNT(&w->nconns, -1);
     if (c->tls.ssl) {
         mica__tls_shutdown(&c->tls);
         mica__tls_free(&c->tls);
@@ -917,7 +917,7 @@ void mica__http_conn_main(void *arg)
             }
             req->bytes_in = consumed;
         }
-        w->requests++;
+        MICA__HTTP_COUNT(&w->requests, 1);
         c->requests++;
         mica__http_serve(req, &c->resp);
         if (req->streaming) {

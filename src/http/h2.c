@@ -74,6 +74,7 @@ struct mica__h2_stream {
     size_t method_len, path_len;
     bool too_large, bad;
     bool routed, running, closed;
+    bool served; /* its handler has been started: a stream is served once */
     bool in_eof;       /* the client ended its side */
     size_t unconsumed; /* received bytes not yet returned to the stream window */
     bool out_started;  /* response headers submitted */
@@ -503,7 +504,7 @@ static void stream_main(void *arg)
     mica__h2_stream_t *s = arg;
     h2conn_t *hc = s->hc;
     mica_http_req_t *req = &s->req;
-    hc->c->w->requests++;
+    MICA__HTTP_COUNT(&hc->c->w->requests, 1);
     if (s->bad || s->too_large) {
         mica__http_send_error(&s->resp, s->bad ? 400 : 413,
                               s->bad ? "malformed request" : "request body too large");
@@ -558,11 +559,14 @@ static void route(h2conn_t *hc, mica__h2_stream_t *s)
 
 static void dispatch(h2conn_t *hc, mica__h2_stream_t *s)
 {
-    if (s->running)
+    /* A streaming route starts at the end of the headers; the END_STREAM
+     * that follows must not serve it again once it has returned. */
+    if (s->running || s->served)
         return;
     if (!s->routed)
         route(hc, s);
     s->running = true;
+    s->served = true;
     mica_wg_add(hc->running, 1);
     if (mica_go(stream_main, s) != 0) {
         s->running = false;

@@ -9,6 +9,7 @@
 #ifndef MICA_HTTP_INTERNAL_H
 #define MICA_HTTP_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -103,9 +104,11 @@ struct mica__http_worker {
     mica_http_server_t *srv;
     int id;
     mica__list_t conns; /* every open connection, for the drain */
-    int nconns;
+    /* Written by this worker only; relaxed atomics so that
+     * mica_http_server_stats() may read them from any thread. */
+    _Atomic int nconns;
     int spare_fd; /* closed and reopened to refuse a connection on EMFILE */
-    uint64_t accepted, refused, requests;
+    _Atomic uint64_t accepted, refused, requests;
     int64_t last_refuse_log_ms;
     mica__list_t idle; /* parked connections, oldest first */
     char *free_bufs;   /* pool of MICA__HTTP_BUF_BYTES buffers, linked through their first bytes */
@@ -117,6 +120,12 @@ struct mica__http_worker {
     char date[40]; /* "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" */
     size_t date_len;
 };
+
+/* Adds `d` to a counter only its worker writes: a plain load and store, no locked RMW. */
+#define MICA__HTTP_COUNT(p, d)                                                                    \
+    atomic_store_explicit((p), atomic_load_explicit((p), memory_order_relaxed) + (d),           \
+                          memory_order_relaxed)
+#define MICA__HTTP_GET(p) atomic_load_explicit((p), memory_order_relaxed)
 
 /* Takes a MICA__HTTP_BUF_BYTES buffer from the worker's pool (or allocates). NULL on ENOMEM. */
 char *mica__http_buf_get(mica__http_worker_t *w);

@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "observe/internal.h"
+#include "observe/trace_internal.h"
 
 /* Splits "host:port" / "[v6]:port" and sets server.address and server.port. */
 static void server_attrs(mica_span_t *sp, const char *hostport)
