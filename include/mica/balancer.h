@@ -37,7 +37,8 @@ MICA_API extern const mica_picker_ops_t mica_balancer_least_request;
 MICA_API extern const mica_picker_ops_t mica_balancer_random;
 /**
  * Power of two choices: of two random endpoints, the lower EWMA latency x
- * (in-flight + 1); one not picked for p2c_force_pick_ms is taken anyway.
+ * (in-flight + 1); latencies within 1.5x of each other, or stale, count as
+ * equal and the shorter queue wins.
  */
 MICA_API extern const mica_picker_ops_t mica_balancer_p2c;
 /**
@@ -51,10 +52,11 @@ typedef struct mica_balancer mica_balancer_t;
 
 /* Balancer settings; 0 picks the default shown. */
 typedef struct mica_balancer_opts {
-    mica_breaker_opts_t breaker; /* per endpoint and worker (kind NONE: none): SRE */
+    mica_breaker_opts_t breaker; /* per endpoint and worker (kind NONE: none): SRE, and open
+                                    after 5 consecutive failures */
     uint32_t failure_codes;      /* done() codes counted as failures: MICA_RESILIENCE_GRPC_FAILURES */
-    int64_t p2c_force_pick_ms;   /* p2c: 1000 */
-    int64_t p2c_decay_ms;        /* p2c: the latency EWMA's time constant: 2000 */
+    int64_t p2c_decay_ms;        /* p2c: a latency estimate this old is stale (the next sample
+                                    replaces it): 1000 */
     int64_t p2c_penalty_ms;      /* p2c: a failed call counts as at least this slow: 250 */
     uint32_t ring_points;        /* ring hash: points per unit of weight: 256 (fewer when the
                                     ring would pass 2^20 points) */

@@ -55,6 +55,8 @@ typedef struct mica_breaker_opts {
     int buckets;        /* of the window: 40 (250 ms each) */
     uint32_t min_calls; /* SRE: requests in the window before any drop: 5; classic: calls in the
                            window before it may open: 20 */
+    uint32_t consecutive_failures; /* open at once after this many failures in a row, whatever
+                                      the window says (Envoy's consecutive_5xx): 0, never */
     /* SRE */
     double k;                  /* drop when requests > k * accepts: 1.5 */
     int64_t probe_interval_ms; /* while dropping, let one call through at least this often: 1000 */

@@ -32,14 +32,14 @@ struct mica_balancer {
 
 static void defaults(mica_balancer_opts_t *o)
 {
+    if (!o->breaker.consecutive_failures)
+        o->breaker.consecutive_failures = 5;
     if (o->breaker.kind != MICA_BREAKER_NONE)
         mica__breaker_defaults(&o->breaker);
     if (!o->failure_codes)
         o->failure_codes = MICA_RESILIENCE_GRPC_FAILURES;
-    if (o->p2c_force_pick_ms <= 0)
-        o->p2c_force_pick_ms = 1000;
     if (o->p2c_decay_ms <= 0)
-        o->p2c_decay_ms = 2000;
+        o->p2c_decay_ms = 1000;
     if (o->p2c_penalty_ms <= 0)
         o->p2c_penalty_ms = 250;
     if (!o->ring_points)
@@ -245,23 +245,21 @@ void mica__lb_done(void *state, mica_picker_endpoint_t *ep, int code, uint32_t l
     if (lb->algo != &mica__lb_p2c_algo || !latency_us)
         return;
     /*
-     * A time-decayed EWMA (Finagle's, go-zero's): a sample's weight grows
-     * with the time since the last one, so a backend sampled rarely (one that
-     * p2c avoids) is re-estimated from its next answer. e^(-dt/tau) is
-     * approximated by tau / (tau + dt), which needs no libm and has the same
-     * ends. A failure counts as at least p2c_penalty_ms slow, so a backend
-     * that fails fast does not look fast.
+     * The estimate is an EWMA weighted by time and by count: a sample's weight
+     * is dt / p2c_decay_ms (the time since the last sample), at least 1/16
+     * and at most 1. Dense samples converge within a few dozen calls and a
+     * lone outlier moves the estimate by 1/16; a sample after a quiet spell
+     * of p2c_decay_ms or more replaces it, as an estimate that old says
+     * nothing (p2c compares stale estimates by queue length alone, so the
+     * endpoint gets that sample). A failure counts as at least
+     * p2c_penalty_ms slow, so a backend that fails fast does not look fast.
      */
     double sample = latency_us;
     if (failure && sample < (double)lb->o.p2c_penalty_ms * 1000)
         sample = (double)lb->o.p2c_penalty_ms * 1000;
-    if (g->ewma <= 0) {
-        g->ewma = sample;
-    } else {
-        double dt = (double)(now - g->ewma_at_ms), tau = (double)lb->o.p2c_decay_ms;
-        double keep = tau / (tau + (dt > 0 ? dt : 0.5)); /* two answers in one ms still move it */
-        g->ewma = g->ewma * keep + sample * (1 - keep);
-    }
+    double w = g->ewma <= 0 ? 1 : (double)(now - g->ewma_at_ms) / (double)lb->o.p2c_decay_ms;
+    w = w < 1.0 / 16 ? 1.0 / 16 : w > 1 ? 1 : w;
+    g->ewma = g->ewma * (1 - w) + sample * w;
     g->ewma_at_ms = now;
     atomic_store_explicit(&g->ewma_us, g->ewma > 4e9 ? 4000000000u : (uint32_t)g->ewma,
                           memory_order_relaxed);

@@ -49,6 +49,14 @@
  * probes again after open_ms. Outcomes of calls that started before the
  * half-open period began are ignored by it (they say nothing about now).
  *
+ * Both can also open at once after consecutive_failures failures in a row
+ * (Envoy's outlier detection counts consecutive 5xx the same way): a window
+ * full of past successes makes either ratio slow to notice a backend that
+ * died -- the SRE throttle only drops once failures pass (K - 1) x the
+ * window's successes, 3.3 s into an outage with a 10 s window. The SRE
+ * throttle then refuses everything but its probes until one succeeds; the
+ * classic breaker goes OPEN as usual. The balancers use 5 by default.
+ *
  * State and counters are atomics written by the owner only, for readers on
  * other threads (metrics); every state change is logged.
  */
@@ -70,6 +78,7 @@ struct mica_breaker {
     /* SRE: a = requests, b = accepts; classic: a = calls, b = failures, c = slow */
     mica__window_t win;
     uint64_t rng;
+    uint32_t consecutive; /* failures in a row */
     /* SRE */
     int64_t last_pass_ms;
     bool ramping;
@@ -251,12 +260,18 @@ static void sre_tick(mica_breaker_t *b, int64_t now_ms)
                           memory_order_relaxed);
 }
 
+/* Failures in a row past the threshold: only probes until a success. */
+static bool tripped(const mica_breaker_t *b)
+{
+    return b->o.consecutive_failures && b->consecutive >= b->o.consecutive_failures;
+}
+
 static int sre_allow(mica_breaker_t *b, int64_t now_ms)
 {
     sre_tick(b, now_ms);
-    double p = sre_p_now(b, now_ms);
+    double p = tripped(b) ? 1 : sre_p_now(b, now_ms);
     if (p <= 0 || now_ms - b->last_pass_ms >= b->o.probe_interval_ms ||
-        mica__rand01(&b->rng) >= p) {
+        (p < 1 && mica__rand01(&b->rng) >= p)) {
         b->last_pass_ms = now_ms;
         return 0;
     }
@@ -271,6 +286,11 @@ static void sre_record(mica_breaker_t *b, int64_t now_ms, int64_t started_ms, bo
 {
     sre_tick(b, now_ms);
     mica__window_add(&b->win, 1, failure ? 0 : 1, 0);
+    if (tripped(b) && b->consecutive == b->o.consecutive_failures) {
+        if (b->ramping)
+            ramp_stop(b, now_ms);
+        set_state(b, MICA_BREAKER_OPEN, "consecutive failures");
+    }
     if (b->ramping) {
         if (started_ms < b->ramp_start_ms)
             return; /* began before the ramp: says nothing about the backend now */
@@ -336,6 +356,10 @@ static void classic_record(mica_breaker_t *b, int64_t now_ms, int64_t started_ms
     case MICA_BREAKER_CLOSED: {
         mica__window_advance(&b->win, now_ms);
         mica__window_add(&b->win, 1, failure, slow);
+        if (tripped(b)) {
+            to_open(b, now_ms, "consecutive failures");
+            return;
+        }
         uint64_t n = b->win.a;
         if (n < b->o.min_calls)
             return;
@@ -373,6 +397,7 @@ int mica_breaker_allow(mica_breaker_t *b, int64_t now_ms)
 void mica_breaker_record(mica_breaker_t *b, int64_t now_ms, int64_t started_ms, bool failure)
 {
     bool slow = now_ms - started_ms >= b->o.slow_call_ms;
+    b->consecutive = failure ? b->consecutive + 1 : 0;
     mica__ctr_add(&b->calls, 1);
     if (failure)
         mica__ctr_add(&b->failures, 1);

@@ -8,19 +8,37 @@
  *
  * so a slow endpoint or one with a queue loses most comparisons, yet two
  * random draws (not the global minimum) keep many clients from herding onto
- * the same "best" endpoint. An endpoint never measured scores as the fastest,
- * so new ones get tried. The loser of a comparison is taken anyway when it
- * has not been picked for p2c_force_pick_ms (go-zero's forcePick): without
- * that, an endpoint that was slow once would never be sampled again and its
- * estimate never recover. The estimate is kept by done() (balancer.c).
+ * the same "best" endpoint. Two estimates within 1.5x of each other count as
+ * equal and the shorter queue wins (the first drawn on a tie): closer than
+ * that, latency is noise -- equal backends on a shared machine measure tens
+ * of percent apart, and whichever looked faster would take most calls --
+ * while a slower backend still loses through its queue (Little's law: at
+ * the same rate it holds more calls). An estimate older than p2c_decay_ms
+ * also counts as equal, which is what brings an avoided endpoint back: it
+ * wins on its empty queue, and that call's latency replaces the stale
+ * estimate (go-zero forces a pick after 1 s for the same reason; Finagle
+ * decays idle estimates toward zero). The estimate is kept by done()
+ * (balancer.c). An endpoint never measured counts as stale.
  */
 #include "resilience/internal.h"
 
-static double load(const mica_picker_endpoint_t *e)
+/* The endpoint's estimate in us, or -1 when there is none worth comparing. */
+static double latency(mica__lb_t *lb, const mica_picker_endpoint_t *e, int64_t now_ms)
 {
     const mica__lb_ep_t *g = mica__lb_ep((mica_picker_endpoint_t *)e);
-    double lat = g ? g->ewma : (double)e->latency_ewma_us;
-    return (lat + 1) * ((double)e->inflight + 1);
+    if (!g || g->ewma <= 0 || now_ms - g->ewma_at_ms > lb->o.p2c_decay_ms)
+        return -1;
+    return g->ewma;
+}
+
+/* Whether b should be preferred to a. */
+static bool better(mica__lb_t *lb, const mica_picker_endpoint_t *a,
+                   const mica_picker_endpoint_t *b, int64_t now_ms)
+{
+    double la = latency(lb, a, now_ms), lb_ = latency(lb, b, now_ms);
+    if (la < 0 || lb_ < 0 || (la <= lb_ * 1.5 && lb_ <= la * 1.5))
+        return b->inflight < a->inflight;
+    return (lb_ + 1) * ((double)b->inflight + 1) < (la + 1) * ((double)a->inflight + 1);
 }
 
 static int p2c_pick(mica__lb_t *lb, mica_picker_endpoint_t *const *eps, size_t n,
@@ -34,19 +52,7 @@ static int p2c_pick(mica__lb_t *lb, mica_picker_endpoint_t *const *eps, size_t n
     if (b >= a)
         b++;
     bool ua = mica_picker_endpoint_usable(eps[a], now), ub = mica_picker_endpoint_usable(eps[b], now);
-    if (ua && ub) {
-        if (load(eps[b]) < load(eps[a])) {
-            uint32_t t = a;
-            a = b;
-            b = t;
-        }
-        mica__lb_ep_t *gb = mica__lb_ep(eps[b]);
-        if (gb && now - gb->last_pick_ms > lb->o.p2c_force_pick_ms) {
-            uint32_t t = a; /* the loser has waited long enough: give it a call */
-            a = b;
-            b = t;
-        }
-    } else if (ub) {
+    if ((ua && ub && better(lb, eps[a], eps[b], now)) || (!ua && ub)) {
         uint32_t t = a;
         a = b;
         b = t;

@@ -191,6 +191,41 @@ static void test_sre_refuses_nothing_below_min_calls(void **state)
     mica_breaker_free(b);
 }
 
+static void test_consecutive_failures_open_at_once_despite_a_window_of_successes(void **state)
+{
+    for (int kind = 0; kind < 2; kind++) {
+        mica_breaker_t *b;
+        mica_breaker_opts_t o = {.kind = kind ? MICA_BREAKER_CLASSIC : MICA_BREAKER_SRE,
+                                 .consecutive_failures = 5};
+        assert_int_equal(mica_breaker_new(&b, "ep", &o), 0);
+        for (int i = 0; i < 1000; i++) { /* a window full of successes */
+            assert_int_equal(mica_breaker_allow(b, 1000 + i), 0);
+            mica_breaker_record(b, 1000 + i, 1000 + i, false);
+        }
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(mica_breaker_allow(b, 2000), 0);
+            mica_breaker_record(b, 2000, 2000, true);
+        }
+        assert_int_equal(mica_breaker_state(b), MICA_BREAKER_CLOSED);
+        assert_int_equal(mica_breaker_allow(b, 2001), 0);
+        mica_breaker_record(b, 2001, 2001, true); /* the fifth in a row */
+        assert_int_equal(mica_breaker_state(b), MICA_BREAKER_OPEN);
+        int passed = 0;
+        for (int t = 2002; t < 2400; t++)
+            passed += mica_breaker_allow(b, t) == 0;
+        assert_int_equal(passed, 0); /* SRE: its next probe comes 500 ms after the last pass */
+        if (!kind) { /* a probe that succeeds ends it: the window had nothing against the backend */
+            assert_int_equal(mica_breaker_allow(b, 2502), 0);
+            mica_breaker_record(b, 2503, 2502, false);
+            passed = 0;
+            for (int t = 2503; t < 2600; t++)
+                passed += mica_breaker_allow(b, t) == 0;
+            assert_true(passed > 90);
+        }
+        mica_breaker_free(b);
+    }
+}
+
 /* ---- the classic breaker ------------------------------------------------------------- */
 
 static mica_breaker_t *classic(void)
@@ -370,6 +405,7 @@ int main(void)
         cmocka_unit_test(test_issue_4101_traffic_is_back_within_the_bound_after_a_minute_long_outage),
         cmocka_unit_test(test_sre_recovery_gives_up_while_the_backend_still_fails_half),
         cmocka_unit_test(test_sre_refuses_nothing_below_min_calls),
+        cmocka_unit_test(test_consecutive_failures_open_at_once_despite_a_window_of_successes),
         cmocka_unit_test(test_classic_opens_on_the_failure_ratio_after_min_calls),
         cmocka_unit_test(test_classic_opens_when_half_the_calls_are_slower_than_800_ms),
         cmocka_unit_test(test_classic_forgets_failures_older_than_the_window),
