@@ -8,6 +8,9 @@
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 #   7. Redis GET/SET: mica's auto-pipelined client vs redis-benchmark (bench/load/redis.sh)
+#   8. balancer picks and breaker checks (bench_balancer), pinned to CPU 0; the gRPC
+#      client with the resilience policies on and off (bench/load/resilience.sh) when
+#      the build has the tests' binaries
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -55,5 +58,18 @@ fi
 if [ -x "$root/bench/load/redis.sh" ]; then
     echo "== Redis GET/SET: mica's client vs redis-benchmark"
     "$root/bench/load/redis.sh" "$build" 5 "$runs" | tee -a "$out"
+fi
+echo "== balancers and breakers (taskset -c 0 $build/bench/bench_balancer)"
+{
+    echo '## Balancers and breakers'
+    echo
+    echo '```'
+    taskset -c 0 "$build/bench/bench_balancer"
+    echo '```'
+    echo
+} | tee -a "$out"
+if [ -x "$build/tests/resilience_client" ]; then
+    echo "== gRPC client with the resilience policies on and off"
+    "$root/bench/load/resilience.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -21,15 +21,22 @@ static int least_pick(mica__lb_t *lb, mica_picker_endpoint_t *const *eps, size_t
     size_t start = lb->next++ % n;
     for (int round = 0; round < 3; round++) { /* the best one's breaker may refuse it */
         int best = -1;
-        for (size_t k = 0; k < n; k++) {
-            size_t i = (start + k) % n;
+        uint64_t best_load = 0, best_w = 1; /* (inflight + 1) and weight of the best */
+        for (size_t k = 0, i = start; k < n; k++, i = i + 1 == n ? 0 : i + 1) {
             mica_picker_endpoint_t *e = eps[i];
-            mica__lb_ep_t *g = mica__lb_ep(e);
-            if (!mica_picker_endpoint_usable(e, now) || (g && g->mark == lb->seq))
+            if (!mica_picker_endpoint_usable(e, now))
                 continue;
-            if (best < 0 || ((uint64_t)e->inflight + 1) * weight(eps[best]) <
-                                ((uint64_t)eps[best]->inflight + 1) * weight(e))
+            if (round > 0) { /* endpoints refused earlier in this pick */
+                mica__lb_ep_t *g = mica__lb_ep(e);
+                if (g && g->mark == lb->seq)
+                    continue;
+            }
+            uint64_t load = (uint64_t)e->inflight + 1, w = weight(e);
+            if (best < 0 || load * best_w < best_load * w) {
                 best = (int)i;
+                best_load = load;
+                best_w = w;
+            }
         }
         if (best < 0)
             return mica__lb_fallback(lb, eps, n);

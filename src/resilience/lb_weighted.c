@@ -20,16 +20,19 @@ static int64_t weight(const mica_picker_endpoint_t *e)
 static int wrr_pick(mica__lb_t *lb, mica_picker_endpoint_t *const *eps, size_t n,
                     const mica_pick_info_t *info)
 {
-    int64_t now = mica_now_ms(), total = 0;
+    int64_t now = mica_now_ms(), total = 0, best_cw = 0;
     int best = -1;
     for (size_t i = 0; i < n; i++) {
         mica_picker_endpoint_t *e = eps[i];
         if (!mica_picker_endpoint_usable(e, now))
             continue;
-        e->picker_i64 += weight(e);
-        total += weight(e);
-        if (best < 0 || e->picker_i64 > eps[best]->picker_i64)
+        int64_t w = weight(e);
+        e->picker_i64 += w;
+        total += w;
+        if (best < 0 || e->picker_i64 > best_cw) {
             best = (int)i;
+            best_cw = e->picker_i64;
+        }
     }
     /* The best one's breaker may refuse: then the next best, and so on. */
     while (best >= 0) {

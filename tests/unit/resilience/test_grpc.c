@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -568,6 +569,79 @@ static void test_a_metadata_key_pins_calls_to_one_backend(void **state)
     fx_run(&f, hash_body);
 }
 
+/* ---- two workers, a reader on another thread ---------------------------------------- */
+
+struct workers {
+    struct fx *f;
+    mica_wg_t *wg;
+    atomic_bool done;
+    atomic_int ok;
+};
+
+static void worker_caller(void *arg)
+{
+    struct workers *w = arg;
+    for (int i = 0; i < 200; i++)
+        if (call(w->f, NULL, 0, NULL) == MICA_GRPC_OK)
+            atomic_fetch_add(&w->ok, 1);
+    mica_wg_done(w->wg);
+}
+
+static void *stats_reader(void *arg)
+{
+    struct workers *w = arg;
+    uint64_t last = 0;
+    while (!atomic_load(&w->done)) {
+        mica_resilience_stats_t st;
+        mica_resilience_stats(w->f->res, &st);
+        EXPECT(st.calls >= last); /* counters only grow */
+        last = st.calls;
+        mica_breaker_stats_t bs;
+        mica_resilience_breaker_stats(w->f->res, "/mica.interop.Echo/Unary", &bs);
+        mica_balancer_endpoint_stats_t es;
+        mica_balancer_endpoint_stats(w->f->lb, w->f->b[0].addr, &es);
+    }
+    return NULL;
+}
+
+static void workers_body(void *arg)
+{
+    struct fx *f = arg;
+    struct workers w = {.f = f};
+    pthread_t th;
+    EXPECT_EQ(pthread_create(&th, NULL, stats_reader, &w), 0);
+    mica_wg_new(&w.wg);
+    mica_wg_add(w.wg, 4);
+    for (int i = 0; i < 4; i++)
+        mica_go_on(i % 2, worker_caller, &w);
+    EXPECT_EQ(mica_wg_wait(w.wg, NULL), 0);
+    mica_wg_free(w.wg);
+    atomic_store(&w.done, true);
+    pthread_join(th, NULL);
+    EXPECT_EQ(atomic_load(&w.ok), 800);
+    mica_resilience_stats_t st;
+    mica_resilience_stats(f->res, &st);
+    EXPECT_EQ(st.calls, 800);
+    mica_breaker_stats_t bs;
+    EXPECT_EQ(mica_resilience_breaker_stats(f->res, "/mica.interop.Echo/Unary", &bs), 0);
+    EXPECT_EQ(bs.calls, 800); /* one breaker per worker, summed */
+    uint64_t picks = 0;
+    for (int i = 0; i < NB; i++) {
+        mica_balancer_endpoint_stats_t es;
+        EXPECT_EQ(mica_balancer_endpoint_stats(f->lb, f->b[i].addr, &es), 0);
+        picks += es.picks;
+    }
+    EXPECT_EQ(picks, 800);
+}
+
+static void test_policies_are_per_worker_and_their_numbers_readable_from_any_thread(void **state)
+{
+    struct fx f;
+    fx_start(&f, 2);
+    fx_client(&f, NB, NULL, &mica_balancer_p2c);
+    fx_run(&f, workers_body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -581,6 +655,7 @@ int main(void)
         cmocka_unit_test(test_hedging_answers_from_the_fast_backend_and_cancels_the_slow_one),
         cmocka_unit_test(test_a_streams_end_reaches_the_breaker_and_is_never_retried),
         cmocka_unit_test(test_a_metadata_key_pins_calls_to_one_backend),
+        cmocka_unit_test(test_policies_are_per_worker_and_their_numbers_readable_from_any_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
