@@ -359,7 +359,7 @@ static int intercept(mica_grpc_call_info_t *call, mica_grpc_next_fn next, void *
             }
     }
 
-    mica_breaker_t *br = mica_resilience_breaker(r, call->path);
+    mica_breaker_t *br = mica__res_breaker(r, w, call->method, call->path);
     int code;
     if (br && mica_breaker_allow(br, mica_now_ms()) != 0) {
         mica__ctr_add(&w->rejected, 1);

@@ -219,6 +219,10 @@ typedef struct mica__res_worker {
     mica_budget_t *budget;    /* NULL: no budget */
     uint64_t rng;
     mica__ctr_t calls, rejected, fallbacks, retries, hedges, hedge_wins, pushbacks;
+    struct {
+        const void *id; /* an adapter's stable name for a key (a method descriptor) */
+        mica_breaker_t *b;
+    } cache[16]; /* saves hashing the key's string on every call */
 } mica__res_worker_t;
 
 struct mica_resilience {
@@ -231,5 +235,10 @@ struct mica_resilience {
 
 /* The calling worker's part, or NULL outside a worker. */
 mica__res_worker_t *mica__res_worker(mica_resilience_t *r);
+
+/* mica_resilience_breaker() for worker `w`, looked up by `id` first (a pointer
+ * that stands for `key` for r's life). */
+mica_breaker_t *mica__res_breaker(mica_resilience_t *r, mica__res_worker_t *w, const void *id,
+                                  const char *key);
 
 #endif /* MICA_RESILIENCE_INTERNAL_H */

@@ -99,6 +99,22 @@ mica__res_worker_t *mica__res_worker(mica_resilience_t *r)
     return id >= 0 && id < r->nworkers ? r->w[id] : NULL;
 }
 
+mica_breaker_t *mica__res_breaker(mica_resilience_t *r, mica__res_worker_t *w, const void *id,
+                                  const char *key)
+{
+    if (r->o.breaker.kind == MICA_BREAKER_NONE)
+        return NULL;
+    size_t slot = ((uintptr_t)id >> 4) % 16;
+    if (id && w->cache[slot].id == id)
+        return w->cache[slot].b;
+    mica_breaker_t *b = mica_resilience_breaker(r, key);
+    if (b && id) {
+        w->cache[slot].id = id;
+        w->cache[slot].b = b;
+    }
+    return b;
+}
+
 mica_breaker_t *mica_resilience_breaker(mica_resilience_t *r, const char *key)
 {
     mica__res_worker_t *w;

@@ -45,7 +45,7 @@ void mica_retry_begin(mica_retry_t *r, const mica_retry_policy_t *p, int64_t dea
     r->_p = p ? *p : (mica_retry_policy_t){0};
     retry_defaults(&r->_p);
     r->_attempts = 1;
-    r->_rng = mica__rand_seed(r);
+    r->_rng = 0; /* seeded by the first retry: most calls never need it */
     r->_deadline_ms = deadline_ms;
 }
 
@@ -73,6 +73,8 @@ int mica_retry_next(mica_retry_t *r, int64_t now_ms, bool retryable, int64_t pus
     if (pushback_ms >= 0) {
         delay = pushback_ms;
     } else {
+        if (!r->_rng)
+            r->_rng = mica__rand_seed(r);
         double cap = (double)r->_p.initial_backoff_ms;
         for (int i = 1; i < r->_attempts && cap < (double)r->_p.max_backoff_ms; i++)
             cap *= r->_p.multiplier;
