@@ -69,7 +69,8 @@ static void bench_pick(const char *name, const mica_picker_ops_t *ops, size_t n,
     mica_pick_info_t info[1024];
     for (int k = 0; k < 1024; k++) {
         pol[k] = (mica_call_policy_t){.hash_key = keys[k]};
-        info[k] = (mica_pick_info_t){.method = "/b.S/M", .flags = MICA_CALL_POLICY, .policy = &pol[k]};
+        info[k] =
+            (mica_pick_info_t){.method = "/b.S/M", .flags = MICA_CALL_POLICY, .policy = &pol[k]};
     }
     long iters = loops(n >= 1000 ? 200000 : 2000000);
     volatile int sink = 0;

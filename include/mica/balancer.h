@@ -29,7 +29,8 @@
 
 /** Round robin over the usable endpoints, weights ignored. */
 MICA_API extern const mica_picker_ops_t mica_balancer_round_robin;
-/** Smooth weighted round robin (nginx's): endpoint i gets weight_i / sum of the picks, evenly spread. */
+/** Smooth weighted round robin (nginx's): endpoint i gets weight_i / sum of the picks, evenly
+ * spread. */
 MICA_API extern const mica_picker_ops_t mica_balancer_weighted;
 /** Least outstanding requests: the fewest calls in flight per unit of weight, ties rotated. */
 MICA_API extern const mica_picker_ops_t mica_balancer_least_request;
@@ -54,12 +55,12 @@ typedef struct mica_balancer mica_balancer_t;
 typedef struct mica_balancer_opts {
     mica_breaker_opts_t breaker; /* per endpoint and worker (kind NONE: none): SRE, and open
                                     after 5 consecutive failures */
-    uint32_t failure_codes;      /* done() codes counted as failures: MICA_RESILIENCE_GRPC_FAILURES */
-    int64_t p2c_decay_ms;        /* p2c: a latency estimate this old is stale (the next sample
-                                    replaces it): 1000 */
-    int64_t p2c_penalty_ms;      /* p2c: a failed call counts as at least this slow: 250 */
-    uint32_t ring_points;        /* ring hash: points per unit of weight: 256 (fewer when the
-                                    ring would pass 2^20 points) */
+    uint32_t failure_codes; /* done() codes counted as failures: MICA_RESILIENCE_GRPC_FAILURES */
+    int64_t p2c_decay_ms;   /* p2c: a latency estimate this old is stale (the next sample
+                               replaces it): 1000 */
+    int64_t p2c_penalty_ms; /* p2c: a failed call counts as at least this slow: 250 */
+    uint32_t ring_points;   /* ring hash: points per unit of weight: 256 (fewer when the
+                               ring would pass 2^20 points) */
 } mica_balancer_opts_t;
 
 /**

@@ -59,8 +59,8 @@ typedef struct mica_breaker_opts {
                                       the window says (Envoy's consecutive_5xx): 0, never */
     /* SRE */
     double k;                  /* drop when requests > k * accepts: 1.5 */
-    int64_t probe_interval_ms; /* while dropping, let one call through at least this often: 1000 */
-    int64_t recovery_ms;       /* after the first success, the drop ratio falls to 0 over this: 5000 */
+    int64_t probe_interval_ms; /* while dropping, let one call through at least this often: 500 */
+    int64_t recovery_ms; /* after the first success, the drop ratio falls to 0 over this: 5000 */
     /* classic */
     double failure_ratio;     /* open when this share of the window's calls failed: 0.5 */
     double slow_ratio;        /* ... or was this slow: 0.5 (> 1: never on slowness) */
@@ -183,24 +183,28 @@ typedef struct mica_budget mica_budget_t;
 MICA_API int mica_budget_new(mica_budget_t **out, const mica_budget_opts_t *opts);
 /** Frees `b`. NULL is a no-op. */
 MICA_API void mica_budget_free(mica_budget_t *b);
-/** A call starts (counted as active until mica_budget_call_end()). Owner only. */
+/** A call starts (counted as active until mica_budget_call_end()). Owner only; NULL: no-op. */
 MICA_API void mica_budget_call_begin(mica_budget_t *b);
+/** The call started with mica_budget_call_begin() ended. Owner only; NULL: no-op. */
 MICA_API void mica_budget_call_end(mica_budget_t *b);
 /**
  * May a retry (or hedge) start now? Returns 0 (counted until
- * mica_budget_retry_end()) or MICA_ELIMIT: the budget is spent. Owner only.
+ * mica_budget_retry_end()) or MICA_ELIMIT: the budget is spent. Owner only;
+ * NULL (no budget) always returns 0.
  */
 MICA_API int mica_budget_retry_begin(mica_budget_t *b);
+/** The retry mica_budget_retry_begin() let start ended. Owner only; NULL: no-op. */
 MICA_API void mica_budget_retry_end(mica_budget_t *b);
 
 /* A budget's numbers; any thread. */
 typedef struct mica_budget_stats {
     uint32_t active_calls, active_retries;
-    uint32_t peak_retries;    /* the most retries ever in flight at once */
-    uint64_t retries;         /* retries let through */
-    uint64_t exhausted;       /* retries refused */
+    uint32_t peak_retries; /* the most retries ever in flight at once */
+    uint64_t retries;      /* retries let through */
+    uint64_t exhausted;    /* retries refused */
 } mica_budget_stats_t;
 
+/** Fills `out` with the budget's numbers. Any thread. */
 MICA_API void mica_budget_stats(const mica_budget_t *b, mica_budget_stats_t *out);
 
 /* ---- hedging ---------------------------------------------------------------------------- */
@@ -225,10 +229,10 @@ typedef struct mica_hedge_policy {
 
 /* A call's own policy: opts.policy with MICA_CALL_POLICY in opts.flags. */
 typedef struct mica_call_policy {
-    const char *hash_key;              /* ring-hash balancer: the key (NULL: any endpoint) */
-    size_t hash_key_len;               /* 0: strlen(hash_key) */
-    const mica_retry_policy_t *retry;  /* NULL: the client's */
-    const mica_hedge_policy_t *hedge;  /* NULL: the client's */
+    const char *hash_key;             /* ring-hash balancer: the key (NULL: any endpoint) */
+    size_t hash_key_len;              /* 0: strlen(hash_key) */
+    const mica_retry_policy_t *retry; /* NULL: the client's */
+    const mica_hedge_policy_t *hedge; /* NULL: the client's */
 } mica_call_policy_t;
 
 /* ---- the policy set, and its gRPC adapter -------------------------------------------------- */
@@ -240,8 +244,8 @@ typedef struct mica_resilience_opts {
     mica_breaker_opts_t breaker; /* per method (per key); kind NONE: no breakers */
     mica_retry_policy_t retry;   /* max_attempts 1: no retries */
     mica_budget_opts_t budget;
-    bool no_budget;              /* retries unlimited by the budget (not advised) */
-    mica_hedge_policy_t hedge;   /* max_attempts >= 2: hedge unary calls instead of retrying */
+    bool no_budget;            /* retries unlimited by the budget (not advised) */
+    mica_hedge_policy_t hedge; /* max_attempts >= 2: hedge unary calls instead of retrying */
 } mica_resilience_opts_t;
 
 /**
@@ -256,18 +260,19 @@ MICA_API int mica_resilience_new(mica_resilience_t **out, mica_runtime_t *rt,
 MICA_API void mica_resilience_free(mica_resilience_t *r);
 
 /**
- * Answers a call a breaker refused or that failed for good: returns the
- * call's code (fill call->res, and *call->resp for OK) -- a cached answer,
- * a default, or `code` itself. Runs in the caller's coroutine.
+ * Answers a unary call a breaker refused or that failed for good with a
+ * failure code: returns the call's code (fill call->res, and *call->resp,
+ * which the caller frees, for OK) -- a cached answer, a default, or `code`
+ * itself. Runs in the caller's coroutine. Streaming calls get no fallback.
  */
 typedef int (*mica_resilience_grpc_fallback_fn)(mica_grpc_call_info_t *call, int code, void *arg);
 
 /* The gRPC adapter's settings; 0 picks the default shown. Codes are bit masks (1u << code). */
 typedef struct mica_resilience_grpc_opts {
-    uint32_t failure_codes; /* count against the breaker: UNAVAILABLE, DEADLINE_EXCEEDED,
-                               INTERNAL, RESOURCE_EXHAUSTED */
-    uint32_t retry_codes;   /* retried: UNAVAILABLE */
-    bool idempotent_only;   /* retry and hedge only calls flagged MICA_CALL_IDEMPOTENT */
+    uint32_t failure_codes;    /* count against the breaker: UNAVAILABLE, DEADLINE_EXCEEDED,
+                                  INTERNAL, RESOURCE_EXHAUSTED */
+    uint32_t retry_codes;      /* retried: UNAVAILABLE */
+    bool idempotent_only;      /* retry and hedge only calls flagged MICA_CALL_IDEMPOTENT */
     const char *hash_metadata; /* this request metadata's value becomes the ring-hash key
                                   (borrowed for the client's life) */
     mica_resilience_grpc_fallback_fn fallback; /* NULL: refused calls get UNAVAILABLE */
@@ -275,8 +280,8 @@ typedef struct mica_resilience_grpc_opts {
 } mica_resilience_grpc_opts_t;
 
 /** The default failure_codes of the gRPC adapter and the balancers. */
-#define MICA_RESILIENCE_GRPC_FAILURES                                                             \
-    ((1u << MICA_GRPC_UNAVAILABLE) | (1u << MICA_GRPC_DEADLINE_EXCEEDED) |                        \
+#define MICA_RESILIENCE_GRPC_FAILURES                                                              \
+    ((1u << MICA_GRPC_UNAVAILABLE) | (1u << MICA_GRPC_DEADLINE_EXCEEDED) |                         \
      (1u << MICA_GRPC_INTERNAL) | (1u << MICA_GRPC_RESOURCE_EXHAUSTED))
 
 /**
@@ -290,15 +295,15 @@ MICA_API int mica_resilience_grpc_attach(mica_resilience_t *r, mica_grpc_client_
 
 /* What a policy set did, summed over its workers. */
 typedef struct mica_resilience_stats {
-    uint64_t calls;          /* calls through the policies */
-    uint64_t rejected;       /* refused by an open breaker */
-    uint64_t fallbacks;      /* answered by the fallback */
-    uint64_t retries;        /* attempts after the first (hedges not included) */
+    uint64_t calls;            /* calls through the policies */
+    uint64_t rejected;         /* refused by an open breaker */
+    uint64_t fallbacks;        /* answered by the fallback */
+    uint64_t retries;          /* attempts after the first (hedges not included) */
     uint64_t budget_exhausted; /* retries and hedges the budget refused */
-    uint64_t hedges;         /* hedged attempts sent */
-    uint64_t hedge_wins;     /* calls a hedged attempt answered */
-    uint64_t pushbacks;      /* retries delayed or stopped by the server's pushback */
-    uint32_t peak_retries;   /* the most retries in flight at once on one worker */
+    uint64_t hedges;           /* hedged attempts sent */
+    uint64_t hedge_wins;       /* calls a hedged attempt answered */
+    uint64_t pushbacks;        /* retries delayed or stopped by the server's pushback */
+    uint32_t peak_retries;     /* the most retries in flight at once on one worker */
 } mica_resilience_stats_t;
 
 /** Fills `out`. Any thread. */
@@ -311,6 +316,22 @@ MICA_API void mica_resilience_stats(const mica_resilience_t *r, mica_resilience_
  */
 MICA_API int mica_resilience_breaker_stats(mica_resilience_t *r, const char *key,
                                            mica_breaker_stats_t *out);
+
+/* ---- HTTP outcomes, for an HTTP client's adapter ----------------------------------------- */
+
+/**
+ * Whether HTTP `method` may be repeated without the caller saying so: the
+ * idempotent methods of RFC 9110 section 9.2.2 (GET, HEAD, OPTIONS, TRACE,
+ * PUT, DELETE). Others are retried only when the call is flagged
+ * MICA_CALL_IDEMPOTENT.
+ */
+MICA_API bool mica_resilience_http_idempotent(const char *method);
+
+/** Whether HTTP `status` counts against a breaker by default: 5xx. */
+MICA_API bool mica_resilience_http_failure(int status);
+
+/** Whether HTTP `status` is worth a retry by default: 502, 503, 504 (and 0: no response). */
+MICA_API bool mica_resilience_http_retryable(int status);
 
 /* ---- the policy set's verbs, for adapters of other clients ------------------------------- */
 

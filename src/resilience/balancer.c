@@ -27,7 +27,7 @@ struct mica_balancer {
         pthread_mutex_t lock;
         mica__lb_t *states; /* every picker state of this worker using us */
         char pad[64];
-    } *w;
+    } * w;
 };
 
 static void defaults(mica_balancer_opts_t *o)
@@ -148,9 +148,8 @@ static mica__lb_ep_t *ep_new(mica__lb_t *lb, const char *addr)
     if (!g)
         return NULL;
     g->addr = mica__strdup(addr);
-    if (!g->addr ||
-        (lb->o.breaker.kind != MICA_BREAKER_NONE &&
-         mica_breaker_new(&g->breaker, addr, &lb->o.breaker) != 0)) {
+    if (!g->addr || (lb->o.breaker.kind != MICA_BREAKER_NONE &&
+                     mica_breaker_new(&g->breaker, addr, &lb->o.breaker) != 0)) {
         ep_free(g);
         return NULL;
     }

@@ -172,8 +172,8 @@ static int hedged(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t *b
 {
     hedge_t h = {.r = r, .w = w, .br = br, .next = next, .ev = MICA_EVENT_INIT};
     int max = policy->max_attempts > MAX_HEDGE ? MAX_HEDGE : policy->max_attempts;
-    uint32_t non_fatal = policy->non_fatal_codes ? policy->non_fatal_codes
-                                                 : 1u << MICA_GRPC_UNAVAILABLE;
+    uint32_t non_fatal =
+        policy->non_fatal_codes ? policy->non_fatal_codes : 1u << MICA_GRPC_UNAVAILABLE;
     if (launch(&h, call, 0) != 0) { /* no coroutine to spare: one plain attempt */
         int64_t t0 = mica_now_ms();
         int code = next(call);
@@ -300,8 +300,8 @@ static int streamed(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t 
         if (code == MICA_GRPC_OK)
             break;
         int64_t delay;
-        if (mica_retry_next(&rt, mica_now_ms(), has(r->g.retry_codes, code),
-                            MICA_RETRY_NO_PUSHBACK, &delay) != 0)
+        if (mica_retry_next(&rt, mica_now_ms(), has(r->g.retry_codes, code), MICA_RETRY_NO_PUSHBACK,
+                            &delay) != 0)
             break;
         if (w->budget && mica_budget_retry_begin(w->budget) != 0)
             break;

@@ -80,7 +80,7 @@ typedef struct mica__wbucket {
 typedef struct mica__window {
     int n;
     int64_t bucket_ms;
-    int64_t epoch; /* now / bucket_ms of the newest bucket */
+    int64_t epoch;    /* now / bucket_ms of the newest bucket */
     uint64_t a, b, c; /* totals over the window */
     mica__wbucket_t *buckets;
 } mica__window_t;
@@ -103,7 +103,7 @@ typedef struct mica__table {
         char *key;
         uint64_t hash;
         void *value;
-    } *slots;
+    } * slots;
 } mica__table_t;
 
 /* Returns the value of `key` or NULL. */
@@ -165,7 +165,7 @@ struct mica__lb {
     mica__lb_ep_t *eps;    /* every entry, for readers (under lock) */
     uint64_t seq;          /* pick sequence, for mica__lb_ep_t.mark */
     uint64_t rng;
-    size_t next;           /* round robin position, least-request tie rotation */
+    size_t next; /* round robin position, least-request tie rotation */
     void *algo_state;
     struct mica__lb *reg_next; /* on the owner's list for this worker */
 };
@@ -188,11 +188,11 @@ bool mica__lb_try(mica__lb_t *lb, mica_picker_endpoint_t *e, int64_t now_ms);
 int mica__lb_fallback(mica__lb_t *lb, mica_picker_endpoint_t *const *eps, size_t n);
 
 /* A picker_ops built from an algorithm. */
-#define MICA__LB_OPS(algo_, name_, flags_)                                                        \
-    {                                                                                             \
-        .name = (name_), .flags = (flags_), .create = mica__lb_create_##algo_,                    \
-        .update = mica__lb_update, .pick = mica__lb_pick, .done = mica__lb_done,                  \
-        .destroy = mica__lb_destroy,                                                              \
+#define MICA__LB_OPS(algo_, name_, flags_)                                                         \
+    {                                                                                              \
+        .name = (name_), .flags = (flags_), .create = mica__lb_create_##algo_,                     \
+        .update = mica__lb_update, .pick = mica__lb_pick, .done = mica__lb_done,                   \
+        .destroy = mica__lb_destroy,                                                               \
     }
 
 int mica__lb_create(void **state, const void *conf, const mica__lb_algo_t *algo);
@@ -214,9 +214,9 @@ const char *mica__lb_hash_key(const mica_pick_info_t *info, size_t *len);
 
 /* One worker's part of a mica_resilience_t, allocated apart (no false sharing). */
 typedef struct mica__res_worker {
-    pthread_mutex_t lock;     /* guards `breakers` against readers; the worker takes it to add */
-    mica__table_t breakers;   /* key -> mica_breaker_t * */
-    mica_budget_t *budget;    /* NULL: no budget */
+    pthread_mutex_t lock;   /* guards `breakers` against readers; the worker takes it to add */
+    mica__table_t breakers; /* key -> mica_breaker_t * */
+    mica_budget_t *budget;  /* NULL: no budget */
     uint64_t rng;
     mica__ctr_t calls, rejected, fallbacks, retries, hedges, hedge_wins, pushbacks;
     struct {
@@ -226,8 +226,8 @@ typedef struct mica__res_worker {
 } mica__res_worker_t;
 
 struct mica_resilience {
-    mica_resilience_opts_t o;          /* defaults filled in */
-    mica_resilience_grpc_opts_t g;     /* the gRPC adapter's, once attached */
+    mica_resilience_opts_t o;      /* defaults filled in */
+    mica_resilience_grpc_opts_t g; /* the gRPC adapter's, once attached */
     bool attached;
     int nworkers;
     mica__res_worker_t **w;

@@ -32,8 +32,8 @@ static double latency(mica__lb_t *lb, const mica_picker_endpoint_t *e, int64_t n
 }
 
 /* Whether b should be preferred to a. */
-static bool better(mica__lb_t *lb, const mica_picker_endpoint_t *a,
-                   const mica_picker_endpoint_t *b, int64_t now_ms)
+static bool better(mica__lb_t *lb, const mica_picker_endpoint_t *a, const mica_picker_endpoint_t *b,
+                   int64_t now_ms)
 {
     double la = latency(lb, a, now_ms), lb_ = latency(lb, b, now_ms);
     if (la < 0 || lb_ < 0 || (la <= lb_ * 1.5 && lb_ <= la * 1.5))
@@ -51,7 +51,8 @@ static int p2c_pick(mica__lb_t *lb, mica_picker_endpoint_t *const *eps, size_t n
     uint32_t b = mica__rand_below(&lb->rng, (uint32_t)n - 1);
     if (b >= a)
         b++;
-    bool ua = mica_picker_endpoint_usable(eps[a], now), ub = mica_picker_endpoint_usable(eps[b], now);
+    bool ua = mica_picker_endpoint_usable(eps[a], now),
+         ub = mica_picker_endpoint_usable(eps[b], now);
     if ((ua && ub && better(lb, eps[a], eps[b], now)) || (!ua && ub)) {
         uint32_t t = a;
         a = b;

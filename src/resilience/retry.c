@@ -16,6 +16,7 @@
  * max_attempts x). Counted per worker, like everything on the call path.
  */
 #include <math.h>
+#include <string.h>
 
 #include "common/alloc.h"
 #include "resilience/internal.h"
@@ -131,16 +132,22 @@ void mica_budget_free(mica_budget_t *b)
 
 void mica_budget_call_begin(mica_budget_t *b)
 {
+    if (!b)
+        return;
     add32(&b->active_calls, 1);
 }
 
 void mica_budget_call_end(mica_budget_t *b)
 {
+    if (!b)
+        return;
     add32(&b->active_calls, -1);
 }
 
 int mica_budget_retry_begin(mica_budget_t *b)
 {
+    if (!b)
+        return 0; /* no budget: every retry may go */
     uint32_t calls = atomic_load_explicit(&b->active_calls, memory_order_relaxed);
     uint32_t retries = atomic_load_explicit(&b->active_retries, memory_order_relaxed);
     uint32_t allowed = (uint32_t)(b->o.ratio * calls);
@@ -159,6 +166,8 @@ int mica_budget_retry_begin(mica_budget_t *b)
 
 void mica_budget_retry_end(mica_budget_t *b)
 {
+    if (!b)
+        return;
     add32(&b->active_retries, -1);
 }
 
@@ -169,4 +178,25 @@ void mica_budget_stats(const mica_budget_t *b, mica_budget_stats_t *out)
     out->peak_retries = atomic_load_explicit(&b->peak, memory_order_relaxed);
     out->retries = mica__ctr_get(&b->retries);
     out->exhausted = mica__ctr_get(&b->exhausted);
+}
+
+/* ---- HTTP outcomes ------------------------------------------------------------------- */
+
+bool mica_resilience_http_idempotent(const char *method)
+{
+    static const char *const idem[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+    for (size_t i = 0; method && i < sizeof(idem) / sizeof(idem[0]); i++)
+        if (strcmp(method, idem[i]) == 0)
+            return true;
+    return false;
+}
+
+bool mica_resilience_http_failure(int status)
+{
+    return status >= 500 && status <= 599;
+}
+
+bool mica_resilience_http_retryable(int status)
+{
+    return status == 0 || status == 502 || status == 503 || status == 504;
 }

@@ -13,8 +13,8 @@
  *
  * Options (all "-name value"):
  *   -endpoints a:1,b:2=3   the backends (=W: a weight)      -lb rr|wrr|least|random|p2c|ring
- *   -ep-breaker sre|classic|none (per endpoint: none)        -breaker sre|classic|none (per method: sre)
- *   -open-ms N (classic)   -retry N (max attempts: 3)        -budget 0|1 (1), -budget-min N (3)
+ *   -ep-breaker sre|classic|none (per endpoint: none)        -breaker sre|classic|none (per method:
+ * sre) -open-ms N (classic)   -retry N (max attempts: 3)        -budget 0|1 (1), -budget-min N (3)
  *   -per-try ms            -hedge-delay ms (0: no hedging)   -hedge-max N (2)
  *   -fallback 0|1          -idempotent 0|1                   -policies 0|1 (0: no interceptor)
  *   -conc N (16)           -rate calls/s (0: flat out)       -duration ms (3000)
@@ -45,11 +45,22 @@ static struct {
     int n;
     const char *lb, *ep_breaker, *breaker;
     int64_t open_ms, per_try, hedge_delay, duration, deadline, interval, drop_at;
-    int retry, budget, budget_min, hedge_max, fallback, idempotent, policies, conc, workers, keys, drop_idx;
+    int retry, budget, budget_min, hedge_max, fallback, idempotent, policies, conc, workers, keys,
+        drop_idx;
     double rate;
-} O = {.lb = "rr", .ep_breaker = "none", .breaker = "sre", .retry = 3, .budget = 1,
-       .hedge_max = 2, .policies = 1, .conc = 16, .duration = 3000, .deadline = 1000,
-       .interval = 100, .workers = 1, .drop_idx = -1};
+} O = {.lb = "rr",
+       .ep_breaker = "none",
+       .breaker = "sre",
+       .retry = 3,
+       .budget = 1,
+       .hedge_max = 2,
+       .policies = 1,
+       .conc = 16,
+       .duration = 3000,
+       .deadline = 1000,
+       .interval = 100,
+       .workers = 1,
+       .drop_idx = -1};
 
 static mica_runtime_t *rt;
 static mica_grpc_client_t *client;
@@ -76,11 +87,11 @@ static mica_breaker_kind_t kind_of(const char *s)
 
 static const mica_picker_ops_t *picker_of(const char *s)
 {
-    return strcmp(s, "wrr") == 0      ? &mica_balancer_weighted
-           : strcmp(s, "least") == 0  ? &mica_balancer_least_request
-           : strcmp(s, "random") == 0 ? &mica_balancer_random
-           : strcmp(s, "p2c") == 0    ? &mica_balancer_p2c
-           : strcmp(s, "ring") == 0   ? &mica_balancer_ring_hash
+    return strcmp(s, "wrr") == 0       ? &mica_balancer_weighted
+           : strcmp(s, "least") == 0   ? &mica_balancer_least_request
+           : strcmp(s, "random") == 0  ? &mica_balancer_random
+           : strcmp(s, "p2c") == 0     ? &mica_balancer_p2c
+           : strcmp(s, "ring") == 0    ? &mica_balancer_ring_hash
            : strcmp(s, "default") == 0 ? &mica_picker_round_robin
                                        : &mica_balancer_round_robin;
 }
@@ -319,27 +330,48 @@ int main(int argc, char **argv)
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         long n = strtol(v, NULL, 10);
-        if (!strcmp(k, "-endpoints")) parse_endpoints(v);
-        else if (!strcmp(k, "-lb")) O.lb = v;
-        else if (!strcmp(k, "-ep-breaker")) O.ep_breaker = v;
-        else if (!strcmp(k, "-breaker")) O.breaker = v;
-        else if (!strcmp(k, "-open-ms")) O.open_ms = n;
-        else if (!strcmp(k, "-retry")) O.retry = (int)n;
-        else if (!strcmp(k, "-budget")) O.budget = (int)n;
-        else if (!strcmp(k, "-budget-min")) O.budget_min = (int)n;
-        else if (!strcmp(k, "-per-try")) O.per_try = n;
-        else if (!strcmp(k, "-hedge-delay")) O.hedge_delay = n;
-        else if (!strcmp(k, "-hedge-max")) O.hedge_max = (int)n;
-        else if (!strcmp(k, "-fallback")) O.fallback = (int)n;
-        else if (!strcmp(k, "-idempotent")) O.idempotent = (int)n;
-        else if (!strcmp(k, "-policies")) O.policies = (int)n;
-        else if (!strcmp(k, "-conc")) O.conc = (int)n;
-        else if (!strcmp(k, "-rate")) O.rate = strtod(v, NULL);
-        else if (!strcmp(k, "-duration")) O.duration = n;
-        else if (!strcmp(k, "-deadline")) O.deadline = n;
-        else if (!strcmp(k, "-keys")) O.keys = (int)n;
-        else if (!strcmp(k, "-workers")) O.workers = (int)n;
-        else if (!strcmp(k, "-interval")) O.interval = n;
+        if (!strcmp(k, "-endpoints"))
+            parse_endpoints(v);
+        else if (!strcmp(k, "-lb"))
+            O.lb = v;
+        else if (!strcmp(k, "-ep-breaker"))
+            O.ep_breaker = v;
+        else if (!strcmp(k, "-breaker"))
+            O.breaker = v;
+        else if (!strcmp(k, "-open-ms"))
+            O.open_ms = n;
+        else if (!strcmp(k, "-retry"))
+            O.retry = (int)n;
+        else if (!strcmp(k, "-budget"))
+            O.budget = (int)n;
+        else if (!strcmp(k, "-budget-min"))
+            O.budget_min = (int)n;
+        else if (!strcmp(k, "-per-try"))
+            O.per_try = n;
+        else if (!strcmp(k, "-hedge-delay"))
+            O.hedge_delay = n;
+        else if (!strcmp(k, "-hedge-max"))
+            O.hedge_max = (int)n;
+        else if (!strcmp(k, "-fallback"))
+            O.fallback = (int)n;
+        else if (!strcmp(k, "-idempotent"))
+            O.idempotent = (int)n;
+        else if (!strcmp(k, "-policies"))
+            O.policies = (int)n;
+        else if (!strcmp(k, "-conc"))
+            O.conc = (int)n;
+        else if (!strcmp(k, "-rate"))
+            O.rate = strtod(v, NULL);
+        else if (!strcmp(k, "-duration"))
+            O.duration = n;
+        else if (!strcmp(k, "-deadline"))
+            O.deadline = n;
+        else if (!strcmp(k, "-keys"))
+            O.keys = (int)n;
+        else if (!strcmp(k, "-workers"))
+            O.workers = (int)n;
+        else if (!strcmp(k, "-interval"))
+            O.interval = n;
         else if (!strcmp(k, "-drop-at")) {
             O.drop_at = n;
             O.drop_idx = strchr(v, ':') ? (int)strtol(strchr(v, ':') + 1, NULL, 10) : -1;
@@ -378,14 +410,16 @@ int main(int argc, char **argv)
         eps[i] = (mica_endpoint_t){O.addrs[i], O.weights[i], NULL};
     mica_resolver_update(mica_grpc_client_resolver(client), eps, (size_t)O.n); /* weights */
     if (O.policies) {
-        mica_resilience_opts_t po = {.breaker.kind = kind_of(O.breaker),
-                                     .retry = {.max_attempts = O.retry, .per_try_timeout_ms = O.per_try},
-                                     .no_budget = !O.budget,
-                                     .budget.min_concurrency = (uint32_t)O.budget_min};
+        mica_resilience_opts_t po = {
+            .breaker.kind = kind_of(O.breaker),
+            .retry = {.max_attempts = O.retry, .per_try_timeout_ms = O.per_try},
+            .no_budget = !O.budget,
+            .budget.min_concurrency = (uint32_t)O.budget_min};
         if (O.open_ms)
             po.breaker.open_ms = O.open_ms;
         if (O.hedge_delay > 0)
-            po.hedge = (mica_hedge_policy_t){.max_attempts = O.hedge_max, .delay_ms = O.hedge_delay};
+            po.hedge =
+                (mica_hedge_policy_t){.max_attempts = O.hedge_max, .delay_ms = O.hedge_delay};
         mica_resilience_grpc_opts_t go = {.hash_metadata = "x-key"};
         if (O.fallback)
             go.fallback = fallback;

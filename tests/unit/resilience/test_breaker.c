@@ -133,7 +133,8 @@ static int full_from(const int *passed, int n, int from_s, int per_s)
  * stated bound, 2 * probe_interval + recovery (6 s), for a backend that comes
  * back healthy and for one that comes back failing 10 % of calls.
  */
-static void test_issue_4101_traffic_is_back_within_the_bound_after_a_minute_long_outage(void **state)
+static void
+test_issue_4101_traffic_is_back_within_the_bound_after_a_minute_long_outage(void **state)
 {
     for (int variant = 0; variant < 10; variant++) {
         mica_breaker_t *b;
@@ -377,9 +378,9 @@ static void test_every_state_change_is_logged(void **state)
     int saved = dup(STDERR_FILENO);
     dup2(fileno(tmp), STDERR_FILENO);
     mica_breaker_t *b = classic();
-    calls(b, 1000, 20, true, 1);                  /* closed -> open */
+    calls(b, 1000, 20, true, 1);                      /* closed -> open */
     assert_int_equal(mica_breaker_allow(b, 6001), 0); /* open -> half-open */
-    mica_breaker_record(b, 6002, 6001, true);     /* half-open -> open */
+    mica_breaker_record(b, 6002, 6001, true);         /* half-open -> open */
     mica_breaker_free(b);
     dup2(saved, STDERR_FILENO);
     close(saved);
@@ -392,7 +393,8 @@ static void test_every_state_change_is_logged(void **state)
     for (const char *p = buf; (p = strstr(p, "breaker: state change")); p++)
         lines++;
     assert_int_equal(lines, 3);
-    assert_non_null(strstr(buf, "\"from\":\"closed\",\"to\":\"open\",\"reason\":\"failure ratio\""));
+    assert_non_null(
+        strstr(buf, "\"from\":\"closed\",\"to\":\"open\",\"reason\":\"failure ratio\""));
     assert_non_null(strstr(buf, "\"to\":\"half-open\""));
     assert_non_null(strstr(buf, "\"reason\":\"probe failed\""));
 }
@@ -402,7 +404,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sre_passes_everything_while_the_backend_answers),
         cmocka_unit_test(test_sre_drops_nearly_everything_to_a_dead_backend_but_probes_it),
-        cmocka_unit_test(test_issue_4101_traffic_is_back_within_the_bound_after_a_minute_long_outage),
+        cmocka_unit_test(
+            test_issue_4101_traffic_is_back_within_the_bound_after_a_minute_long_outage),
         cmocka_unit_test(test_sre_recovery_gives_up_while_the_backend_still_fails_half),
         cmocka_unit_test(test_sre_refuses_nothing_below_min_calls),
         cmocka_unit_test(test_consecutive_failures_open_at_once_despite_a_window_of_successes),

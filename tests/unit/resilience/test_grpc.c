@@ -47,12 +47,12 @@ struct backend {
     mica_grpc_server_t *gs;
     char addr[64];
     atomic_int calls;
-    atomic_int fail_first;  /* answer `code` to this many calls first */
-    atomic_int code;        /* ... (UNAVAILABLE unless set) */
-    atomic_int slow_first;  /* sleep delay_ms in this many calls first */
+    atomic_int fail_first; /* answer `code` to this many calls first */
+    atomic_int code;       /* ... (UNAVAILABLE unless set) */
+    atomic_int slow_first; /* sleep delay_ms in this many calls first */
     atomic_int delay_ms;
-    atomic_int cancelled;   /* calls whose sleep the client cancelled */
-    const char *pushback;   /* grpc-retry-pushback-ms sent with failures */
+    atomic_int cancelled; /* calls whose sleep the client cancelled */
+    const char *pushback; /* grpc-retry-pushback-ms sent with failures */
 };
 
 static int unary(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
@@ -167,8 +167,7 @@ static void fx_run(struct fx *f, void (*body)(void *))
 }
 
 /* One unary Echo call; returns its code. */
-static int call(struct fx *f, const mica_grpc_call_opts_t *o, int delay_ms,
-                mica_grpc_result_t *res)
+static int call(struct fx *f, const mica_grpc_call_opts_t *o, int delay_ms, mica_grpc_result_t *res)
 {
     req_t req = REQ_INIT;
     req.message = "hi";

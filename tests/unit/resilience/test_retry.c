@@ -14,8 +14,8 @@
 
 static void test_backoff_is_full_jitter_under_a_growing_cap(void **state)
 {
-    mica_retry_policy_t p = {.max_attempts = 5, .initial_backoff_ms = 100, .max_backoff_ms = 300,
-                             .multiplier = 2};
+    mica_retry_policy_t p = {
+        .max_attempts = 5, .initial_backoff_ms = 100, .max_backoff_ms = 300, .multiplier = 2};
     int64_t max_seen[5] = {0}, min_seen[5] = {1000, 1000, 1000, 1000, 1000};
     for (int run = 0; run < 2000; run++) {
         mica_retry_t r;
@@ -127,6 +127,21 @@ static void test_budget_allows_three_then_a_fifth_of_active_calls(void **state)
     assert_int_equal(mica_budget_new(&b, &o), MICA_EINVAL);
 }
 
+static void test_http_outcomes_follow_rfc_9110_and_5xx(void **state)
+{
+    const char *yes[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+    for (size_t i = 0; i < 6; i++)
+        assert_true(mica_resilience_http_idempotent(yes[i]));
+    assert_false(mica_resilience_http_idempotent("POST"));
+    assert_false(mica_resilience_http_idempotent("PATCH"));
+    assert_false(mica_resilience_http_idempotent("get")); /* methods are case-sensitive */
+    assert_false(mica_resilience_http_idempotent(NULL));
+    assert_true(mica_resilience_http_failure(500) && mica_resilience_http_failure(503));
+    assert_false(mica_resilience_http_failure(404) || mica_resilience_http_failure(429));
+    assert_true(mica_resilience_http_retryable(503) && mica_resilience_http_retryable(0));
+    assert_false(mica_resilience_http_retryable(500));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -136,6 +151,7 @@ int main(void)
         cmocka_unit_test(test_no_retry_would_end_past_the_deadline),
         cmocka_unit_test(test_each_attempt_gets_its_per_try_timeout_inside_the_deadline),
         cmocka_unit_test(test_budget_allows_three_then_a_fifth_of_active_calls),
+        cmocka_unit_test(test_http_outcomes_follow_rfc_9110_and_5xx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
