@@ -18,8 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include "../runtime/helpers.h"
+#include "common/alloc.h"
 #include "echo.pb-c.h"
 #include "mica/balancer.h"
 #include "mica/grpc.h"
@@ -641,6 +645,123 @@ static void test_policies_are_per_worker_and_their_numbers_readable_from_any_thr
     fx_run(&f, workers_body);
 }
 
+/* ---- allocation failures ----------------------------------------------------------- */
+
+/* An Echo server in a child process, so that injected failures hit the client only. */
+static pid_t server_child(char *addr, size_t size)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        mica_runtime_t *rt;
+        mica_runtime_opts_t o = {.workers = 1, .drain_timeout_ms = 1000};
+        struct backend b = {0};
+        if (mica_runtime_new(&rt, &o) != 0 || mica_http_server_new(&b.srv, NULL) != 0 ||
+            mica_grpc_server_new(&b.gs, b.srv, NULL) != 0 ||
+            mica_grpc_register(b.gs, echo, "Unary", MICA_GRPC_UNARY, unary, &b) != 0 ||
+            mica_grpc_register(b.gs, echo, "ServerStream", MICA_GRPC_SERVER_STREAM, server_stream,
+                               &b) != 0 ||
+            mica_http_server_listen(b.srv, "127.0.0.1:0") != 0 ||
+            mica_http_server_attach(b.srv, rt) != 0)
+            _exit(1);
+        int port = mica_http_server_port(b.srv, 0);
+        if (write(p[1], &port, sizeof(port)) != sizeof(port))
+            _exit(1);
+        close(p[1]);
+        int rc = mica_runtime_run(rt);
+        mica_grpc_server_free(b.gs);
+        mica_http_server_free(b.srv);
+        mica_runtime_free(rt);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    close(p[1]);
+    int port = 0;
+    assert_int_equal(read(p[0], &port, sizeof(port)), sizeof(port));
+    close(p[0]);
+    snprintf(addr, size, "127.0.0.1:%d", port);
+    return pid;
+}
+
+struct oom_case {
+    struct fx f;
+    long nth, used;
+    int code;
+};
+
+/* A keyed unary call and a stream: the first calls make every lazy object
+ * (picker state, entries, ring, breakers, the stream watch). */
+static int first_calls(struct fx *f)
+{
+    mica_grpc_md_t md[] = {{"x-user", "u1"}};
+    mica_grpc_call_opts_t o = {.md = md, .nmd = 1};
+    int code = call(f, &o, 0, NULL);
+    mica_grpc_stream_t *st;
+    if (mica_grpc_stream_open(f->c, NULL, echo, "ServerStream", NULL, &st) == 0) {
+        req_t req = REQ_INIT;
+        req.count = 1;
+        mica_grpc_stream_send(st, &req.base);
+        mica_grpc_stream_close_send(st);
+        ProtobufCMessage *m;
+        while (mica_grpc_stream_recv(st, &m) == 0)
+            protobuf_c_message_free_unpacked(m, NULL);
+        mica_grpc_stream_finish(st, NULL);
+    }
+    return code;
+}
+
+static void oom_body(void *arg)
+{
+    struct oom_case *k = arg;
+    mica__alloc_fail_nth(k->nth);
+    k->code = first_calls(&k->f);
+    k->used = mica__alloc_count();
+    mica__alloc_fail_nth(0);
+    EXPECT_EQ(first_calls(&k->f), MICA_GRPC_OK); /* usable afterwards */
+}
+
+static void test_allocation_failures_leave_the_policies_working(void **state)
+{
+    char addr[64];
+    pid_t pid = server_child(addr, sizeof(addr));
+    int failed = 0;
+    long nth;
+    for (nth = 1;; nth++) {
+        struct oom_case k = {.nth = nth};
+        struct run_once ro = {.body = oom_body, .arg = &k};
+        mica_runtime_opts_t o = {.workers = 1, .no_signals = true, .drain_timeout_ms = 5000};
+        assert_int_equal(mica_runtime_new(&ro.rt, &o), 0);
+        k.f.rt = ro.rt;
+        char target[128];
+        snprintf(target, sizeof(target), "static:///%s", addr);
+        mica_balancer_opts_t bo = {.breaker.kind = MICA_BREAKER_CLASSIC};
+        assert_int_equal(mica_balancer_new(&k.f.lb, ro.rt, &bo), 0);
+        mica_grpc_client_opts_t co = {.picker = &mica_balancer_ring_hash, .picker_conf = k.f.lb};
+        assert_int_equal(mica_grpc_client_new(&k.f.c, ro.rt, target, &co), 0);
+        assert_int_equal(mica_resilience_new(&k.f.res, ro.rt, NULL), 0);
+        mica_resilience_grpc_opts_t go = {.hash_metadata = "x-user"};
+        assert_int_equal(mica_resilience_grpc_attach(k.f.res, k.f.c, &go), 0);
+        mica_runtime_on_start(ro.rt, run_once_start, &ro);
+        mica_runtime_run(ro.rt); /* a failed spawn may leave work to cancel: any result */
+        mica_grpc_client_free(k.f.c);
+        mica_resilience_free(k.f.res);
+        mica_balancer_free(k.f.lb);
+        mica_runtime_free(ro.rt);
+        expect_no_failure();
+        failed += k.code != MICA_GRPC_OK;
+        if (k.used < nth) /* the calls made fewer allocations: all were covered */
+            break;
+        assert_true(nth < 3000);
+    }
+    print_message("%ld allocations failed in turn: %d calls failed, none crashed or leaked\n",
+                  nth - 1, failed);
+    kill(pid, SIGTERM);
+    int status;
+    waitpid(pid, &status, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -655,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_a_streams_end_reaches_the_breaker_and_is_never_retried),
         cmocka_unit_test(test_a_metadata_key_pins_calls_to_one_backend),
         cmocka_unit_test(test_policies_are_per_worker_and_their_numbers_readable_from_any_thread),
+        cmocka_unit_test(test_allocation_failures_leave_the_policies_working),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
