@@ -313,7 +313,7 @@ static void parse_endpoints(const char *s)
 {
     while (*s && O.n < MAXB) {
         size_t len = strcspn(s, ",");
-        char tok[128];
+        char tok[sizeof(O.addrs[0])];
         snprintf(tok, sizeof(tok), "%.*s", (int)(len < sizeof(tok) ? len : sizeof(tok) - 1), s);
         char *eq = strchr(tok, '=');
         O.weights[O.n] = eq ? (uint32_t)strtoul(eq + 1, NULL, 10) : 1;
