@@ -58,7 +58,7 @@ test-tsan:
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMICA_SANITIZE=thread -DMICA_TESTS=ON >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-		ctest --output-on-failure --repeat until-pass:2 -R '^(runtime|resilience)/'
+		ctest --output-on-failure -R '^(runtime|resilience)/'
 
 # Unit tests and one served-and-drained server run under memcheck.
 valgrind:

@@ -12,6 +12,8 @@
  *     chan_buffered_stream_same_worker        producer -> consumer through 128 slots, per element
  *     select_2_ready_same_worker              2 receive cases, both ready
  *     select_2_blocking_roundtrip_same_worker a select that parks and is woken by a send, + ack
+ *     mutex_handoff_same_worker               two coroutines take turns at a mutex held across
+ *                                             a yield: per lock, one park, one hand-off, one yield
  *     spawn_exit_same_worker                  mica_go + run + wg_done + exit, batches of 1000
  *     offload_roundtrip                       mica_offload of an empty function (1 thread)
  *   cross (2 workers, unpinned; the partner coroutine runs on worker 1):
@@ -263,6 +265,50 @@ static void bench_select_blocking(long n)
     mica_chan_free(s.ack);
 }
 
+/* ---- mutex hand-off ---------------------------------------------------------------- */
+
+struct contender {
+    mica_mutex_t *mu;
+    mica_wg_t *done;
+    long n;
+};
+
+/* Holds the lock across a yield, so the other contender is always parked
+ * on it when it is released: every unlock is a hand-off to a waiter. */
+static void contend(struct contender *c)
+{
+    for (long i = 0; i < c->n; i++) {
+        check("lock", mica_mutex_lock(c->mu, NULL));
+        mica_yield();
+        check("unlock", mica_mutex_unlock(c->mu));
+    }
+}
+
+static void contender(void *arg)
+{
+    struct contender *c = arg;
+    contend(c);
+    mica_wg_done(c->done);
+}
+
+static void bench_mutex(long n)
+{
+    struct contender c = {.n = n};
+    check("mutex", mica_mutex_new(&c.mu));
+    check("wg", mica_wg_new(&c.done));
+    mica_wg_add(c.done, 1);
+    check("spawn", mica_go_on(partner, contender, &c));
+    double t0 = now_ns();
+    contend(&c);
+    check("wait", mica_wg_wait(c.done, NULL));
+    double ns = (now_ns() - t0) / (double)(2 * n);
+    char name[96];
+    name_with(name, sizeof(name), "mutex_handoff");
+    report(name, ns);
+    mica_wg_free(c.done);
+    mica_mutex_free(c.mu);
+}
+
 /* ---- spawn and offload ----------------------------------------------------------- */
 
 static void finish(void *arg)
@@ -322,6 +368,7 @@ static void run_local(void)
     bench_stream(loops(5000000));
     bench_select_ready(loops(2000000));
     bench_select_blocking(loops(1000000));
+    bench_mutex(loops(1000000));
     bench_spawn(loops(1000000));
     bench_offload(loops(50000));
 }

@@ -5,15 +5,17 @@
  *   GET /health -> {"status":"ok"}
  *   GET /data   -> {"message":"success","data":"processed quickly"}
  *
- * Listens on :8080, or on $PORT, or on the comma-separated $MICA_LISTEN;
- * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS.
- * MICA_WORKERS sets the worker threads (default: one per CPU); the
- * MICA_HTTP_* variables set limits and timeouts (include/mica/http.h).
- * SIGTERM or Ctrl-C drains in-flight requests and exits 0.
+ * Listens on :8080, or on $PORT, or on the comma-separated --listen /
+ * $MICA_LISTEN; with tls_listen, tls_cert and tls_key ($MICA_TLS_*) also
+ * over TLS. --workers / MICA_WORKERS sets the worker threads (default: one
+ * per CPU); the http_* settings (MICA_HTTP_*) set limits and timeouts.
+ * `hello --help` lists every setting. SIGTERM or Ctrl-C drains in-flight
+ * requests and exits 0.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "mica/config.h"
 #include "mica/http.h"
 #include "mica/runtime.h"
 
@@ -38,32 +40,46 @@ static int fail(const char *what, int rc)
     return 1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    mica_runtime_t *rt;
-    int rc = mica_runtime_new(&rt, NULL);
-    if (rc != 0)
-        return fail("runtime", rc);
-
+    const char *listen = NULL, *port = NULL;
+    mica_runtime_opts_t ropts = {0};
     mica_http_server_opts_t opts = {0};
+    mica_http_tls_settings_t tls = {0};
+    mica_setting_t settings[4 + MICA_HTTP_SETTINGS] = {
+        {"listen", MICA_SETTING_STR, NULL, "listen addresses, comma-separated (default :$PORT)",
+         &listen, 0, 0, NULL},
+        {"port", MICA_SETTING_STR, "8080", "port to listen on when listen is unset", &port, 0, 0,
+         "PORT"},
+        {"workers", MICA_SETTING_INT, "0", "worker threads (0: one per CPU)", &ropts.workers, 0,
+         4096, NULL},
+        {"drain_timeout_ms", MICA_SETTING_MS, "10000", "how long SIGTERM lets in-flight work finish",
+         &ropts.drain_timeout_ms, 1, 3600 * 1000, NULL},
+    };
+    size_t n = 4 + mica_http_server_settings(&opts, &tls, settings + 4, MICA_HTTP_SETTINGS);
+    mica_config_t *cfg;
+    int rc = mica_config_load(&cfg, settings, n, argc, argv);
+    if (rc != 0)
+        return rc == MICA_CONFIG_HELP ? 0 : 2;
+
+    mica_runtime_t *rt;
+    if ((rc = mica_runtime_new(&rt, &ropts)) != 0)
+        return fail("runtime", rc);
     mica_http_server_t *srv;
-    if ((rc = mica_http_server_opts_from_env(&opts)) != 0 ||
-        (rc = mica_http_server_new(&srv, &opts)) != 0)
+    if ((rc = mica_http_server_new(&srv, &opts)) != 0)
         return fail("server options", rc);
 
     mica_http_route(srv, "GET", "/health", health, NULL);
     mica_http_route(srv, "GET", "/data", data, NULL);
 
-    const char *listen = getenv("MICA_LISTEN");
-    const char *port = getenv("PORT");
     char addr[64];
     if (!listen || !*listen) {
-        snprintf(addr, sizeof(addr), ":%s", port && *port ? port : "8080");
+        snprintf(addr, sizeof(addr), ":%s", port);
         listen = addr;
     }
     if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
         return fail("bad listen address", rc);
-    if ((rc = mica_http_server_tls_from_env(srv)) != 0) /* MICA_TLS_LISTEN, _CERT, _KEY */
+    if ((rc = mica_http_server_tls_apply(srv, &tls)) != 0) /* tls_listen, tls_cert, tls_key */
         return fail("TLS settings", rc);
     if ((rc = mica_http_server_attach(srv, rt)) != 0)
         return fail("listen", rc);
@@ -71,5 +87,6 @@ int main(void)
     rc = mica_runtime_run(rt);
     mica_http_server_free(srv);
     mica_runtime_free(rt);
+    mica_config_free(cfg);
     return rc == 0 ? 0 : fail("shutdown", rc);
 }

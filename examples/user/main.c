@@ -9,17 +9,18 @@
  *   plus the standard grpc.health.v1.Health service.
  *
  * Both protocols answer on every listener: :8080 (REST, the seed's HTTP
- * port) and :50051 (gRPC) by default, or the comma-separated $MICA_LISTEN;
- * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS
- * (ALPN: h2 for gRPC, http/1.1 for REST).
+ * port) and :50051 (gRPC) by default, or the comma-separated --listen /
+ * $MICA_LISTEN; with tls_listen, tls_cert and tls_key ($MICA_TLS_*) also
+ * over TLS (ALPN: h2 for gRPC, http/1.1 for REST).
  * Unknown id: NOT_FOUND / 404; empty id: INVALID_ARGUMENT / 400.
- * MICA_WORKERS, MICA_HTTP_* and MICA_GRPC_MAX_MESSAGE_BYTES as everywhere;
- * SIGTERM or Ctrl-C drains and exits 0.
+ * Settings come from flags, MICA_* variables or a --config JSON file;
+ * `user --help` lists them all. SIGTERM or Ctrl-C drains and exits 0.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "mica/config.h"
 #include "mica/grpc.h"
 #include "mica/http.h"
 #include "mica/runtime.h"
@@ -102,20 +103,37 @@ static int fail(const char *what, int rc)
     return 1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    mica_runtime_t *rt;
-    int rc = mica_runtime_new(&rt, NULL);
-    if (rc != 0)
-        return fail("runtime", rc);
-
+    /* Every setting, declared once: flags, then MICA_* variables, then a
+     * --config JSON file, then these defaults; --help lists them all. */
+    const char *listen = NULL;
+    mica_runtime_opts_t ropts = {0};
     mica_http_server_opts_t opts = {0};
+    mica_http_tls_settings_t tls = {0};
     mica_grpc_server_opts_t gopts = {0};
+    mica_setting_t settings[3 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS] = {
+        {"listen", MICA_SETTING_STR, ":8080,:50051", "listen addresses, comma-separated", &listen,
+         0, 0, NULL},
+        {"workers", MICA_SETTING_INT, "0", "worker threads (0: one per CPU)", &ropts.workers, 0,
+         4096, NULL},
+        {"drain_timeout_ms", MICA_SETTING_MS, "10000", "how long SIGTERM lets in-flight work finish",
+         &ropts.drain_timeout_ms, 1, 3600 * 1000, NULL},
+    };
+    size_t n = 3;
+    n += mica_http_server_settings(&opts, &tls, settings + n, MICA_HTTP_SETTINGS);
+    n += mica_grpc_server_settings(&gopts, settings + n, MICA_GRPC_SETTINGS);
+    mica_config_t *cfg;
+    int rc = mica_config_load(&cfg, settings, n, argc, argv);
+    if (rc != 0)
+        return rc == MICA_CONFIG_HELP ? 0 : 2;
+
+    mica_runtime_t *rt;
+    if ((rc = mica_runtime_new(&rt, &ropts)) != 0)
+        return fail("runtime", rc);
     mica_http_server_t *srv;
     mica_grpc_server_t *gs;
-    if ((rc = mica_http_server_opts_from_env(&opts)) != 0 ||
-        (rc = mica_grpc_server_opts_from_env(&gopts)) != 0 ||
-        (rc = mica_http_server_new(&srv, &opts)) != 0 ||
+    if ((rc = mica_http_server_new(&srv, &opts)) != 0 ||
         (rc = mica_grpc_server_new(&gs, srv, &gopts)) != 0)
         return fail("server options", rc);
 
@@ -128,12 +146,9 @@ int main(void)
     mica_http_route(srv, "GET", "/health", health, NULL);
     mica_http_route(srv, "GET", "/data", data, NULL);
 
-    const char *listen = getenv("MICA_LISTEN");
-    if (!listen || !*listen)
-        listen = ":8080,:50051";
     if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
         return fail("bad listen address", rc);
-    if ((rc = mica_http_server_tls_from_env(srv)) != 0) /* MICA_TLS_LISTEN, _CERT, _KEY */
+    if ((rc = mica_http_server_tls_apply(srv, &tls)) != 0) /* tls_listen, tls_cert, tls_key */
         return fail("TLS settings", rc);
     if ((rc = mica_http_server_attach(srv, rt)) != 0)
         return fail("listen", rc);
@@ -142,5 +157,6 @@ int main(void)
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);
     mica_runtime_free(rt);
+    mica_config_free(cfg);
     return rc == 0 ? 0 : fail("shutdown", rc);
 }

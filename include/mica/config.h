@@ -38,6 +38,7 @@ typedef enum mica_setting_type {
     MICA_SETTING_INT,   /* int, decimal, within [min, max] */
     MICA_SETTING_I64,   /* int64_t, decimal, within [min, max] */
     MICA_SETTING_SIZE,  /* size_t bytes: "1048576", "64KiB", "4MiB", "1GiB" (k/M/G = 1000s) */
+    MICA_SETTING_COUNT, /* size_t, decimal, within [min, max] */
     MICA_SETTING_MS,    /* int milliseconds: "250" or "250ms", "5s", "2m", "1h" */
 } mica_setting_type_t;
 

@@ -81,6 +81,17 @@ typedef struct mica_grpc_server_opts {
     size_t max_message_bytes; /* a message either way: 4 MiB, beyond -> RESOURCE_EXHAUSTED */
 } mica_grpc_server_opts_t;
 
+/* Room enough for every setting mica_grpc_server_settings() describes. */
+#define MICA_GRPC_SETTINGS 1
+
+/**
+ * Describes the gRPC server's settings (grpc_max_message_bytes, i.e.
+ * MICA_GRPC_MAX_MESSAGE_BYTES) bound to `opts`' fields into `out` (room for
+ * `cap`), for an app's mica_config_load() table. Returns how many there are.
+ */
+MICA_API size_t mica_grpc_server_settings(mica_grpc_server_opts_t *opts, mica_setting_t *out,
+                                          size_t cap);
+
 /**
  * Fills unset (zero) fields of `opts` from MICA_GRPC_MAX_MESSAGE_BYTES.
  * Returns 0 or MICA_EINVAL (naming the bad variable in a log line).

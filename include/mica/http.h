@@ -30,6 +30,7 @@
 
 #include <jansson.h>
 
+#include "mica/config.h"
 #include "mica/ctx.h"
 #include "mica/error.h"
 #include "mica/runtime.h"
@@ -63,12 +64,43 @@ typedef struct mica_http_server_opts {
                                 streaming routes have none unless they set one */
 } mica_http_server_opts_t;
 
+/* TLS listener settings as text (what MICA_TLS_LISTEN, _CERT, _KEY, _CLIENT_CA hold). */
+typedef struct mica_http_tls_settings {
+    const char *listen;    /* comma-separated TLS listen addresses; NULL or "": no TLS */
+    const char *cert;      /* PEM certificate chain */
+    const char *key;       /* PEM private key */
+    const char *client_ca; /* PEM CA bundle for client certificates (mTLS), or NULL */
+} mica_http_tls_settings_t;
+
+/* Room enough for every setting mica_http_server_settings() describes. */
+#define MICA_HTTP_SETTINGS 14
+
 /**
- * Fills unset (zero) fields of `opts` from MICA_HTTP_MAX_HEAD_BYTES,
+ * Describes the server's settings (include/mica/config.h) bound to `opts`'
+ * fields -- http_max_head_bytes ... http_max_conns, i.e. MICA_HTTP_* -- and,
+ * with `tls` (may be NULL), tls_listen/tls_cert/tls_key/tls_client_ca, into
+ * `out` (room for `cap`). Returns how many there are; add them to an app's
+ * table so flags, variables and the config file reach the server.
+ */
+MICA_API size_t mica_http_server_settings(mica_http_server_opts_t *opts,
+                                          mica_http_tls_settings_t *tls, mica_setting_t *out,
+                                          size_t cap);
+
+/**
+ * Sets up the TLS listeners `tls` describes (nothing when tls->listen is
+ * empty): certificate, key, optional client CA, addresses. Call before
+ * attach. Returns 0, MICA_EINVAL (logged: missing cert/key, bad files or
+ * addresses) or MICA_ENOMEM.
+ */
+MICA_API int mica_http_server_tls_apply(mica_http_server_t *srv, const mica_http_tls_settings_t *tls);
+
+/**
+ * Fills unset (zero) fields of `opts` from the environment: the MICA_HTTP_*
+ * variables of mica_http_server_settings() (MICA_HTTP_MAX_HEAD_BYTES,
  * MICA_HTTP_MAX_TARGET_BYTES, MICA_HTTP_MAX_HEADERS, MICA_HTTP_MAX_BODY_BYTES,
  * MICA_HTTP_HEADER_TIMEOUT_MS, MICA_HTTP_BODY_TIMEOUT_MS,
  * MICA_HTTP_WRITE_TIMEOUT_MS, MICA_HTTP_IDLE_TIMEOUT_MS, MICA_HTTP_MAX_CONNS,
- * MICA_HTTP_REQUEST_TIMEOUT_MS.
+ * MICA_HTTP_REQUEST_TIMEOUT_MS; sizes take KiB/MiB, durations ms/s/m).
  * Returns 0 or MICA_EINVAL (naming the bad variable in a log line).
  */
 MICA_API int mica_http_server_opts_from_env(mica_http_server_opts_t *opts);

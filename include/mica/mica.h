@@ -4,6 +4,7 @@
 #define MICA_MICA_H
 
 #include "mica/error.h"
+#include "mica/log.h"
 #include "mica/runtime.h"
 #include "mica/ctx.h"
 #include "mica/chan.h"

@@ -10,12 +10,18 @@
  *     return mica_runtime_run(rt);          // until SIGTERM/SIGINT, then drains
  *
  * Bounding a wait. Every mica call that can suspend takes a `mica_ctx_t
- * *ctx` (NULL: none) -- channels, sync, events, offload, sockets, clients.
- * Calls whose callers usually want a per-operation limit as well (sockets,
- * events) also take an absolute `deadline_ms` (mica_deadline_in(ms), or
- * MICA_NO_DEADLINE). The wait ends at the first of: the ctx's cancellation
+ * *ctx` (NULL: none) -- channels, select, sync, once, events, offload,
+ * sockets, clients. Calls whose callers usually want a per-operation limit
+ * as well (sockets, events) also take an absolute `deadline_ms`
+ * (mica_deadline_in(ms), or MICA_NO_DEADLINE); select takes a relative
+ * `timeout_ms`. The wait ends at the first of: the ctx's cancellation
  * (MICA_ECANCELED), the ctx's deadline or deadline_ms (MICA_ETIMEDOUT), or
- * the worker's drain deadline at shutdown (MICA_ECANCELED).
+ * the worker's drain deadline at shutdown (MICA_ECANCELED). The ctx bounds
+ * only the wait: a call that can complete without waiting (a buffered
+ * element, a set event, readable bytes) does so whatever its ctx. Two calls
+ * take no ctx on purpose: mica_yield() (not a wait) and mica_sleep_ms()
+ * (bounded by its own time and the drain; mica_ctx_sleep() is the
+ * cancellable sleep).
  */
 #ifndef MICA_RUNTIME_H
 #define MICA_RUNTIME_H
@@ -41,7 +47,8 @@ typedef void (*mica_worker_cb)(int worker_id, void *arg);
 typedef struct mica_runtime_opts {
     int workers;              /* 0: $MICA_WORKERS, else the number of online CPUs */
     size_t stack_bytes;       /* coroutine stack, 0: 64 KiB; rounded up to pages */
-    int drain_timeout_ms;     /* 0: $MICA_DRAIN_TIMEOUT_MS, else 10000 */
+    int drain_timeout_ms;     /* the whole shutdown (phases included); 0:
+                                 $MICA_DRAIN_TIMEOUT_MS, else 10000 */
     bool no_signals;          /* true: don't handle SIGTERM/SIGINT (embedding, tests) */
     int offload_threads;      /* 0: $MICA_OFFLOAD_THREADS, else 4 */
     size_t offload_queue;     /* 0: $MICA_OFFLOAD_QUEUE, else 1024 queued jobs */
@@ -65,18 +72,60 @@ MICA_API int mica_runtime_on_start(mica_runtime_t *rt, mica_worker_cb cb, void *
 
 /**
  * Registers `cb` to run on every worker (on the loop, not in a coroutine:
- * it must not suspend) when shutdown begins, so servers can stop accepting
- * and close idle connections. Returns 0 or MICA_ENOMEM.
+ * it must not suspend) when the worker starts draining, after the shutdown
+ * phases (see "Shutdown" below), so servers can stop accepting and close
+ * idle connections. Returns 0 or MICA_ENOMEM.
  */
 MICA_API int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg);
 
+/*
+ * Shutdown, in this order, once a stop is requested (SIGTERM or SIGINT
+ * unless opts.no_signals, or mica_runtime_stop()) at time T:
+ *
+ *  1. The drain deadline is fixed at T + drain_timeout_ms. It bounds all of
+ *     what follows.
+ *  2. The shutdown phases run one after the other, MICA_SHUTDOWN_UNREADY
+ *     then MICA_SHUTDOWN_DEREGISTER. A phase starts all its hooks at once,
+ *     each in its own coroutine on worker 0, in registration order, and
+ *     ends when they have all returned. The workers go on serving
+ *     meanwhile (mica_worker_stopping() is still false). At the drain
+ *     deadline the phase running is cut short and the later ones skipped.
+ *  3. Every worker drains: its on_stop callbacks run (stop accepting, close
+ *     idle connections), then its coroutines have until the drain deadline
+ *     to finish. run() returns 0 when all did.
+ *  4. At the drain deadline every wait still pending on any worker --
+ *     shutdown hooks included -- returns MICA_ECANCELED, and so does every
+ *     later one; run() returns MICA_ETIMEDOUT once the coroutines are gone.
+ *
+ * A second request (a second signal) goes straight to 4.
+ */
+
+/** Shutdown phases, in the order they run (see above). */
+typedef enum mica_shutdown_phase {
+    MICA_SHUTDOWN_UNREADY = 0,    /* mark the service not ready: readiness probes fail */
+    MICA_SHUTDOWN_DEREGISTER = 1, /* leave service registries, tell peers */
+} mica_shutdown_phase_t;
+#define MICA_SHUTDOWN_PHASES 2
+
 /**
- * Starts the workers and blocks until the runtime stops: on SIGTERM or
- * SIGINT (unless opts.no_signals) or mica_runtime_stop(). Stopping runs the
- * on_stop callbacks, lets coroutines finish for up to drain_timeout_ms, then
- * cancels what is still waiting (its waits return MICA_ECANCELED) and joins
- * the workers. Returns 0 after a clean drain, MICA_ETIMEDOUT if the drain
- * deadline had to cancel work, or an error from starting the threads.
+ * A shutdown hook. Runs in its own coroutine on worker 0 and may suspend
+ * (a call to a registry); `ctx` ends at the drain deadline: pass it on.
+ */
+typedef void (*mica_shutdown_cb)(mica_ctx_t *ctx, void *arg);
+
+/**
+ * Registers fn(ctx, arg) to run in shutdown phase `phase` (see above). Call
+ * before mica_runtime_run(). Returns 0, MICA_EINVAL (no fn, no such phase)
+ * or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_shutdown(mica_runtime_t *rt, mica_shutdown_phase_t phase,
+                                      mica_shutdown_cb fn, void *arg);
+
+/**
+ * Starts the workers and blocks until a stop request has run its course
+ * ("Shutdown" above). Returns 0 after a clean drain, MICA_ETIMEDOUT if the
+ * drain deadline had to cancel work, MICA_ENOMEM if a worker or a start
+ * hook got no memory (it then stops by itself), or a thread-start error.
  */
 MICA_API int mica_runtime_run(mica_runtime_t *rt);
 
@@ -86,13 +135,71 @@ MICA_API void mica_runtime_stop(mica_runtime_t *rt);
 /** Frees `rt` after mica_runtime_run() has returned. NULL is a no-op. */
 MICA_API void mica_runtime_free(mica_runtime_t *rt);
 
+/** Runs on a worker thread around each wait for events; see mica_runtime_on_poll(). */
+typedef void (*mica_poll_cb)(int worker_id, void *arg);
+
+/**
+ * Registers before() / after() (either may be NULL) to run on each worker
+ * thread right before and after every epoll_wait, on the loop (they must
+ * not suspend). Call before mica_runtime_run(); unset, they cost nothing.
+ * Returns 0, MICA_EINVAL (both NULL) or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_poll(mica_runtime_t *rt, mica_poll_cb before, mica_poll_cb after,
+                                  void *arg);
+
+/* ---- statistics ------------------------------------------------------------- */
+
+/*
+ * One worker's counters. "ever" counters only grow; the others are gauges.
+ *
+ * Loop lag: for each timer the loop fires (a sleep or a deadline coming due,
+ * not a wait that ended otherwise), how long after its due time the loop
+ * noticed it -- CLOCK_MONOTONIC right after epoll_wait returned, minus the
+ * due time -- in microseconds. Due times have millisecond resolution and
+ * epoll_wait sleeps whole milliseconds, so an idle worker shows up to about
+ * 1000 us; more means the loop was busy running coroutines (or its thread
+ * was not scheduled) when the timer came due. lag_us_sum / timers_fired
+ * over an interval is the mean lag in it.
+ */
+typedef struct mica_worker_stats {
+    uint64_t coroutines;   /* live: running, runnable or waiting */
+    uint64_t runnable;     /* run-queue length: ready to run, waiting for the CPU */
+    uint64_t watched_fds;  /* fds registered with this worker's epoll */
+    uint64_t spawned;      /* coroutines created, ever */
+    uint64_t spawn_failed; /* spawns refused for want of memory (mica_go: MICA_ENOMEM), ever */
+    uint64_t polls;        /* loop iterations (epoll_wait calls), ever */
+    uint64_t runs;         /* coroutine switch-ins, ever */
+    uint64_t timers_fired; /* timers that came due, ever */
+    uint64_t lag_us_last;  /* lag of the most overdue timer of the latest iteration firing any */
+    uint64_t lag_us_max;   /* the largest lag seen */
+    uint64_t lag_us_sum;   /* sum of the lags of every fired timer, ever */
+} mica_worker_stats_t;
+
+typedef struct mica_runtime_stats {
+    int workers;               /* how many workers `rt` has */
+    mica_worker_stats_t total; /* sums over the workers; lag_us_last and lag_us_max: the largest */
+    uint64_t offload_threads;  /* threads of the runtime's offload pool */
+    uint64_t offload_queued;   /* jobs waiting for a thread */
+    uint64_t offload_busy;     /* threads running a job */
+    uint64_t offload_rejected; /* jobs refused with MICA_EOVERLOAD, ever */
+} mica_runtime_stats_t;
+
+/**
+ * Fills *out, and per_worker[0..n-1] (n = min(max_workers, workers); NULL:
+ * none), with `rt`'s counters. Any thread, from new() to free(); takes no
+ * lock a worker takes; values may be an iteration old (zero before run(),
+ * final after it; offload figures zero outside run()). Returns n.
+ */
+MICA_API int mica_runtime_stats(mica_runtime_t *rt, mica_runtime_stats_t *out,
+                                mica_worker_stats_t *per_worker, int max_workers);
+
 /** Returns the current worker's id (0..workers-1), or -1 outside a worker. */
 MICA_API int mica_worker_id(void);
 
 /** Returns the number of workers of the current runtime, or 0 outside a worker. */
 MICA_API int mica_worker_count(void);
 
-/** Returns true while the current worker is shutting down (draining). */
+/** Returns true once the current worker drains (after the shutdown phases). */
 MICA_API bool mica_worker_stopping(void);
 
 /**
@@ -104,9 +211,9 @@ MICA_API int mica_go(mica_coro_fn fn, void *arg);
 
 /**
  * Spawns fn(arg) on worker `worker` (any worker, this one included); `arg`
- * then belongs to that worker. Returns 0, MICA_EINVAL (no such worker, or
- * not called on a worker) or MICA_ENOMEM. A spawn on a worker that has
- * already stopped is dropped.
+ * then belongs to it. Returns 0, MICA_EINVAL (no such worker, or not on a
+ * worker) or MICA_ENOMEM. Dropped if that worker has stopped, or has no
+ * memory for it when the message arrives (counted in spawn_failed).
  */
 MICA_API int mica_go_on(int worker, mica_coro_fn fn, void *arg);
 
@@ -114,8 +221,9 @@ MICA_API int mica_go_on(int worker, mica_coro_fn fn, void *arg);
 MICA_API void mica_yield(void);
 
 /**
- * Suspends the calling coroutine for `ms` milliseconds. Returns 0, or
- * MICA_ECANCELED if the worker's drain deadline passed while sleeping.
+ * Suspends the calling coroutine for `ms` milliseconds, bounded only by the
+ * drain (no ctx: use mica_ctx_sleep() for a sleep a ctx can end). Returns 0,
+ * MICA_ECANCELED if the worker's drain deadline passed, or MICA_EINVAL outside a coroutine.
  */
 MICA_API int mica_sleep_ms(int64_t ms);
 
@@ -142,12 +250,10 @@ MICA_API int mica_offload_pool_new(mica_offload_pool_t **out, int threads, size_
 MICA_API void mica_offload_pool_free(mica_offload_pool_t *pool);
 
 /**
- * Runs fn(arg) on one of `pool`'s threads (NULL: the runtime's pool), the
- * calling coroutine suspended meanwhile; *result gets fn's return value.
- * Returns 0, MICA_EOVERLOAD at once when the queue is full (load shedding),
- * or MICA_ETIMEDOUT/MICA_ECANCELED when `ctx` ends while the job is still
- * queued (it is then never run). A job that has started always finishes
- * before this returns, so `arg` may live on the caller's stack.
+ * Runs fn(arg) on a thread of `pool` (NULL: the runtime's) while the caller
+ * suspends; *result gets fn's return. Returns 0, MICA_EOVERLOAD at once on a
+ * full queue, or MICA_ETIMEDOUT/MICA_ECANCELED if `ctx` ends while the job is
+ * queued (never run then); a started job finishes first, so `arg` may be on the stack.
  */
 MICA_API int mica_offload(mica_offload_pool_t *pool, mica_ctx_t *ctx, mica_offload_fn fn,
                           void *arg, int *result);

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Coroutine synchronization, as Go's sync package: wait groups, mutexes,
- * condition variables and once. They suspend the coroutine, never the
- * thread, and work across workers. Waits take a ctx (NULL: forever).
+ * condition variables, once, and events. They suspend the coroutine, never
+ * the thread, and work across workers. Every wait takes a ctx (NULL: none)
+ * and is bounded the mica way (runtime.h, "Bounding a wait"): it returns
+ * MICA_ETIMEDOUT or MICA_ECANCELED when the ctx, a deadline or the drain
+ * ends it first. A call that need not wait succeeds whatever its ctx.
  */
 #ifndef MICA_SYNC_H
 #define MICA_SYNC_H
@@ -54,19 +57,30 @@ MICA_API void mica_cond_signal(mica_cond_t *cv);
 /** Wakes every waiter. */
 MICA_API void mica_cond_broadcast(mica_cond_t *cv);
 
+/* Private: an intrusive list link (src/common/list.h), embedded below so
+ * that events and once need no allocation and may be zero-initialized. */
+#ifndef MICA__LIST_DEFINED
+#define MICA__LIST_DEFINED
+struct mica__list {
+    struct mica__list *prev, *next;
+};
+#endif
+
 /** Go's sync.Once. Initialize with MICA_ONCE_INIT; fields are private. */
 typedef struct mica_once {
     _Atomic int _state;
-    void *_waiters;
+    struct mica__list _waiters; /* all zero: no waiter yet */
     _Atomic int _lock;
 } mica_once_t;
-#define MICA_ONCE_INIT {0, 0, 0}
+#define MICA_ONCE_INIT {0, {0, 0}, 0}
 
 /**
  * Runs fn(arg) exactly once per `once`; concurrent callers (any worker)
- * suspend until that first call has returned.
+ * suspend until that first call has returned, bounded by `ctx`. Returns 0
+ * once fn has returned (here or in an earlier call), or MICA_ETIMEDOUT /
+ * MICA_ECANCELED when the wait for another caller's fn ended first.
  */
-MICA_API void mica_once(mica_once_t *once, void (*fn)(void *arg), void *arg);
+MICA_API int mica_once(mica_once_t *once, mica_ctx_t *ctx, void (*fn)(void *arg), void *arg);
 
 /**
  * An event: a flag that coroutines wait for, set and reset from any worker
@@ -79,9 +93,9 @@ MICA_API void mica_once(mica_once_t *once, void (*fn)(void *arg), void *arg);
 typedef struct mica_event {
     _Atomic int _lock;
     _Atomic int _set;
-    void *_head, *_tail;
+    struct mica__list _waiters; /* all zero: no waiter yet */
 } mica_event_t;
-#define MICA_EVENT_INIT {0, 0, 0, 0}
+#define MICA_EVENT_INIT {0, 0, {0, 0}}
 
 /** Sets `ev` and wakes every coroutine waiting on it. Never suspends; any thread. */
 MICA_API void mica_event_set(mica_event_t *ev);

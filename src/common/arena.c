@@ -4,7 +4,6 @@
 #include <stdlib.h>
 
 #include "common/alloc.h"
-
 #include "common/arena.h"
 
 #define BLOCK_BYTES 4096

@@ -142,6 +142,11 @@ int mica_config_parse(mica_setting_type_t type, const char *text, int64_t min, i
             return MICA_EINVAL;
         *(size_t *)out = (size_t)v;
         return 0;
+    case MICA_SETTING_COUNT:
+        if (parse_i64(text, &v) != 0 || in_range(v, min, max, 0, INT64_MAX) != 0)
+            return MICA_EINVAL;
+        *(size_t *)out = (size_t)v;
+        return 0;
     case MICA_SETTING_MS:
         if (parse_units(text, ms_units, &v) != 0 || in_range(v, min, max, 0, INT_MAX) != 0)
             return MICA_EINVAL;
@@ -185,6 +190,7 @@ static const char *type_hint(mica_setting_type_t t)
     case MICA_SETTING_INT:
     case MICA_SETTING_I64: return "integer";
     case MICA_SETTING_SIZE: return "bytes (e.g. 65536, 64KiB, 4MiB)";
+    case MICA_SETTING_COUNT: return "count";
     case MICA_SETTING_MS: return "duration (e.g. 250ms, 5s, 2m)";
     }
     return "value";

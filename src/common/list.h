@@ -17,9 +17,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-typedef struct mica__list {
+/* include/mica/sync.h embeds this same struct in mica_event_t and
+ * mica_once_t (as libuv's uv.h does with struct uv__queue); whichever header
+ * comes first defines it. Keep the two definitions identical. */
+#ifndef MICA__LIST_DEFINED
+#define MICA__LIST_DEFINED
+struct mica__list {
     struct mica__list *prev, *next;
-} mica__list_t;
+};
+#endif
+typedef struct mica__list mica__list_t;
 
 /* The element that contains list node `node` as its field `member`. */
 #define mica__list_entry(node, type, member) ((type *)((char *)(node) - offsetof(type, member)))

@@ -55,21 +55,28 @@ static int unknown(mica_http_req_t *req, mica_http_resp_t *resp, void *arg);
 
 /* ---- the server and its methods ------------------------------------------------- */
 
+size_t mica_grpc_server_settings(mica_grpc_server_opts_t *o, mica_setting_t *out, size_t cap)
+{
+    const mica_setting_t all[] = {
+        {"grpc_max_message_bytes", MICA_SETTING_SIZE, "4MiB",
+         "a gRPC message either way, beyond: RESOURCE_EXHAUSTED", &o->max_message_bytes, 1,
+         1 << 30, NULL},
+    };
+    size_t n = sizeof(all) / sizeof(all[0]);
+    for (size_t i = 0; i < n && i < cap; i++)
+        out[i] = all[i];
+    return n;
+}
+
 int mica_grpc_server_opts_from_env(mica_grpc_server_opts_t *o)
 {
-    if (o->max_message_bytes)
-        return 0;
-    const char *s = getenv("MICA_GRPC_MAX_MESSAGE_BYTES");
-    if (!s || !*s)
-        return 0;
-    char *end;
-    long long n = strtoll(s, &end, 10);
-    if (*end || n <= 0 || n > (1LL << 30)) {
-        mica__log_error("invalid environment variable", "name", "MICA_GRPC_MAX_MESSAGE_BYTES",
-                        "value", s);
+    mica_grpc_server_opts_t env = *o;
+    mica_setting_t set[MICA_GRPC_SETTINGS];
+    size_t n = mica_grpc_server_settings(&env, set, MICA_GRPC_SETTINGS);
+    if (mica_config_from_env(set, n) != 0)
         return MICA_EINVAL;
-    }
-    o->max_message_bytes = (size_t)n;
+    if (!o->max_message_bytes)
+        o->max_message_bytes = env.max_message_bytes;
     return 0;
 }
 

@@ -751,6 +751,8 @@ static int session_new(h2conn_t *hc)
     nghttp2_option_set_max_outbound_ack(opt, 1000); /* PING/SETTINGS floods */
     nghttp2_option_set_no_auto_window_update(opt, 1); /* see give_back() */
     nghttp2_option_set_max_settings(opt, 32);
+    /* Closed streams are kept only for RFC 7540 priorities, which we do not use. */
+    nghttp2_option_set_no_closed_streams(opt, 1);
     int rv = nghttp2_session_server_new3(&hc->sess, cb, hc, opt, &h2_mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);

@@ -32,48 +32,70 @@
 
 /* ---- options ------------------------------------------------------------------ */
 
-static int env_size(const char *name, size_t *field, int64_t max)
+/* The server's settings, declared once: what mica_config_load() and
+ * mica_http_server_opts_from_env() read, and what --help lists. The defaults
+ * shown are the ones mica_http_server_new() applies to zero fields. */
+size_t mica_http_server_settings(mica_http_server_opts_t *o, mica_http_tls_settings_t *tls,
+                                 mica_setting_t *out, size_t cap)
 {
-    int64_t v = (int64_t)*field;
-    if (v)
-        return 0;
-    const char *s = getenv(name);
-    if (!s || !*s)
-        return 0;
-    char *end;
-    long long n = strtoll(s, &end, 10);
-    if (*end || n <= 0 || n > max) {
-        mica__log_error("invalid environment variable", "name", name, "value", s);
-        return MICA_EINVAL;
-    }
-    *field = (size_t)n;
-    return 0;
-}
-
-static int env_ms(const char *name, int *field)
-{
-    size_t v = (size_t)*field;
-    int rc = env_size(name, &v, 24 * 3600 * 1000);
-    *field = (int)v;
-    return rc;
+    const mica_setting_t all[] = {
+        {"http_max_head_bytes", MICA_SETTING_SIZE, "16384", "request line + fields, beyond: 431",
+         &o->max_head_bytes, 64, 1 << 20, NULL},
+        {"http_max_target_bytes", MICA_SETTING_SIZE, "8192", "request target, beyond: 414",
+         &o->max_target_bytes, 1, 1 << 20, NULL},
+        {"http_max_headers", MICA_SETTING_COUNT, "64", "fields per request, beyond: 431",
+         &o->max_headers, 1, MICA__HTTP_MAX_HEADERS, NULL},
+        {"http_max_body_bytes", MICA_SETTING_SIZE, "1MiB", "decoded request body, beyond: 413",
+         &o->max_body_bytes, 1, (int64_t)1 << 40, NULL},
+        {"http_header_timeout_ms", MICA_SETTING_MS, "5000", "a request head must arrive within this (408)",
+         &o->header_timeout_ms, 1, 24 * 3600 * 1000, NULL},
+        {"http_body_timeout_ms", MICA_SETTING_MS, "5000", "longest pause while a body arrives (408)",
+         &o->body_timeout_ms, 1, 24 * 3600 * 1000, NULL},
+        {"http_write_timeout_ms", MICA_SETTING_MS, "5000", "a response flush must finish within this",
+         &o->write_timeout_ms, 1, 24 * 3600 * 1000, NULL},
+        {"http_idle_timeout_ms", MICA_SETTING_MS, "60000", "idle keep-alive connections close after this",
+         &o->idle_timeout_ms, 1, 24 * 3600 * 1000, NULL},
+        {"http_request_timeout_ms", MICA_SETTING_MS, "30000", "deadline of a handler's request ctx",
+         &o->request_timeout_ms, 1, 24 * 3600 * 1000, NULL},
+        {"http_max_conns", MICA_SETTING_INT, "100000", "open connections per worker; more are refused",
+         &o->max_conns, 1, 1 << 24, NULL},
+    };
+    const mica_setting_t tls_all[] = {
+        {"tls_listen", MICA_SETTING_STR, NULL, "TLS listen addresses, comma-separated (ALPN h2, http/1.1)",
+         tls ? (void *)&tls->listen : NULL, 0, 0, NULL},
+        {"tls_cert", MICA_SETTING_STR, NULL, "PEM certificate chain of the TLS listeners",
+         tls ? (void *)&tls->cert : NULL, 0, 0, NULL},
+        {"tls_key", MICA_SETTING_STR, NULL, "PEM private key of the TLS listeners",
+         tls ? (void *)&tls->key : NULL, 0, 0, NULL},
+        {"tls_client_ca", MICA_SETTING_STR, NULL, "PEM CA bundle client certificates must chain to (mTLS)",
+         tls ? (void *)&tls->client_ca : NULL, 0, 0, NULL},
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++, n++)
+        if (n < cap)
+            out[n] = all[i];
+    for (size_t i = 0; tls && i < sizeof(tls_all) / sizeof(tls_all[0]); i++, n++)
+        if (n < cap)
+            out[n] = tls_all[i];
+    return n;
 }
 
 int mica_http_server_opts_from_env(mica_http_server_opts_t *o)
 {
-    int rc = 0;
-    rc |= env_size("MICA_HTTP_MAX_HEAD_BYTES", &o->max_head_bytes, 1 << 20);
-    rc |= env_size("MICA_HTTP_MAX_TARGET_BYTES", &o->max_target_bytes, 1 << 20);
-    rc |= env_size("MICA_HTTP_MAX_HEADERS", &o->max_headers, MICA__HTTP_MAX_HEADERS);
-    rc |= env_size("MICA_HTTP_MAX_BODY_BYTES", &o->max_body_bytes, (int64_t)1 << 40);
-    rc |= env_ms("MICA_HTTP_HEADER_TIMEOUT_MS", &o->header_timeout_ms);
-    rc |= env_ms("MICA_HTTP_BODY_TIMEOUT_MS", &o->body_timeout_ms);
-    rc |= env_ms("MICA_HTTP_WRITE_TIMEOUT_MS", &o->write_timeout_ms);
-    rc |= env_ms("MICA_HTTP_IDLE_TIMEOUT_MS", &o->idle_timeout_ms);
-    rc |= env_ms("MICA_HTTP_REQUEST_TIMEOUT_MS", &o->request_timeout_ms);
-    size_t conns = (size_t)o->max_conns;
-    rc |= env_size("MICA_HTTP_MAX_CONNS", &conns, 1 << 24);
-    o->max_conns = (int)conns;
-    return rc ? MICA_EINVAL : 0;
+    /* Read into a copy, then fill only the fields the caller left zero. */
+    mica_http_server_opts_t env = *o;
+    mica_setting_t set[MICA_HTTP_SETTINGS];
+    size_t n = mica_http_server_settings(&env, NULL, set, MICA_HTTP_SETTINGS);
+    if (mica_config_from_env(set, n) != 0)
+        return MICA_EINVAL;
+#define FILL(f)                                                                                    \
+    if (!o->f)                                                                                     \
+        o->f = env.f;
+    FILL(max_head_bytes) FILL(max_target_bytes) FILL(max_headers) FILL(max_body_bytes)
+    FILL(header_timeout_ms) FILL(body_timeout_ms) FILL(write_timeout_ms) FILL(idle_timeout_ms)
+    FILL(request_timeout_ms) FILL(max_conns)
+#undef FILL
+    return 0;
 }
 
 int mica_http_server_new(mica_http_server_t **out, const mica_http_server_opts_t *opts)
@@ -203,25 +225,34 @@ int mica_http_server_tls_client_ca(mica_http_server_t *srv, const char *ca_file)
 
 static int listen_each(mica_http_server_t *srv, const char *list, bool tls);
 
-int mica_http_server_tls_from_env(mica_http_server_t *srv)
+int mica_http_server_tls_apply(mica_http_server_t *srv, const mica_http_tls_settings_t *tls)
 {
-    const char *list = getenv("MICA_TLS_LISTEN");
-    if (!list || !*list)
+    if (!tls || !tls->listen || !*tls->listen)
         return 0;
-    const char *cert = getenv("MICA_TLS_CERT"), *key = getenv("MICA_TLS_KEY");
-    if (!cert || !*cert || !key || !*key) {
-        mica__log_error("MICA_TLS_LISTEN needs MICA_TLS_CERT and MICA_TLS_KEY");
+    if (!tls->cert || !*tls->cert || !tls->key || !*tls->key) {
+        mica__log_error("MICA_TLS_LISTEN (tls_listen) needs MICA_TLS_CERT and MICA_TLS_KEY (tls_cert, tls_key)");
         return MICA_EINVAL;
     }
-    int rc = mica_http_server_tls(srv, cert, key);
-    const char *client_ca = getenv("MICA_TLS_CLIENT_CA");
-    if (rc == 0 && client_ca && *client_ca)
-        rc = mica_http_server_tls_client_ca(srv, client_ca);
+    int rc = mica_http_server_tls(srv, tls->cert, tls->key);
+    if (rc == 0 && tls->client_ca && *tls->client_ca)
+        rc = mica_http_server_tls_client_ca(srv, tls->client_ca);
     if (rc != 0)
         return rc; /* logged with OpenSSL's reason */
-    if ((rc = listen_each(srv, list, true)) != 0)
-        mica__log_error("invalid environment variable", "name", "MICA_TLS_LISTEN", "value", list);
+    if ((rc = listen_each(srv, tls->listen, true)) != 0)
+        mica__log_error("invalid TLS listen list", "tls_listen", tls->listen);
     return rc;
+}
+
+int mica_http_server_tls_from_env(mica_http_server_t *srv)
+{
+    mica_http_server_opts_t unused = {0};
+    mica_http_tls_settings_t tls = {0};
+    mica_setting_t set[MICA_HTTP_SETTINGS];
+    size_t n = mica_http_server_settings(&unused, &tls, set, MICA_HTTP_SETTINGS);
+    /* Only the TLS entries: the limits are mica_http_server_opts_from_env()'s. */
+    if (mica_config_from_env(set + (n - 4), 4) != 0)
+        return MICA_EINVAL;
+    return mica_http_server_tls_apply(srv, &tls);
 }
 
 int mica_http_server_listen_list(mica_http_server_t *srv, const char *list)

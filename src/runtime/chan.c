@@ -2,21 +2,24 @@
 /*
  * Channels and select, following the shape of Go's runtime/chan.go.
  *
- * A channel is a ring buffer plus two queues of parked coroutines (senders,
+ * A channel is a ring buffer plus two wait queues (wait.h: senders,
  * receivers) behind one spinlock; critical sections are a few copies long
- * and never suspend. A waiter points at a `sel` state word shared by all
- * the cases of one select (a plain send or receive is a one-case select):
+ * and never suspend. A plain send or receive parks with the shared
+ * primitive: the claimer takes it off the queue and marks it woken under
+ * the lock, and a waiter that gave up leaves the queue under the same lock,
+ * so exactly one of the two happens. Select adds its claim on top: the
+ * waiters of all its cases point at one `sel` state word,
  *
  *     0 waiting --(counterpart CAS, under that channel's lock)--> 1 claimed
- *     0 waiting --(the waiter itself after a timeout or cancel)--> 2 gave up
+ *     0 waiting --(the select itself after a timeout or cancel)--> 2 gave up
  *
- * Exactly one transition wins, so a value is handed over at most once even
- * when a timeout and a sender race on different workers. A claimer copies
- * the element straight into (or out of) the waiter's buffer, then wakes it
- * with mica__wake_any(): directly on the same worker, by message otherwise.
- * The woken coroutine retakes the locks to unlink its other cases, which is
- * also what keeps its stack alive while a claimer still touches it (a plain
- * send or receive woken by its own worker skips that: the claimer is done).
+ * and exactly one transition wins, so a value is handed over at most once
+ * even when a timeout and a sender race on different workers. A claimer
+ * copies the element straight into (or out of) the waiter's buffer, then
+ * wakes it: directly on the same worker, by message otherwise. A waiter
+ * woken from another worker retakes the lock before returning (the claimer
+ * may still hold it, and the caller may free the channel next); a select
+ * retakes its locks in any case to unlink its other cases.
  *
  * Select locks its channels in address order (no deadlock between two
  * selects) and starts its scan at a random case, so no case starves.
@@ -27,6 +30,7 @@
 #include <string.h>
 
 #include "mica/chan.h"
+#include "common/alloc.h"
 #include "runtime/internal.h"
 
 #define MAX_CASES 64
@@ -34,25 +38,15 @@
 typedef struct sel {
     atomic_int state; /* 0 waiting, 1 claimed, 2 gave up */
     int fired;        /* index of the claimed case */
-    bool single;      /* one case: every transition happens under its one lock */
 } sel_t;
 
 typedef struct waiter {
-    mica__loop_t *loop;
-    mica__coro_t *co;
-    uint64_t seq;
-    sel_t *sel;
+    mica__waiter_t w; /* the coroutine, its wait, its place in a queue */
+    sel_t *sel;       /* NULL: a plain send or receive */
     int index;
     void *elem; /* receive: destination (may be NULL); send: source */
     bool closed;
-    bool queued;
-    bool local_wake; /* claimed and woken by a coroutine of the waiter's own worker */
-    struct waiter *prev, *next;
 } waiter_t;
-
-typedef struct waitq {
-    waiter_t *head, *tail;
-} waitq_t;
 
 struct mica_chan {
     atomic_flag lock;
@@ -60,7 +54,7 @@ struct mica_chan {
     char *buf;
     size_t head, count;
     bool closed;
-    waitq_t recvq, sendq;
+    mica__waitq_t recvq, sendq;
 };
 
 static void lock(mica_chan_t *ch)
@@ -74,48 +68,27 @@ static void unlock(mica_chan_t *ch)
     atomic_flag_clear_explicit(&ch->lock, memory_order_release);
 }
 
-static void enqueue(waitq_t *q, waiter_t *w)
+static void lock_fn(void *ch)
 {
-    w->next = NULL;
-    w->prev = q->tail;
-    if (q->tail)
-        q->tail->next = w;
-    else
-        q->head = w;
-    q->tail = w;
-    w->queued = true;
+    lock(ch);
 }
 
-static void unlink_waiter(waitq_t *q, waiter_t *w)
+static void unlock_fn(void *ch)
 {
-    if (!w->queued)
-        return;
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        q->head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        q->tail = w->prev;
-    w->queued = false;
+    unlock(ch);
 }
 
-/* Pops the first waiter whose select can still be claimed, and claims it. */
-static waiter_t *claim(waitq_t *q)
+/* Pops the first waiter that can still be claimed, and claims it. */
+static waiter_t *claim(mica__waitq_t *q)
 {
-    waiter_t *w;
-    while ((w = q->head)) {
-        unlink_waiter(q, w);
+    mica__waiter_t *first;
+    while ((first = mica__waitq_first(q))) {
+        mica__waitq_remove(first);
+        waiter_t *w = mica__list_entry(first, waiter_t, w);
+        if (!w->sel)
+            return w; /* it gives up only under our lock, by leaving the queue */
         int expected = 0;
-        if (w->sel->single) {
-            /* No other channel can claim it and its give-up needs our lock. */
-            if (atomic_load_explicit(&w->sel->state, memory_order_relaxed) == 0) {
-                atomic_store_explicit(&w->sel->state, 1, memory_order_relaxed);
-                w->sel->fired = w->index;
-                return w;
-            }
-        } else if (atomic_compare_exchange_strong(&w->sel->state, &expected, 1)) {
+        if (atomic_compare_exchange_strong(&w->sel->state, &expected, 1)) {
             w->sel->fired = w->index;
             return w;
         }
@@ -125,8 +98,7 @@ static waiter_t *claim(waitq_t *q)
 
 static void wake(waiter_t *w)
 {
-    w->local_wake = w->loop == mica__loop_current();
-    mica__wake_any(w->loop, w->co, w->seq, 0);
+    mica__waiter_wake(&w->w, 0);
 }
 
 static char *slot(mica_chan_t *ch, size_t i)
@@ -157,14 +129,16 @@ int mica_chan_new(mica_chan_t **out, size_t elem_size, size_t capacity)
 {
     if (capacity && elem_size > SIZE_MAX / capacity)
         return MICA_EINVAL;
-    mica_chan_t *ch = calloc(1, sizeof(*ch));
+    mica_chan_t *ch = mica__calloc(1, sizeof(*ch));
     if (!ch)
         return MICA_ENOMEM;
     atomic_flag_clear(&ch->lock);
+    mica__waitq_init(&ch->recvq);
+    mica__waitq_init(&ch->sendq);
     ch->esize = elem_size;
     ch->cap = capacity;
-    if (capacity && elem_size && !(ch->buf = malloc(capacity * elem_size))) {
-        free(ch);
+    if (capacity && elem_size && !(ch->buf = mica__malloc(capacity * elem_size))) {
+        mica__free(ch);
         return MICA_ENOMEM;
     }
     *out = ch;
@@ -175,8 +149,8 @@ void mica_chan_free(mica_chan_t *ch)
 {
     if (!ch)
         return;
-    free(ch->buf);
-    free(ch);
+    mica__free(ch->buf);
+    mica__free(ch);
 }
 
 size_t mica_chan_len(mica_chan_t *ch)
@@ -243,52 +217,19 @@ static int recv_ready(mica_chan_t *ch, void *out)
     return 0;
 }
 
-static mica__loop_t *coro_loop(void)
-{
-    mica__loop_t *loop = mica__loop_current();
-    return loop && loop->current ? loop : NULL;
-}
-
 /* Parks the caller on one queue of `ch` (locked on entry, unlocked on return). */
-static int park(mica_chan_t *ch, waitq_t *q, void *elem, mica_ctx_t *ctx, bool *closed)
+static int park(mica_chan_t *ch, mica__waitq_t *q, void *elem, mica_ctx_t *ctx, bool *closed)
 {
-    mica__loop_t *loop = coro_loop();
-    if (!loop) {
+    waiter_t me = {.elem = elem};
+    if (!mica__waiter_init(&me.w)) {
         unlock(ch);
         return MICA_EINVAL;
     }
-    sel_t sel = {.state = 0, .single = true};
-    waiter_t me = {.loop = loop, .co = loop->current, .sel = &sel, .elem = elem};
-    me.seq = mica__wait_prepare(loop);
-    enqueue(q, &me);
+    mica__waitq_push(q, &me.w);
     unlock(ch);
-    for (;;) {
-        int rc = mica__wait_ctx(loop, ctx, MICA_NO_DEADLINE, me.seq);
-        /* Woken by a claimer of this worker: it has finished with the channel
-         * and with `me` (it ran until it yielded), so skip the lock. A claimer
-         * on another worker may still hold the lock: retake it below before
-         * returning, so the caller may free the channel. */
-        if (rc == 0 && me.local_wake &&
-            atomic_load_explicit(&sel.state, memory_order_relaxed) == 1) {
-            *closed = me.closed;
-            return 0;
-        }
-        lock(ch);
-        int expected = 0;
-        if (rc != 0 && atomic_compare_exchange_strong(&sel.state, &expected, 2)) {
-            unlink_waiter(q, &me);
-            unlock(ch);
-            return rc;
-        }
-        if (atomic_load(&sel.state) == 1) {
-            unlock(ch);
-            *closed = me.closed;
-            return 0;
-        }
-        /* Woken for nothing (cannot happen today): wait again for this same wait. */
-        me.seq = mica__wait_prepare(loop);
-        unlock(ch);
-    }
+    int rc = mica__waiter_park(&me.w, ctx, MICA_NO_DEADLINE, lock_fn, unlock_fn, ch);
+    *closed = me.closed;
+    return rc;
 }
 
 static int chan_send(mica_chan_t *ch, mica_ctx_t *ctx, const void *elem, bool block)
@@ -442,8 +383,8 @@ int mica_select(mica_select_case_t *cases, size_t n, mica_ctx_t *ctx, int64_t ti
         unlock_all(order, k);
         return MICA_EAGAIN;
     }
-    mica__loop_t *loop = coro_loop();
-    if (!loop) {
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop || !loop->current) {
         unlock_all(order, k);
         return MICA_EINVAL;
     }
@@ -452,10 +393,10 @@ int mica_select(mica_select_case_t *cases, size_t n, mica_ctx_t *ctx, int64_t ti
     uint64_t seq = mica__wait_prepare(loop);
     for (size_t i = 0; i < n; i++) {
         mica_select_case_t *c = &cases[i];
-        ws[i] = (waiter_t){.loop = loop, .co = loop->current, .seq = seq, .sel = &sel,
-                           .index = (int)i, .elem = c->elem};
+        ws[i] = (waiter_t){.sel = &sel, .index = (int)i, .elem = c->elem};
+        mica__waiter_init_seq(&ws[i].w, loop, loop->current, seq);
         if (c->ch)
-            enqueue(c->op == MICA_SELECT_RECV ? &c->ch->recvq : &c->ch->sendq, &ws[i]);
+            mica__waitq_push(c->op == MICA_SELECT_RECV ? &c->ch->recvq : &c->ch->sendq, &ws[i].w);
     }
     unlock_all(order, k);
 
@@ -468,10 +409,7 @@ int mica_select(mica_select_case_t *cases, size_t n, mica_ctx_t *ctx, int64_t ti
         bool claimed = atomic_load(&sel.state) == 1;
         if (gave_up || claimed) {
             for (size_t i = 0; i < n; i++)
-                if (cases[i].ch)
-                    unlink_waiter(cases[i].op == MICA_SELECT_RECV ? &cases[i].ch->recvq
-                                                                  : &cases[i].ch->sendq,
-                                  &ws[i]);
+                mica__waitq_remove(&ws[i].w);
             unlock_all(order, k);
             if (gave_up)
                 return rc;
@@ -481,7 +419,7 @@ int mica_select(mica_select_case_t *cases, size_t n, mica_ctx_t *ctx, int64_t ti
         /* Woken for nothing: renumber the wait for every queued case. */
         seq = mica__wait_prepare(loop);
         for (size_t i = 0; i < n; i++)
-            ws[i].seq = seq;
+            ws[i].w.seq = seq;
         unlock_all(order, k);
     }
 }

@@ -24,11 +24,13 @@
  */
 #include <assert.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "runtime/internal.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -97,7 +99,7 @@ void mica__stack_pool_destroy(mica__loop_t *loop)
     while (loop->free_coros) {
         mica__coro_t *co = loop->free_coros;
         loop->free_coros = co->next_ready;
-        free(co);
+        mica__free(co);
     }
     loop->nfree_coros = 0;
 }
@@ -177,6 +179,10 @@ static void coro_main(mica__coro_t *co)
 
 int mica__coro_new(mica__loop_t *loop, mica_coro_fn fn, void *arg, mica__coro_t **out)
 {
+    if (mica__loop_reserve_timers(loop, loop->ncoros + 1) != 0) {
+        loop->stat_spawn_failed++;
+        return MICA_ENOMEM;
+    }
     if (loop->nfree_stacks <= loop->stacks_reserved) {
         mica__stack_t *st = stack_map(loop);
         if (!st) {
@@ -191,11 +197,12 @@ int mica__coro_new(mica__loop_t *loop, mica_coro_fn fn, void *arg, mica__coro_t 
     if (co) {
         loop->free_coros = co->next_ready;
         loop->nfree_coros--;
-    } else if (!(co = malloc(sizeof(*co)))) {
+    } else if (!(co = mica__malloc(sizeof(*co)))) {
         loop->stat_spawn_failed++;
         return MICA_ENOMEM;
     }
-    memset(co, 0, sizeof(*co));
+    memset(co, 0, offsetof(mica__coro_t, wake_posted));
+    atomic_store_explicit(&co->wake_posted, false, memory_order_relaxed);
     co->fn = fn;
     co->arg = arg;
     co->loop = loop;
@@ -265,7 +272,7 @@ void mica__coro_free(mica__loop_t *loop, mica__coro_t *co)
         loop->free_coros = co;
         loop->nfree_coros++;
     } else {
-        free(co);
+        mica__free(co);
     }
 }
 
@@ -291,11 +298,12 @@ void mica__coro_resume(mica__loop_t *loop, mica__coro_t *co)
     co = loop->current; /* the one that switched back: `co` may have handed off */
     loop->current = NULL;
     if (co->done) {
-        if (atomic_load_explicit(&co->remote_refs, memory_order_acquire) == 0) {
+        if (!atomic_load_explicit(&co->wake_posted, memory_order_acquire)) {
             mica__coro_free(loop, co);
         } else {
-            /* Another thread still has a wake-up for us in flight; the loop
-             * frees us when it has delivered (dropped) the last one. */
+            /* Another thread posted a wake-up that is still queued (no more
+             * can come: nothing waits for a finished coroutine); the loop
+             * frees us when it has delivered (dropped) it. */
             co->zombie = true;
             co->next_ready = loop->zombies;
             loop->zombies = co;
@@ -317,6 +325,7 @@ static mica__coro_t *take_handoff(mica__loop_t *loop, mica__coro_t *co)
     if (!loop->ready_head)
         loop->ready_tail = NULL;
     next->queued = false;
+    loop->nrunnable--;
     return next;
 }
 

@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "common/alloc.h"
 #include "runtime/internal.h"
 
 struct mica_ctx {
@@ -25,7 +26,7 @@ struct mica_ctx {
     const void *key;
     void *value;
     mica_ctx_t *children, *sib_prev, *sib_next;
-    mica__ctx_waiter_t *waiters;
+    mica__waitq_t waiters; /* coroutines whose current wait this ctx bounds */
     bool linked; /* on the parent's children list */
 };
 
@@ -47,10 +48,11 @@ static bool is_bg(const mica_ctx_t *ctx)
 static int child_new(mica_ctx_t *parent, int64_t deadline_ms, const void *key, void *value,
                      mica_ctx_t **out)
 {
-    mica_ctx_t *c = calloc(1, sizeof(*c));
+    mica_ctx_t *c = mica__calloc(1, sizeof(*c));
     if (!c)
         return MICA_ENOMEM;
     pthread_mutex_init(&c->lock, NULL);
+    mica__waitq_init(&c->waiters);
     atomic_init(&c->refs, 1);
     c->key = key;
     c->value = value;
@@ -101,8 +103,7 @@ static void cancel_locked(mica_ctx_t *ctx)
     if (atomic_load(&ctx->err))
         return;
     atomic_store(&ctx->err, MICA_ECANCELED);
-    for (mica__ctx_waiter_t *w = ctx->waiters; w; w = w->next)
-        mica__wake_any(w->loop, w->co, w->seq, MICA_ECANCELED);
+    mica__waitq_wake_all(&ctx->waiters, MICA_ECANCELED);
     for (mica_ctx_t *c = ctx->children; c; c = c->sib_next) {
         pthread_mutex_lock(&c->lock);
         cancel_locked(c);
@@ -124,7 +125,7 @@ static void unref(mica_ctx_t *ctx)
     while (ctx && atomic_fetch_sub(&ctx->refs, 1) == 1) {
         mica_ctx_t *parent = ctx->parent;
         pthread_mutex_destroy(&ctx->lock);
-        free(ctx);
+        mica__free(ctx);
         ctx = parent;
     }
 }
@@ -178,32 +179,27 @@ void *mica_ctx_value(const mica_ctx_t *ctx, const void *key)
 
 int mica__wait_ctx(mica__loop_t *loop, mica_ctx_t *ctx, int64_t deadline_ms, uint64_t seq)
 {
-    (void)seq; /* numbered by the caller; mica__wait_seq() waits on loop->current's */
     if (is_bg(ctx))
         return mica__wait_seq(loop, deadline_ms);
     if (ctx->deadline_ms < deadline_ms)
         deadline_ms = ctx->deadline_ms;
-    mica__ctx_waiter_t w = {.loop = loop, .co = loop->current, .seq = seq};
+    mica__waiter_t w;
+    mica__waiter_init_seq(&w, loop, loop->current, seq);
     pthread_mutex_lock(&ctx->lock);
     int err = atomic_load(&ctx->err);
-    if (!err) {
-        w.next = ctx->waiters;
-        if (ctx->waiters)
-            ctx->waiters->prev = &w;
-        ctx->waiters = &w;
-    }
+    if (!err)
+        mica__waitq_push(&ctx->waiters, &w);
     pthread_mutex_unlock(&ctx->lock);
     if (err)
         return err;
     int rc = mica__wait_seq(loop, deadline_ms);
-    pthread_mutex_lock(&ctx->lock);
-    if (w.prev)
-        w.prev->next = w.next;
-    else
-        ctx->waiters = w.next;
-    if (w.next)
-        w.next->prev = w.prev;
-    pthread_mutex_unlock(&ctx->lock);
+    /* Still queued, or cancelled from another thread (which may still be
+     * walking the queue under the lock): leave under the lock. */
+    if (atomic_load_explicit(&w.woken, memory_order_acquire) != MICA__WOKEN_HERE) {
+        pthread_mutex_lock(&ctx->lock);
+        mica__waitq_remove(&w);
+        pthread_mutex_unlock(&ctx->lock);
+    }
     return rc;
 }
 

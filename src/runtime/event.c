@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Events (include/mica/sync.h): a set flag plus a FIFO of parked coroutines
- * behind a spinlock held for a few pointer moves. set() marks each waiter
- * woken under the lock before waking it; a waiter whose wait ended first
- * (ctx, deadline) retakes the lock and either finds itself woken (the set
- * won: it returns 0) or unlinks itself.
+ * Events (include/mica/sync.h): a set flag plus a wait queue (wait.h)
+ * behind a spinlock held for a few pointer moves. The struct is public and
+ * statically initializable, so its queue starts as all-zero memory, which
+ * wait.h treats as empty. set() marks each waiter woken under the lock
+ * before waking it; a waiter whose wait ended first (ctx, deadline) either
+ * finds itself woken (the set won: it returns 0) or unlinks itself.
  */
 #include <sched.h>
 #include <stdatomic.h>
@@ -12,47 +13,24 @@
 #include "mica/sync.h"
 #include "runtime/internal.h"
 
-typedef struct ev_waiter {
-    mica__loop_t *loop;
-    mica__coro_t *co;
-    uint64_t seq;
-    bool woken;
-    struct ev_waiter *prev, *next;
-} ev_waiter_t;
-
-static void lock(mica_event_t *ev)
+static void lock(void *arg)
 {
+    mica_event_t *ev = arg;
     while (atomic_exchange_explicit(&ev->_lock, 1, memory_order_acquire))
         sched_yield(); /* held for a few pointer moves, by another thread */
 }
 
-static void unlock(mica_event_t *ev)
+static void unlock(void *arg)
 {
+    mica_event_t *ev = arg;
     atomic_store_explicit(&ev->_lock, 0, memory_order_release);
-}
-
-static void unlink_waiter(mica_event_t *ev, ev_waiter_t *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        ev->_head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        ev->_tail = w->prev;
 }
 
 void mica_event_set(mica_event_t *ev)
 {
     lock(ev);
     atomic_store_explicit(&ev->_set, 1, memory_order_relaxed);
-    ev_waiter_t *w;
-    while ((w = ev->_head)) {
-        unlink_waiter(ev, w);
-        w->woken = true;
-        mica__wake_any(w->loop, w->co, w->seq, 0);
-    }
+    mica__waitq_wake_all(&ev->_waiters, 0);
     unlock(ev);
 }
 
@@ -68,38 +46,17 @@ bool mica_event_is_set(mica_event_t *ev)
 
 int mica_event_wait(mica_event_t *ev, mica_ctx_t *ctx, int64_t deadline_ms)
 {
-    mica__loop_t *loop = mica__loop_current();
-    if (!loop || !loop->current)
+    mica__waiter_t me;
+    if (!mica__waiter_init(&me))
         return MICA_EINVAL;
     if (mica_event_is_set(ev))
         return 0;
-    ev_waiter_t me = {.loop = loop, .co = loop->current};
     lock(ev);
     if (atomic_load_explicit(&ev->_set, memory_order_relaxed)) {
         unlock(ev);
         return 0;
     }
-    me.seq = mica__wait_prepare(loop);
-    me.prev = ev->_tail;
-    if (ev->_tail)
-        ((ev_waiter_t *)ev->_tail)->next = &me;
-    else
-        ev->_head = &me;
-    ev->_tail = &me;
+    mica__waitq_push(&ev->_waiters, &me);
     unlock(ev);
-    for (;;) {
-        int rc = mica__wait_ctx(loop, ctx, deadline_ms, me.seq);
-        lock(ev);
-        if (me.woken) {
-            unlock(ev);
-            return 0;
-        }
-        if (rc != 0) {
-            unlink_waiter(ev, &me);
-            unlock(ev);
-            return rc;
-        }
-        me.seq = mica__wait_prepare(loop); /* woken for nothing: wait again */
-        unlock(ev);
-    }
+    return mica__waiter_park(&me, ctx, deadline_ms, lock, unlock, ev);
 }

@@ -16,9 +16,8 @@
 #include <pthread.h>
 
 #include "mica/runtime.h"
+#include "runtime/wait.h"
 
-typedef struct mica__loop mica__loop_t;
-typedef struct mica__coro mica__coro_t;
 typedef struct mica__stack mica__stack_t;
 
 /* ---- coroutines (coro.c) ---------------------------------------------- */
@@ -48,12 +47,25 @@ struct mica__coro {
     size_t heap_index;    /* position on the loop's timer heap */
     bool waiting;         /* suspended in mica__wait() */
     uint64_t wait_seq;    /* numbers each wait, so a late wake-up cannot end a later one */
-    _Atomic int remote_refs; /* wake-up messages in flight to this coroutine */
-    bool zombie;          /* finished, kept until remote_refs drops to 0 */
+    bool zombie;          /* finished, kept until its posted wake-up is delivered */
     mica__coro_t *all_prev, *all_next; /* the loop's list of live coroutines */
 
     void *asan_fake_stack;
     void *tsan_fiber;
+
+    /* The wake-up other threads post to this coroutine: one per coroutine,
+     * so a cross-thread wake never allocates (and never fails). Its fields
+     * belong to the loop's remote_lock; wake_posted is also read without it.
+     * Last, and left out of the spawn's memset: only a post reads them. */
+    atomic_bool wake_posted; /* wake_msg is queued on the loop */
+    struct mica__msg {
+        struct mica__msg *next;
+        mica__coro_t *co; /* NULL: a spawn message (heap-allocated) */
+        uint64_t seq;
+        int result;
+        mica_coro_fn fn;
+        void *arg;
+    } wake_msg;
 };
 
 /* Switches from the running context saving its sp in *from_sp to `to_sp`. */
@@ -73,8 +85,8 @@ void mica__stack_pool_destroy(mica__loop_t *loop);
 
 /* Per-fd wait state, indexed by fd in the loop's table. */
 typedef struct mica__io {
-    mica__coro_t *reader;
-    mica__coro_t *writer;
+    mica__waiter_t *reader; /* the coroutine waiting to read, on its stack */
+    mica__waiter_t *writer;
     bool registered; /* added to epoll (edge-triggered, in+out) */
     bool readable;   /* an edge arrived since the last mica__io_clear_* */
     bool writable;
@@ -83,6 +95,18 @@ typedef struct mica__io {
     mica_coro_fn on_read;     /* spawned on the next readable edge (one-shot) */
     void *on_read_arg;
 } mica__io_t;
+
+/* A worker's counters as other threads read them: each written (relaxed)
+ * by the worker only, read relaxed by mica_runtime_stats(). */
+typedef struct mica__loop_stats {
+    _Atomic uint64_t coroutines, runnable, watched_fds, spawned, spawn_failed, polls, runs,
+        timers_fired, lag_us_last, lag_us_max, lag_us_sum;
+} mica__loop_stats_t;
+
+typedef struct mica__poll_hook {
+    mica_poll_cb before, after;
+    void *arg;
+} mica__poll_hook_t;
 
 struct mica__loop {
     int id;
@@ -140,20 +164,36 @@ struct mica__loop {
     struct mica__spawn { mica_coro_fn fn; void *arg; int fd; } *spawns;
     size_t nspawns, spawns_cap;
 
-    /* counters (this worker only; readers on other threads get estimates) */
+    /* counters: plain, written by this worker only, and copied to `stats`
+     * once per iteration (publish_stats) for mica_runtime_stats() */
     uint64_t stat_spawned;
     uint64_t stat_spawn_failed;
+    size_t nrunnable;  /* on the ready and yield queues */
+    size_t nwatched;   /* fds registered with epoll */
+    uint64_t polls, timers_fired, lag_us_last, lag_us_max, lag_us_sum;
+    int64_t now_us;    /* the clock of now_ms, in us */
+    mica__loop_stats_t stats;
+
+    /* mica_runtime_on_poll() hooks, around every epoll_wait */
+    const struct mica__poll_hook *poll_hooks;
+    size_t npoll_hooks;
 };
 
-/* A message from another thread: wake (co, seq) with result, or spawn fn(arg). */
-typedef struct mica__msg {
-    struct mica__msg *next;
-    mica__coro_t *co; /* NULL: spawn */
-    uint64_t seq;
-    int result;
-    mica_coro_fn fn;
-    void *arg;
-} mica__msg_t;
+/* A message from another thread: wake (co, seq) with result (the coroutine's
+ * own wake_msg), or spawn fn(arg) (allocated by the poster). */
+typedef struct mica__msg mica__msg_t;
+
+/* Grows the timer heap to hold `n` coroutines. Returns 0 or MICA_ENOMEM. */
+int mica__loop_reserve_timers(mica__loop_t *loop, size_t n);
+
+static inline bool mica__waiter_init(mica__waiter_t *w)
+{
+    mica__loop_t *loop = mica__loop_current();
+    if (!loop || !loop->current)
+        return false;
+    mica__waiter_init_seq(w, loop, loop->current, ++loop->current->wait_seq);
+    return true;
+}
 
 /* Queues the running coroutine behind everything runnable now and suspends it. */
 void mica__loop_yield(mica__loop_t *loop);
@@ -183,15 +223,20 @@ int mica__wait_seq(mica__loop_t *loop, int64_t deadline_ms);
 
 /*
  * Wakes wait `seq` of `co` (on `loop`) with `result`, from any thread: on
- * the loop's own thread directly, otherwise through the loop's message queue.
- * A wake for a wait that has already ended is dropped. The caller must know
- * `co` is alive (it holds the lock of a structure `co` is queued on).
+ * the loop's own thread directly, otherwise through the loop's message queue
+ * (the coroutine's own wake_msg: never allocates). A wake for a wait that
+ * has already ended is dropped; of two for the same wait, the first wins.
+ * The caller must know `co` is alive (it holds the lock of a structure `co`
+ * is queued on).
  */
 void mica__wake_any(mica__loop_t *loop, mica__coro_t *co, uint64_t seq, int result);
 /* Queues fn(arg) to be spawned on `loop` (any thread). Returns 0 or MICA_ENOMEM. */
 int mica__loop_post_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg);
 /* Returns the runtime's offload pool (NULL outside mica_runtime_run()). */
 mica_offload_pool_t *mica__runtime_offload_pool(mica_runtime_t *rt);
+/* Reads a pool's counters for mica_runtime_stats() (relaxed: any thread). */
+void mica__offload_stats(mica_offload_pool_t *pool, uint64_t *queued, uint64_t *busy,
+                         uint64_t *rejected);
 /* Returns worker `id`'s loop, or NULL. */
 mica__loop_t *mica__runtime_loop(mica_runtime_t *rt, int id);
 
@@ -214,29 +259,20 @@ int mica__io_wait(mica__loop_t *loop, int fd, bool write, struct mica_ctx *ctx,
 
 /* ---- ctx waits (ctx.c) --------------------------------------------------- */
 
-#include "mica/ctx.h"
-
-/* A coroutine waiting with a ctx, registered so that a cancel wakes it. */
-typedef struct mica__ctx_waiter {
-    mica__loop_t *loop;
-    mica__coro_t *co;
-    uint64_t seq;
-    struct mica__ctx_waiter *prev, *next;
-} mica__ctx_waiter_t;
-
 /*
  * Suspends the running coroutine for wait `seq` (from mica__wait_prepare())
  * until woken, until `deadline_ms` or the ctx's deadline, or until `ctx` is
- * cancelled. Returns the wake result: 0, MICA_ETIMEDOUT or MICA_ECANCELED
- * (at once if `ctx` has already ended).
+ * cancelled (a waiter on the ctx's wait queue). Returns the wake result: 0,
+ * MICA_ETIMEDOUT or MICA_ECANCELED (at once if `ctx` has already ended).
  */
 int mica__wait_ctx(mica__loop_t *loop, mica_ctx_t *ctx, int64_t deadline_ms, uint64_t seq);
 
 /* ---- runtime (runtime.c) ----------------------------------------------- */
 
-int64_t mica__runtime_drain_ms(const mica_runtime_t *rt);
-/* 0: running, 1: drain requested, 2: cancel everything now. */
-int mica__runtime_stop_level(const mica_runtime_t *rt);
+/* The drain deadline (mica_now_ms() clock), fixed when shutdown began. */
+int64_t mica__runtime_drain_deadline(const mica_runtime_t *rt);
+/* What workers do: 0 run, 1 drain, 2 cancel everything now. */
+int mica__runtime_drain_level(const mica_runtime_t *rt);
 void mica__runtime_run_stop_hooks(mica_runtime_t *rt, int worker_id);
 
 /* Reads a non-negative integer from environment variable `name` into *out,

@@ -15,7 +15,8 @@
  *
  * Timers are a binary min-heap of the waiting coroutines themselves (each
  * coroutine waits for at most one deadline at a time), so arming and
- * disarming a timeout allocates nothing.
+ * disarming a timeout allocates nothing: a spawn reserves the heap slot its
+ * coroutine may need, and a wait can never fail for want of memory.
  */
 #include <assert.h>
 #include <sched.h>
@@ -27,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "runtime/internal.h"
 
 static _Thread_local mica__loop_t *tls_loop;
@@ -40,7 +42,8 @@ static void update_time(mica__loop_t *loop)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    loop->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    loop->now_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    loop->now_ms = loop->now_us / 1000;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     loop->now_sec_wall = ts.tv_sec;
 }
@@ -79,13 +82,13 @@ void mica__loop_destroy(mica__loop_t *loop)
      * be left: the loop only exits once no coroutine, zombies included, is left). */
     for (mica__msg_t *m = loop->remote_head, *next; m; m = next) {
         next = m->next;
-        free(m);
+        mica__free(m);
     }
     pthread_mutex_destroy(&loop->remote_lock);
-    free(loop->spawns);
+    mica__free(loop->spawns);
     mica__stack_pool_destroy(loop);
-    free(loop->heap);
-    free(loop->io);
+    mica__free(loop->heap);
+    mica__free(loop->io);
     close(loop->wakefd);
     close(loop->epfd);
     loop->heap = NULL;
@@ -129,20 +132,28 @@ static void heap_down(mica__coro_t **h, size_t len, size_t i)
     }
 }
 
-static int heap_push(mica__loop_t *loop, mica__coro_t *co)
+int mica__loop_reserve_timers(mica__loop_t *loop, size_t n)
 {
-    if (loop->heap_len == loop->heap_cap) {
-        size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 256;
-        mica__coro_t **h = realloc(loop->heap, cap * sizeof(*h));
-        if (!h)
-            return MICA_ENOMEM;
-        loop->heap = h;
-        loop->heap_cap = cap;
-    }
+    if (n <= loop->heap_cap)
+        return 0;
+    size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 256;
+    while (cap < n)
+        cap *= 2;
+    mica__coro_t **h = mica__realloc(loop->heap, cap * sizeof(*h));
+    if (!h)
+        return MICA_ENOMEM;
+    loop->heap = h;
+    loop->heap_cap = cap;
+    return 0;
+}
+
+/* Never fails: mica__coro_new() reserved a slot for every live coroutine. */
+static void heap_push(mica__loop_t *loop, mica__coro_t *co)
+{
+    assert(loop->heap_len < loop->heap_cap);
     co->heap_index = loop->heap_len;
     loop->heap[loop->heap_len++] = co;
     heap_up(loop->heap, co->heap_index);
-    return 0;
 }
 
 static void heap_remove(mica__loop_t *loop, mica__coro_t *co)
@@ -163,6 +174,7 @@ void mica__loop_wake(mica__loop_t *loop, mica__coro_t *co, int result)
     if (co->queued)
         return;
     co->queued = true;
+    loop->nrunnable++;
     co->wake_result = result;
     co->next_ready = NULL;
     if (loop->ready_tail)
@@ -193,10 +205,7 @@ int mica__wait_seq(mica__loop_t *loop, int64_t deadline_ms)
         if (deadline_ms <= loop->now_ms)
             return MICA_ETIMEDOUT;
         co->deadline_ms = deadline_ms;
-        if (heap_push(loop, co) != 0) {
-            co->deadline_ms = MICA_NO_DEADLINE;
-            return MICA_ENOMEM;
-        }
+        heap_push(loop, co);
     }
     co->waiting = true;
     mica__coro_suspend(loop);
@@ -210,6 +219,7 @@ void mica__loop_yield(mica__loop_t *loop)
 {
     mica__coro_t *co = loop->current;
     co->queued = true; /* also keeps mica__coro_suspend from handing off */
+    loop->nrunnable++;
     co->wake_result = 0;
     co->next_ready = NULL;
     if (loop->yield_tail)
@@ -230,6 +240,7 @@ static mica__coro_t *pop_ready(mica__loop_t *loop)
     if (!loop->ready_head)
         loop->ready_tail = NULL;
     co->queued = false;
+    loop->nrunnable--;
     return co;
 }
 
@@ -257,6 +268,7 @@ static void run_ready(mica__loop_t *loop)
     while (co) {
         mica__coro_t *next = co->next_ready;
         co->queued = false;
+        loop->nrunnable--;
         mica__coro_resume(loop, co); /* may free co */
         uint64_t until = loop->runs + DEPTH_BUDGET;
         while (loop->ready_head && loop->runs < until)
@@ -276,21 +288,24 @@ static void poke(int fd)
     (void)rc; /* EAGAIN: the counter is non-zero, a wake-up is pending anyway */
 }
 
-static int post(mica__loop_t *loop, mica__msg_t *m)
+/* Appends `m` under remote_lock (held); returns whether the queue was empty. */
+static bool append_msg(mica__loop_t *loop, mica__msg_t *m)
 {
-    m->next = NULL;
-    pthread_mutex_lock(&loop->remote_lock);
     bool was_empty = loop->remote_head == NULL;
+    m->next = NULL;
     if (loop->remote_tail)
         loop->remote_tail->next = m;
     else
         loop->remote_head = m;
     loop->remote_tail = m;
-    pthread_mutex_unlock(&loop->remote_lock);
+    return was_empty;
+}
+
+static void posted(mica__loop_t *loop, bool was_empty)
+{
     atomic_store_explicit(&loop->remote_posted, true, memory_order_release);
     if (was_empty)
         poke(loop->wakefd);
-    return 0;
 }
 
 void mica__wake_any(mica__loop_t *loop, mica__coro_t *co, uint64_t seq, int result)
@@ -300,61 +315,90 @@ void mica__wake_any(mica__loop_t *loop, mica__coro_t *co, uint64_t seq, int resu
             mica__loop_wake(loop, co, result);
         return;
     }
-    mica__msg_t *m = malloc(sizeof(*m));
-    if (!m)
-        abort(); /* losing a wake-up would hang a coroutine forever */
-    *m = (mica__msg_t){.co = co, .seq = seq, .result = result};
-    atomic_fetch_add_explicit(&co->remote_refs, 1, memory_order_relaxed);
-    post(loop, m);
+    /* The coroutine's own message: when it is already queued, a wake for a
+     * later wait replaces it (the earlier wait has ended), one for the same
+     * or an earlier wait is dropped (the first wake of a wait wins). */
+    mica__msg_t *m = &co->wake_msg;
+    pthread_mutex_lock(&loop->remote_lock);
+    bool was_empty = false, queued = atomic_load_explicit(&co->wake_posted, memory_order_relaxed);
+    if (!queued || seq > m->seq) {
+        m->seq = seq;
+        m->result = result;
+    }
+    if (!queued) {
+        m->co = co;
+        atomic_store_explicit(&co->wake_posted, true, memory_order_relaxed);
+        was_empty = append_msg(loop, m);
+    }
+    pthread_mutex_unlock(&loop->remote_lock);
+    if (!queued)
+        posted(loop, was_empty);
 }
 
 int mica__loop_post_spawn(mica__loop_t *loop, mica_coro_fn fn, void *arg)
 {
-    mica__msg_t *m = malloc(sizeof(*m));
+    mica__msg_t *m = mica__malloc(sizeof(*m));
     if (!m)
         return MICA_ENOMEM;
     *m = (mica__msg_t){.fn = fn, .arg = arg};
-    return post(loop, m);
+    pthread_mutex_lock(&loop->remote_lock);
+    bool was_empty = append_msg(loop, m);
+    pthread_mutex_unlock(&loop->remote_lock);
+    posted(loop, was_empty);
+    return 0;
 }
 
-static void reap_zombie(mica__loop_t *loop, mica__coro_t *co)
-{
-    mica__coro_t **pp = &loop->zombies;
-    while (*pp && *pp != co)
-        pp = &(*pp)->next_ready;
-    if (*pp)
-        *pp = co->next_ready;
-    co->zombie = false;
-    mica__coro_free(loop, co);
-}
-
+/*
+ * Delivers the messages of other threads. Wake-ups are applied under
+ * remote_lock: each is a coroutine's own wake_msg, which another thread may
+ * queue again the moment it is off the list, so it is read while still
+ * owned. Spawns (allocated by their poster, owned by us once taken) and the
+ * zombies whose last wake-up this was are handled after the unlock.
+ */
 static void drain_messages(mica__loop_t *loop)
 {
     atomic_store_explicit(&loop->remote_posted, false, memory_order_relaxed);
+    mica__msg_t *spawns = NULL, **spawns_tail = &spawns;
+    mica__coro_t *reap = NULL;
     pthread_mutex_lock(&loop->remote_lock);
     if (loop->remote_head)
         loop->last_remote_ms = loop->now_ms;
-    mica__msg_t *m = loop->remote_head;
-    loop->remote_head = loop->remote_tail = NULL;
-    pthread_mutex_unlock(&loop->remote_lock);
-    while (m) {
-        mica__msg_t *next = m->next;
+    for (mica__msg_t *m = loop->remote_head, *next; m; m = next) {
+        next = m->next;
         mica__coro_t *co = m->co;
         if (!co) {
-            mica__coro_t *nco;
-            if (mica__coro_new(loop, m->fn, m->arg, &nco) == 0)
-                mica__loop_wake(loop, nco, 0);
-            else
-                loop->stat_spawn_failed++;
-        } else {
-            if (co->waiting && co->wait_seq == m->seq)
-                mica__loop_wake(loop, co, m->result);
-            if (atomic_fetch_sub_explicit(&co->remote_refs, 1, memory_order_acq_rel) == 1 &&
-                co->zombie)
-                reap_zombie(loop, co);
+            *spawns_tail = m;
+            spawns_tail = &m->next;
+            continue;
         }
-        free(m);
-        m = next;
+        if (co->waiting && co->wait_seq == m->seq)
+            mica__loop_wake(loop, co, m->result);
+        atomic_store_explicit(&co->wake_posted, false, memory_order_relaxed);
+        if (co->zombie) {
+            co->zombie = false; /* on `reap` now, not on loop->zombies */
+            mica__coro_t **pp = &loop->zombies;
+            while (*pp != co)
+                pp = &(*pp)->next_ready;
+            *pp = co->next_ready;
+            co->next_ready = reap;
+            reap = co;
+        }
+    }
+    loop->remote_head = loop->remote_tail = NULL;
+    pthread_mutex_unlock(&loop->remote_lock);
+    *spawns_tail = NULL;
+    while (reap) {
+        mica__coro_t *co = reap;
+        reap = co->next_ready;
+        mica__coro_free(loop, co);
+    }
+    while (spawns) {
+        mica__msg_t *m = spawns;
+        spawns = m->next;
+        mica__coro_t *nco;
+        if (mica__coro_new(loop, m->fn, m->arg, &nco) == 0) /* else dropped, and counted */
+            mica__loop_wake(loop, nco, 0);
+        mica__free(m);
     }
 }
 
@@ -371,7 +415,7 @@ void mica__loop_begin_stop(mica__loop_t *loop)
     if (loop->stopping)
         return;
     loop->stopping = true;
-    loop->drain_deadline_ms = loop->now_ms + mica__runtime_drain_ms(loop->rt);
+    loop->drain_deadline_ms = mica__runtime_drain_deadline(loop->rt);
     mica__runtime_run_stop_hooks(loop->rt, loop->id);
 }
 
@@ -381,7 +425,7 @@ static void on_wakefd(mica__loop_t *loop)
     while (read(loop->wakefd, &n, sizeof(n)) > 0)
         ;
     drain_messages(loop);
-    int req = mica__runtime_stop_level(loop->rt);
+    int req = mica__runtime_drain_level(loop->rt);
     if (req >= 1)
         mica__loop_begin_stop(loop);
     if (req >= 2 && !loop->cancel_all)
@@ -392,7 +436,7 @@ static int defer_spawn(mica__loop_t *loop, int fd, mica_coro_fn fn, void *arg)
 {
     if (loop->nspawns == loop->spawns_cap) {
         size_t cap = loop->spawns_cap ? loop->spawns_cap * 2 : 64;
-        struct mica__spawn *s = realloc(loop->spawns, cap * sizeof(*s));
+        struct mica__spawn *s = mica__realloc(loop->spawns, cap * sizeof(*s));
         if (!s)
             return MICA_ENOMEM;
         loop->spawns = s;
@@ -411,10 +455,9 @@ static void run_spawns(mica__loop_t *loop)
         mica__coro_t *co;
         if (!loop->spawns[i].fn)
             continue; /* its fd was closed meanwhile (mica__io_forget) */
+        /* On failure (counted) the owner's idle timeout closes the fd. */
         if (mica__coro_new(loop, loop->spawns[i].fn, loop->spawns[i].arg, &co) == 0)
             mica__coro_resume(loop, co);
-        else
-            loop->stat_spawn_failed++; /* the connection's idle timeout closes it */
     }
     loop->nspawns = 0;
 }
@@ -442,7 +485,7 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
     if (e & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
         io->readable = true;
         if (io->reader) {
-            mica__loop_wake(loop, io->reader, 0);
+            mica__wake_any(loop, io->reader->co, io->reader->seq, 0);
         } else if (io->on_read && defer_spawn(loop, fd, io->on_read, io->on_read_arg) == 0) {
             io->on_read = NULL;
             io->readable = false; /* the spawned coroutine consumes this edge */
@@ -451,7 +494,7 @@ static void dispatch(mica__loop_t *loop, struct epoll_event *ev)
     if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
         io->writable = true;
         if (io->writer)
-            mica__loop_wake(loop, io->writer, 0);
+            mica__wake_any(loop, io->writer->co, io->writer->seq, 0);
     }
 }
 
@@ -476,6 +519,56 @@ static bool spin(mica__loop_t *loop)
             sched_yield(); /* the thread we wait for may share our CPU */
     }
     return false;
+}
+
+/* Copies this worker's counters where mica_runtime_stats() reads them. */
+static void publish_stats(mica__loop_t *loop)
+{
+    mica__loop_stats_t *s = &loop->stats;
+#define PUB(field, value) atomic_store_explicit(&s->field, (uint64_t)(value), memory_order_relaxed)
+    PUB(coroutines, loop->ncoros);
+    PUB(runnable, loop->nrunnable);
+    PUB(watched_fds, loop->nwatched);
+    PUB(spawned, loop->stat_spawned);
+    PUB(spawn_failed, loop->stat_spawn_failed);
+    PUB(polls, loop->polls);
+    PUB(runs, loop->runs);
+    PUB(timers_fired, loop->timers_fired);
+    PUB(lag_us_last, loop->lag_us_last);
+    PUB(lag_us_max, loop->lag_us_max);
+    PUB(lag_us_sum, loop->lag_us_sum);
+#undef PUB
+}
+
+/* Wakes the coroutines whose deadline has come, measuring how late each is
+ * (runtime.h defines the loop lag). The heap yields the most overdue first. */
+static void fire_timers(mica__loop_t *loop)
+{
+    bool fired = false;
+    while (loop->heap_len && loop->heap[0]->deadline_ms <= loop->now_ms) {
+        mica__coro_t *co = loop->heap[0];
+        int64_t late = loop->now_us - co->deadline_ms * 1000;
+        uint64_t lag = late > 0 ? (uint64_t)late : 0;
+        if (!fired)
+            loop->lag_us_last = lag;
+        fired = true;
+        if (lag > loop->lag_us_max)
+            loop->lag_us_max = lag;
+        loop->lag_us_sum += lag;
+        loop->timers_fired++;
+        heap_remove(loop, co);
+        mica__loop_wake(loop, co, MICA_ETIMEDOUT);
+    }
+}
+
+static void poll_hooks(mica__loop_t *loop, bool after)
+{
+    for (size_t i = 0; i < loop->npoll_hooks; i++) {
+        const mica__poll_hook_t *h = &loop->poll_hooks[i];
+        mica_poll_cb cb = after ? h->after : h->before;
+        if (cb)
+            cb(loop->id, h->arg);
+    }
 }
 
 void mica__loop_run(mica__loop_t *loop)
@@ -510,19 +603,22 @@ void mica__loop_run(mica__loop_t *loop)
         if (timeout != 0 && loop->now_ms - loop->last_remote_ms <= SPIN_AFTER_MS && spin(loop))
             timeout = 0; /* a message came while spinning: take it without sleeping */
         loop->runs_at_poll = loop->runs;
+        loop->polls++;
+        publish_stats(loop);
+        if (loop->npoll_hooks) /* nothing to pay when none is set */
+            poll_hooks(loop, false);
         int n = epoll_wait(loop->epfd, events, 256, timeout);
         update_time(loop);
+        if (loop->npoll_hooks)
+            poll_hooks(loop, true);
         for (int i = 0; i < n; i++)
             dispatch(loop, &events[i]);
         run_spawns(loop);
-        while (loop->heap_len && loop->heap[0]->deadline_ms <= loop->now_ms) {
-            mica__coro_t *co = loop->heap[0];
-            heap_remove(loop, co);
-            mica__loop_wake(loop, co, MICA_ETIMEDOUT);
-        }
+        fire_timers(loop);
         if (loop->stopping && !loop->cancel_all && loop->now_ms >= loop->drain_deadline_ms)
             cancel_everything(loop);
     }
+    publish_stats(loop);
     tls_loop = NULL;
 }
 
@@ -536,7 +632,7 @@ mica__io_t *mica__io_get(mica__loop_t *loop, int fd)
         size_t cap = loop->io_cap ? loop->io_cap : 1024;
         while (cap <= (size_t)fd)
             cap *= 2;
-        mica__io_t *io = realloc(loop->io, cap * sizeof(*io));
+        mica__io_t *io = mica__realloc(loop->io, cap * sizeof(*io));
         if (!io)
             return NULL;
         memset(io + loop->io_cap, 0, (cap - loop->io_cap) * sizeof(*io));
@@ -557,6 +653,7 @@ int mica__io_watch(mica__loop_t *loop, int fd)
     if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
         return -errno;
     io->registered = true;
+    loop->nwatched++;
     io->readable = io->writable = io->hup = false;
     return 0;
 }
@@ -565,6 +662,8 @@ void mica__io_forget(mica__loop_t *loop, int fd)
 {
     if (fd < 0 || (size_t)fd >= loop->io_cap)
         return;
+    if (loop->io[fd].registered)
+        loop->nwatched--;
     memset(&loop->io[fd], 0, sizeof(loop->io[fd]));
     /* A spawn this fd's edge scheduled must not run on a closed owner:
      * e.g. the drain closes a parked connection in the same iteration. */
@@ -579,9 +678,9 @@ void mica__io_cancel(mica__loop_t *loop, int fd)
         return;
     mica__io_t *io = &loop->io[fd];
     if (io->reader)
-        mica__loop_wake(loop, io->reader, MICA_ECANCELED);
+        mica__wake_any(loop, io->reader->co, io->reader->seq, MICA_ECANCELED);
     if (io->writer)
-        mica__loop_wake(loop, io->writer, MICA_ECANCELED);
+        mica__wake_any(loop, io->writer->co, io->writer->seq, MICA_ECANCELED);
 }
 
 int mica__io_wait(mica__loop_t *loop, int fd, bool write, mica_ctx_t *ctx, int64_t deadline_ms)
@@ -595,9 +694,12 @@ int mica__io_wait(mica__loop_t *loop, int fd, bool write, mica_ctx_t *ctx, int64
         *flag = false;
         return loop->cancel_all ? MICA_ECANCELED : 0;
     }
-    mica__coro_t **slot = write ? &io->writer : &io->reader;
-    *slot = loop->current;
-    rc = mica__wait_ctx(loop, ctx, deadline_ms, mica__wait_prepare(loop));
+    /* A slot holds one waiter, of this worker only: the edge wakes it
+     * directly, with no queue, lock or woken flag to maintain. */
+    mica__waiter_t me;
+    mica__waiter_init_seq(&me, loop, loop->current, mica__wait_prepare(loop));
+    *(write ? &io->writer : &io->reader) = &me;
+    rc = mica__wait_ctx(loop, ctx, deadline_ms, me.seq);
     /* The table may have been reallocated while we slept. Only a wake by
      * the edge itself consumes it: one that arrived while we were being
      * cancelled or timed out must stay for the next wait to see. */

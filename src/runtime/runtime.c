@@ -1,13 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Worker threads, start/stop hooks and graceful shutdown.
+ * Worker threads, start/stop/shutdown hooks and graceful shutdown.
  *
  * mica_runtime_run() blocks SIGTERM/SIGINT in every thread and waits for
  * them on a signalfd in the calling (main) thread, beside an eventfd that
- * mica_runtime_stop() and exiting workers write to. The first stop request
- * asks every worker to drain (stop hooks run, coroutines finish); a second
- * one, or the drain deadline, cancels whatever still waits. Workers are told
- * through their loop's eventfd: the hot path shares nothing with this file.
+ * mica_runtime_stop(), the shutdown driver and exiting workers write to.
+ * The main thread turns stop *requests* (stop_level: 1 the first, 2 any
+ * later one) into what the workers act on (drain_level: 1 drain, 2 cancel
+ * everything), in the order runtime.h promises:
+ *
+ *   request -- drain deadline fixed -- shutdown phases (a coroutine on
+ *   worker 0 runs each phase's hooks and waits for them) -- drain_level 1:
+ *   every worker runs its stop hooks and lets coroutines finish -- at the
+ *   drain deadline, or on a second request, drain_level 2: cancel.
+ *
+ * Workers are told through their loop's eventfd: the hot path shares
+ * nothing with this file.
  */
 #include <limits.h>
 #include <poll.h>
@@ -21,13 +29,29 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
+#include "mica/sync.h"
 #include "runtime/internal.h"
 
 typedef struct hook {
     mica_worker_cb cb;
     void *arg;
 } hook_t;
+
+typedef struct shutdown_hook {
+    mica_shutdown_cb cb;
+    void *arg;
+    mica_shutdown_phase_t phase;
+    mica_runtime_t *rt;
+} shutdown_hook_t;
+
+/* The phase being run by the shutdown driver (worker 0 only). */
+struct phase_run {
+    mica_ctx_t *ctx;  /* ends at the drain deadline; shared by every hook */
+    int pending;      /* hooks of this run that have not returned */
+    mica_event_t done; /* set when pending drops to 0 */
+};
 
 struct mica_runtime {
     int nworkers;
@@ -40,13 +64,26 @@ struct mica_runtime {
 
     hook_t *start_hooks, *stop_hooks;
     size_t nstart, nstop;
+    mica__poll_hook_t *poll_hooks;
+    size_t npoll;
+    shutdown_hook_t **shutdown_hooks; /* stable addresses: coroutines point at them */
+    size_t nshutdown;
+    struct phase_run *phase_run; /* worker 0's driver only */
 
     mica__loop_t *loops;
+    /* for mica_runtime_stats() from any thread: the loops once initialized,
+     * and the offload pool's lifetime under stats_lock */
+    _Atomic(mica__loop_t *) stats_loops;
+    pthread_mutex_t stats_lock;
     pthread_t *threads;
     int stopfd; /* eventfd: stop requests and worker exits wake the main thread */
-    atomic_int stop_level;
+    atomic_int stop_level;  /* requests: 0 none, 1 stop, 2+ stop now */
+    atomic_int drain_level; /* what workers do: 0 run, 1 drain, 2 cancel everything */
+    _Atomic int64_t drain_deadline_ms; /* fixed by the first request */
+    atomic_bool phases_done;
     atomic_int exited;
     atomic_bool cancelled_work;
+    atomic_bool start_failed; /* a start hook could not be spawned */
 };
 
 int mica__env_int(const char *name, int64_t min, int64_t max, int64_t *out)
@@ -98,7 +135,7 @@ int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
         if (mica__env_int("MICA_OFFLOAD_QUEUE", 1, 1 << 24, &oqueue) != 0)
             return MICA_EINVAL;
     }
-    mica_runtime_t *rt = calloc(1, sizeof(*rt));
+    mica_runtime_t *rt = mica__calloc(1, sizeof(*rt));
     if (!rt)
         return MICA_ENOMEM;
     rt->nworkers = (int)workers;
@@ -108,6 +145,7 @@ int mica_runtime_new(mica_runtime_t **out, const mica_runtime_opts_t *opts)
     rt->offload_threads = (int)othreads;
     rt->offload_queue = (size_t)oqueue;
     rt->stopfd = -1;
+    pthread_mutex_init(&rt->stats_lock, NULL);
     *out = rt;
     return 0;
 }
@@ -119,7 +157,7 @@ int mica_runtime_workers(const mica_runtime_t *rt)
 
 static int add_hook(hook_t **hooks, size_t *n, mica_worker_cb cb, void *arg)
 {
-    hook_t *h = realloc(*hooks, (*n + 1) * sizeof(*h));
+    hook_t *h = mica__realloc(*hooks, (*n + 1) * sizeof(*h));
     if (!h)
         return MICA_ENOMEM;
     h[*n] = (hook_t){cb, arg};
@@ -138,6 +176,95 @@ int mica_runtime_on_stop(mica_runtime_t *rt, mica_worker_cb cb, void *arg)
     return add_hook(&rt->stop_hooks, &rt->nstop, cb, arg);
 }
 
+int mica_runtime_on_shutdown(mica_runtime_t *rt, mica_shutdown_phase_t phase, mica_shutdown_cb cb,
+                             void *arg)
+{
+    if (!cb || (unsigned)phase >= MICA_SHUTDOWN_PHASES)
+        return MICA_EINVAL;
+    shutdown_hook_t *h = mica__malloc(sizeof(*h));
+    shutdown_hook_t **all = h ? mica__realloc(rt->shutdown_hooks,
+                                              (rt->nshutdown + 1) * sizeof(*all))
+                              : NULL;
+    if (!all) {
+        mica__free(h);
+        return MICA_ENOMEM;
+    }
+    *h = (shutdown_hook_t){cb, arg, phase, rt};
+    all[rt->nshutdown++] = h;
+    rt->shutdown_hooks = all;
+    return 0;
+}
+
+int mica_runtime_on_poll(mica_runtime_t *rt, mica_poll_cb before, mica_poll_cb after, void *arg)
+{
+    if (!before && !after)
+        return MICA_EINVAL;
+    mica__poll_hook_t *h = mica__realloc(rt->poll_hooks, (rt->npoll + 1) * sizeof(*h));
+    if (!h)
+        return MICA_ENOMEM;
+    h[rt->npoll++] = (mica__poll_hook_t){before, after, arg};
+    rt->poll_hooks = h;
+    return 0;
+}
+
+static void add_stats(mica_worker_stats_t *t, const mica_worker_stats_t *w)
+{
+    t->coroutines += w->coroutines;
+    t->runnable += w->runnable;
+    t->watched_fds += w->watched_fds;
+    t->spawned += w->spawned;
+    t->spawn_failed += w->spawn_failed;
+    t->polls += w->polls;
+    t->runs += w->runs;
+    t->timers_fired += w->timers_fired;
+    t->lag_us_sum += w->lag_us_sum;
+    if (w->lag_us_last > t->lag_us_last)
+        t->lag_us_last = w->lag_us_last;
+    if (w->lag_us_max > t->lag_us_max)
+        t->lag_us_max = w->lag_us_max;
+}
+
+int mica_runtime_stats(mica_runtime_t *rt, mica_runtime_stats_t *out,
+                       mica_worker_stats_t *per_worker, int max_workers)
+{
+    memset(out, 0, sizeof(*out));
+    out->workers = rt->nworkers;
+    mica__loop_t *loops = atomic_load_explicit(&rt->stats_loops, memory_order_acquire);
+    int n = per_worker ? (max_workers < rt->nworkers ? max_workers : rt->nworkers) : 0;
+    for (int i = 0; i < rt->nworkers; i++) {
+        mica_worker_stats_t w = {0};
+        if (loops) {
+            const mica__loop_stats_t *s = &loops[i].stats;
+#define GET(field) w.field = atomic_load_explicit(&s->field, memory_order_relaxed)
+            GET(coroutines);
+            GET(runnable);
+            GET(watched_fds);
+            GET(spawned);
+            GET(spawn_failed);
+            GET(polls);
+            GET(runs);
+            GET(timers_fired);
+            GET(lag_us_last);
+            GET(lag_us_max);
+            GET(lag_us_sum);
+#undef GET
+        }
+        add_stats(&out->total, &w);
+        if (i < n)
+            per_worker[i] = w;
+    }
+    /* The pool comes and goes with mica_runtime_run(): read it under the
+     * lock that run() takes to publish and withdraw it (workers never do). */
+    pthread_mutex_lock(&rt->stats_lock);
+    if (rt->offload) {
+        out->offload_threads = (uint64_t)rt->offload_threads;
+        mica__offload_stats(rt->offload, &out->offload_queued, &out->offload_busy,
+                            &out->offload_rejected);
+    }
+    pthread_mutex_unlock(&rt->stats_lock);
+    return n;
+}
+
 mica_offload_pool_t *mica__runtime_offload_pool(mica_runtime_t *rt)
 {
     return rt->offload;
@@ -148,14 +275,14 @@ mica__loop_t *mica__runtime_loop(mica_runtime_t *rt, int id)
     return id >= 0 && id < rt->nworkers && rt->loops ? &rt->loops[id] : NULL;
 }
 
-int64_t mica__runtime_drain_ms(const mica_runtime_t *rt)
+int64_t mica__runtime_drain_deadline(const mica_runtime_t *rt)
 {
-    return rt->drain_ms;
+    return atomic_load_explicit(&rt->drain_deadline_ms, memory_order_acquire);
 }
 
-int mica__runtime_stop_level(const mica_runtime_t *rt)
+int mica__runtime_drain_level(const mica_runtime_t *rt)
 {
-    return atomic_load_explicit(&rt->stop_level, memory_order_acquire);
+    return atomic_load_explicit(&rt->drain_level, memory_order_acquire);
 }
 
 void mica__runtime_run_stop_hooks(mica_runtime_t *rt, int worker_id)
@@ -185,18 +312,74 @@ void mica_runtime_stop(mica_runtime_t *rt)
         poke(rt->stopfd);
 }
 
-/* ---- workers ----------------------------------------------------------- */
+/* ---- shutdown phases ------------------------------------------------------ */
 
-struct start_call {
-    hook_t hook;
-    int worker_id;
-};
+static const char *const phase_names[] = {"unready", "deregister"};
+
+static void run_shutdown_hook(void *arg)
+{
+    shutdown_hook_t *h = arg;
+    struct phase_run *pr = h->rt->phase_run;
+    h->cb(pr->ctx, h->arg);
+    if (--pr->pending == 0) /* worker 0 only: no atomics needed */
+        mica_event_set(&pr->done);
+}
+
+/*
+ * Runs the phases on worker 0: each phase's hooks start together, each in
+ * its own coroutine, and the next phase starts when they have all
+ * returned. At the drain deadline (or on a second stop request) the
+ * remaining phases are skipped. `pr` lives on this coroutine's stack, so it
+ * returns only once every hook has, however late (the drain's cancellation
+ * ends their waits).
+ */
+static void shutdown_driver(void *arg)
+{
+    mica_runtime_t *rt = arg;
+    int64_t deadline = mica__runtime_drain_deadline(rt);
+    struct phase_run pr = {.done = MICA_EVENT_INIT};
+    if (mica_ctx_with_deadline(NULL, deadline, &pr.ctx) != 0) {
+        mica__log_error("shutdown hooks skipped: out of memory");
+        goto done;
+    }
+    rt->phase_run = &pr;
+    for (int phase = 0; phase < MICA_SHUTDOWN_PHASES; phase++) {
+        mica_event_reset(&pr.done);
+        for (size_t i = 0; i < rt->nshutdown; i++) {
+            if ((int)rt->shutdown_hooks[i]->phase != phase)
+                continue;
+            pr.pending++;
+            if (mica_go(run_shutdown_hook, rt->shutdown_hooks[i]) != 0) {
+                pr.pending--;
+                mica__log_error("shutdown hook skipped: out of memory", "phase",
+                                phase_names[phase]);
+            }
+        }
+        if (pr.pending == 0)
+            continue;
+        int rc = mica_event_wait(&pr.done, NULL, deadline);
+        if (rc != 0) {
+            mica_ctx_cancel(pr.ctx);
+            mica__log_warn("shutdown phase cut short", "phase", phase_names[phase], "reason",
+                           rc == MICA_ETIMEDOUT ? "drain deadline" : "cancelled");
+            break;
+        }
+    }
+done:
+    atomic_store_explicit(&rt->phases_done, true, memory_order_release);
+    poke(rt->stopfd);
+    while (pr.pending > 0) /* stragglers: cancelled by the drain, they return soon */
+        if (mica_event_wait(&pr.done, NULL, MICA_NO_DEADLINE) != 0)
+            mica_yield(); /* past the drain deadline waits fail at once */
+    mica_ctx_free(pr.ctx);
+}
+
+/* ---- workers ----------------------------------------------------------- */
 
 static void run_start_hook(void *arg)
 {
-    struct start_call call = *(struct start_call *)arg;
-    free(arg);
-    call.hook.cb(call.worker_id, call.hook.arg);
+    hook_t *h = arg; /* rt->start_hooks stays put while the runtime runs */
+    h->cb(mica_worker_id(), h->arg);
 }
 
 static void *worker_main(void *arg)
@@ -208,18 +391,19 @@ static void *worker_main(void *arg)
     pthread_setname_np(pthread_self(), name);
 
     for (size_t i = 0; i < rt->nstart; i++) {
-        struct start_call *call = malloc(sizeof(*call));
         mica__coro_t *co;
-        if (!call || mica__coro_new(loop, run_start_hook, call, &co) != 0) {
-            free(call);
-            mica__log_error("cannot start worker hook: out of memory");
-            continue;
+        if (mica__coro_new(loop, run_start_hook, &rt->start_hooks[i], &co) != 0) {
+            /* A worker without its start hooks would serve nothing: stop
+             * the runtime, and have run() say why. */
+            mica__log_error("cannot run a start hook: out of memory");
+            atomic_store(&rt->start_failed, true);
+            mica_runtime_stop(rt);
+            break;
         }
-        *call = (struct start_call){rt->start_hooks[i], loop->id};
         mica__loop_wake(loop, co, 0);
     }
-    /* A stop that raced with thread start-up must still be seen. */
-    if (mica__runtime_stop_level(rt) > 0)
+    /* A drain that raced with thread start-up must still be seen. */
+    if (mica__runtime_drain_level(rt) > 0)
         poke(loop->wakefd);
     mica__loop_run(loop);
     if (loop->cancel_all)
@@ -257,11 +441,15 @@ int mica_runtime_run(mica_runtime_t *rt)
         }
     }
 
-    rc = mica_offload_pool_new(&rt->offload, rt->offload_threads, rt->offload_queue);
+    mica_offload_pool_t *pool;
+    rc = mica_offload_pool_new(&pool, rt->offload_threads, rt->offload_queue);
     if (rc != 0)
         goto out_sig;
-    rt->loops = calloc((size_t)rt->nworkers, sizeof(*rt->loops));
-    rt->threads = calloc((size_t)rt->nworkers, sizeof(*rt->threads));
+    pthread_mutex_lock(&rt->stats_lock);
+    rt->offload = pool;
+    pthread_mutex_unlock(&rt->stats_lock);
+    rt->loops = mica__calloc((size_t)rt->nworkers, sizeof(*rt->loops));
+    rt->threads = mica__calloc((size_t)rt->nworkers, sizeof(*rt->threads));
     if (!rt->loops || !rt->threads) {
         rc = MICA_ENOMEM;
         goto out_sig;
@@ -271,7 +459,10 @@ int mica_runtime_run(mica_runtime_t *rt)
         rc = mica__loop_init(&rt->loops[inited], inited, rt, rt->stack_bytes);
         if (rc != 0)
             goto out_loops;
+        rt->loops[inited].poll_hooks = rt->poll_hooks;
+        rt->loops[inited].npoll_hooks = rt->npoll;
     }
+    atomic_store_explicit(&rt->stats_loops, rt->loops, memory_order_release);
     for (; started < rt->nworkers; started++) {
         rc = -pthread_create(&rt->threads[started], NULL, worker_main, &rt->loops[started]);
         if (rc != 0) {
@@ -282,26 +473,50 @@ int mica_runtime_run(mica_runtime_t *rt)
     }
 
     struct pollfd pfd[2] = {{.fd = rt->stopfd, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
+    bool shutting_down = false;
     int sent = 0;
-    while (atomic_load(&rt->exited) < started) {
-        poll(pfd, sigfd >= 0 ? 2 : 1, -1);
+    for (;;) {
+        /* Requests -> phases -> drain -> cancel (see the top of the file). */
+        int req = atomic_load(&rt->stop_level);
+        int64_t now = mica_now_ms(), deadline = MICA_NO_DEADLINE;
+        if (req >= 1 && !shutting_down) {
+            shutting_down = true;
+            deadline = now + rt->drain_ms;
+            atomic_store_explicit(&rt->drain_deadline_ms, deadline, memory_order_release);
+            if (rt->nshutdown == 0 || started == 0 ||
+                mica__loop_post_spawn(&rt->loops[0], shutdown_driver, rt) != 0)
+                atomic_store(&rt->phases_done, true);
+        }
+        if (shutting_down)
+            deadline = mica__runtime_drain_deadline(rt);
+        bool phases_over = atomic_load_explicit(&rt->phases_done, memory_order_acquire) ||
+                           now >= deadline;
+        int want = req >= 2 ? 2 : shutting_down && phases_over ? 1 : 0;
+        if (want > sent) {
+            sent = want;
+            atomic_store_explicit(&rt->drain_level, want, memory_order_release);
+            broadcast(rt);
+        }
+        if (atomic_load(&rt->exited) >= started)
+            break;
+        int timeout = -1; /* phases running: wake at the drain deadline */
+        if (shutting_down && sent == 0)
+            timeout = deadline - now > INT_MAX ? INT_MAX : (int)(deadline - now);
+        poll(pfd, sigfd >= 0 ? 2 : 1, timeout < 0 ? -1 : timeout);
         uint64_t n;
         while (read(rt->stopfd, &n, sizeof(n)) > 0)
             ;
         struct signalfd_siginfo si;
         while (sigfd >= 0 && read(sigfd, &si, sizeof(si)) == sizeof(si)) {
-            raise_stop_level(rt, mica__runtime_stop_level(rt) + 1);
-            mica__log_info(mica__runtime_stop_level(rt) == 1 ? "draining" : "cancelling",
+            raise_stop_level(rt, atomic_load(&rt->stop_level) + 1);
+            mica__log_info(atomic_load(&rt->stop_level) == 1 ? "draining" : "cancelling",
                            "signal", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        }
-        int level = mica__runtime_stop_level(rt);
-        if (level > sent) {
-            sent = level;
-            broadcast(rt);
         }
     }
     for (int i = 0; i < started; i++)
         pthread_join(rt->threads[i], NULL);
+    if (rc == 0 && atomic_load(&rt->start_failed))
+        rc = MICA_ENOMEM;
     if (rc == 0 && atomic_load(&rt->cancelled_work))
         rc = MICA_ETIMEDOUT;
 
@@ -309,8 +524,11 @@ out_loops:
     for (int i = 0; i < inited; i++)
         mica__loop_destroy(&rt->loops[i]);
 out_sig:
-    mica_offload_pool_free(rt->offload);
+    pthread_mutex_lock(&rt->stats_lock);
+    pool = rt->offload;
     rt->offload = NULL;
+    pthread_mutex_unlock(&rt->stats_lock);
+    mica_offload_pool_free(pool);
     if (sigfd >= 0)
         close(sigfd);
 out_mask:
@@ -325,11 +543,16 @@ void mica_runtime_free(mica_runtime_t *rt)
 {
     if (!rt)
         return;
-    free(rt->loops);
-    free(rt->threads);
-    free(rt->start_hooks);
-    free(rt->stop_hooks);
-    free(rt);
+    mica__free(rt->loops);
+    mica__free(rt->threads);
+    mica__free(rt->start_hooks);
+    mica__free(rt->stop_hooks);
+    mica__free(rt->poll_hooks);
+    for (size_t i = 0; i < rt->nshutdown; i++)
+        mica__free(rt->shutdown_hooks[i]);
+    mica__free(rt->shutdown_hooks);
+    pthread_mutex_destroy(&rt->stats_lock);
+    mica__free(rt);
 }
 
 /* ---- coroutine API ------------------------------------------------------- */

@@ -29,14 +29,6 @@
 #include "mica/grpc.h"
 #include "mica/resilience.h"
 
-/* helpers.h's EXPECT_EQ evaluates its arguments twice; calls must run once. */
-static inline int expect_eq1(long long a, long long b, const char *file, int line, const char *text)
-{
-    return expect_note(a == b, file, line, text, a, b);
-}
-#undef EXPECT_EQ
-#define EXPECT_EQ(a, b) expect_eq1((long long)(a), (long long)(b), __FILE__, __LINE__, #a " == " #b)
-
 typedef Mica__Interop__EchoRequest req_t;
 typedef Mica__Interop__EchoResponse resp_t;
 #define REQ_INIT MICA__INTEROP__ECHO_REQUEST__INIT

@@ -29,10 +29,14 @@ static inline int expect_note(int ok, const char *file, int line, const char *te
                  line, text, a, b);
     return ok;
 }
+static inline int expect_eq(long long a, long long b, const char *file, int line, const char *text)
+{
+    return expect_note(a == b, file, line, text, a, b);
+}
+/* Each argument is evaluated once: EXPECT_EQ(mica_chan_send(...), 0) sends once. */
 #define EXPECT(cond) expect_note(!!(cond), __FILE__, __LINE__, #cond, 0, 0)
 #define EXPECT_EQ(a, b)                                                                           \
-    expect_note((long long)(a) == (long long)(b), __FILE__, __LINE__, #a " == " #b, (long long)(a), \
-                (long long)(b))
+    expect_eq((long long)(a), (long long)(b), __FILE__, __LINE__, #a " == " #b)
 
 /* On the main thread, after the runtime returned: fails the test with the first recorded failure. */
 #define expect_no_failure()                                                                       \

@@ -18,29 +18,30 @@
 static void buffered_body(void *arg)
 {
     mica_chan_t *ch;
-    assert_int_equal(mica_chan_new(&ch, sizeof(int), 3), 0);
+    EXPECT_EQ(mica_chan_new(&ch, sizeof(int), 3), 0);
     for (int i = 1; i <= 3; i++)
-        assert_int_equal(mica_chan_send(ch, NULL, &i), 0);
+        EXPECT_EQ(mica_chan_send(ch, NULL, &i), 0);
     int four = 4;
-    assert_int_equal(mica_chan_try_send(ch, &four), MICA_EAGAIN);
-    assert_int_equal(mica_chan_len(ch), 3);
-    assert_int_equal(mica_chan_close(ch), 0);
-    assert_int_equal(mica_chan_close(ch), MICA_ECLOSED);
-    assert_int_equal(mica_chan_send(ch, NULL, &four), MICA_ECLOSED);
+    EXPECT_EQ(mica_chan_try_send(ch, &four), MICA_EAGAIN);
+    EXPECT_EQ(mica_chan_len(ch), 3);
+    EXPECT_EQ(mica_chan_close(ch), 0);
+    EXPECT_EQ(mica_chan_close(ch), MICA_ECLOSED);
+    EXPECT_EQ(mica_chan_send(ch, NULL, &four), MICA_ECLOSED);
     int v = 0;
     for (int i = 1; i <= 3; i++) {
-        assert_int_equal(mica_chan_recv(ch, NULL, &v), 0);
-        assert_int_equal(v, i);
+        EXPECT_EQ(mica_chan_recv(ch, NULL, &v), 0);
+        EXPECT_EQ(v, i);
     }
     v = 99;
-    assert_int_equal(mica_chan_recv(ch, NULL, &v), MICA_ECLOSED);
-    assert_int_equal(v, 0);
+    EXPECT_EQ(mica_chan_recv(ch, NULL, &v), MICA_ECLOSED);
+    EXPECT_EQ(v, 0);
     mica_chan_free(ch);
 }
 
 static void test_buffered_channel_is_fifo_and_drains_before_reporting_closed(void **state)
 {
     assert_int_equal(run_in_coroutine(1, buffered_body, NULL), 0);
+    expect_no_failure();
 }
 
 /* ---- unbuffered: a send waits for its receiver ---- */
@@ -66,15 +67,15 @@ static void pingpong_body(void *arg)
     struct pp *p = arg;
     mica_chan_new(&p->ping, sizeof(int), 0);
     mica_chan_new(&p->pong, sizeof(int), 0);
-    assert_int_equal(mica_go_on(mica_worker_count() - 1, ponger, p), 0);
+    EXPECT_EQ(mica_go_on(mica_worker_count() - 1, ponger, p), 0);
     int v = 0;
     for (int i = 0; i < p->rounds; i++) {
-        assert_int_equal(mica_chan_send(p->ping, NULL, &v), 0);
-        assert_int_equal(mica_chan_recv(p->pong, NULL, &v), 0);
+        EXPECT_EQ(mica_chan_send(p->ping, NULL, &v), 0);
+        EXPECT_EQ(mica_chan_recv(p->pong, NULL, &v), 0);
     }
-    assert_int_equal(v, p->rounds);
+    EXPECT_EQ(v, p->rounds);
     mica_chan_close(p->ping);
-    assert_int_equal(mica_chan_recv(p->pong, NULL, &v), MICA_ECLOSED);
+    EXPECT_EQ(mica_chan_recv(p->pong, NULL, &v), MICA_ECLOSED);
     mica_chan_free(p->ping);
     mica_chan_free(p->pong);
 }
@@ -83,12 +84,14 @@ static void test_unbuffered_ping_pong_on_one_worker(void **state)
 {
     struct pp p = {.rounds = 10000};
     assert_int_equal(run_in_coroutine(1, pingpong_body, &p), 0);
+    expect_no_failure();
 }
 
 static void test_unbuffered_ping_pong_across_workers(void **state)
 {
     struct pp p = {.rounds = 10000};
     assert_int_equal(run_in_coroutine(2, pingpong_body, &p), 0);
+    expect_no_failure();
 }
 
 /* ---- waits end with the ctx ---- */
@@ -101,10 +104,10 @@ static void timeout_body(void *arg)
     mica_ctx_with_timeout(NULL, 30, &ctx);
     int64_t t0 = mica_now_ms();
     int v;
-    assert_int_equal(mica_chan_recv(ch, ctx, &v), MICA_ETIMEDOUT);
-    assert_true(mica_now_ms() - t0 >= 30);
-    assert_int_equal(mica_chan_send(ch, ctx, &v), MICA_ETIMEDOUT);
-    assert_int_equal(mica_chan_try_recv(ch, &v), MICA_EAGAIN);
+    EXPECT_EQ(mica_chan_recv(ch, ctx, &v), MICA_ETIMEDOUT);
+    EXPECT(mica_now_ms() - t0 >= 30);
+    EXPECT_EQ(mica_chan_send(ch, ctx, &v), MICA_ETIMEDOUT);
+    EXPECT_EQ(mica_chan_try_recv(ch, &v), MICA_EAGAIN);
     mica_ctx_free(ctx);
     mica_chan_free(ch);
 }
@@ -112,6 +115,7 @@ static void timeout_body(void *arg)
 static void test_recv_and_send_time_out_with_their_ctx(void **state)
 {
     assert_int_equal(run_in_coroutine(1, timeout_body, NULL), 0);
+    expect_no_failure();
 }
 
 struct cancel_arg {
@@ -134,8 +138,8 @@ static void cancel_body(void *arg)
     mica_chan_new(&ch, 0, 0);
     struct cancel_arg pa = {parent};
     mica_go_on(1, canceller, &pa); /* the parent is cancelled from the other worker */
-    assert_int_equal(mica_chan_recv(ch, a.ctx, NULL), MICA_ECANCELED);
-    assert_int_equal(mica_ctx_err(a.ctx), MICA_ECANCELED);
+    EXPECT_EQ(mica_chan_recv(ch, a.ctx, NULL), MICA_ECANCELED);
+    EXPECT_EQ(mica_ctx_err(a.ctx), MICA_ECANCELED);
     mica_ctx_free(a.ctx);
     mica_ctx_free(parent);
     mica_chan_free(ch);
@@ -144,6 +148,7 @@ static void cancel_body(void *arg)
 static void test_cancelling_a_parent_on_another_worker_wakes_the_waiter(void **state)
 {
     assert_int_equal(run_in_coroutine(2, cancel_body, NULL), 0);
+    expect_no_failure();
 }
 
 /* ---- close wakes every waiting receiver ---- */
@@ -173,8 +178,8 @@ static void close_body(void *arg)
         mica_go_on(i % 2, waiting_receiver, &c);
     mica_sleep_ms(20);
     mica_chan_close(c.ch);
-    assert_int_equal(mica_wg_wait(c.wg, NULL), 0);
-    assert_int_equal(atomic_load(&c.closed_seen), 10);
+    EXPECT_EQ(mica_wg_wait(c.wg, NULL), 0);
+    EXPECT_EQ(atomic_load(&c.closed_seen), 10);
     mica_wg_free(c.wg);
     mica_chan_free(c.ch);
 }
@@ -182,6 +187,7 @@ static void close_body(void *arg)
 static void test_close_wakes_every_receiver_with_eclosed_and_a_zero_value(void **state)
 {
     assert_int_equal(run_in_coroutine(2, close_body, NULL), 0);
+    expect_no_failure();
 }
 
 /* ---- select ---- */
@@ -204,23 +210,23 @@ static void select_body(void *arg)
         {MICA_SELECT_RECV, b, &vb, false},
         {MICA_SELECT_RECV, NULL, NULL, false}, /* nil channel: never fires */
     };
-    assert_int_equal(mica_select(cases, 3, NULL, MICA_SELECT_DEFAULT), MICA_EAGAIN);
-    assert_int_equal(mica_select(cases, 3, NULL, 20), MICA_ETIMEDOUT);
+    EXPECT_EQ(mica_select(cases, 3, NULL, MICA_SELECT_DEFAULT), MICA_EAGAIN);
+    EXPECT_EQ(mica_select(cases, 3, NULL, 20), MICA_ETIMEDOUT);
 
     mica_go(sender_after, a);
-    assert_int_equal(mica_select(cases, 3, NULL, MICA_SELECT_FOREVER), 0);
-    assert_int_equal(va, 42);
+    EXPECT_EQ(mica_select(cases, 3, NULL, MICA_SELECT_FOREVER), 0);
+    EXPECT_EQ(va, 42);
 
     int seven = 7;
     mica_select_case_t send[] = {{MICA_SELECT_SEND, b, &seven, false}};
-    assert_int_equal(mica_select(send, 1, NULL, MICA_SELECT_DEFAULT), 0);
-    assert_int_equal(mica_select(send, 1, NULL, MICA_SELECT_DEFAULT), MICA_EAGAIN);
-    assert_int_equal(mica_select(cases, 3, NULL, MICA_SELECT_FOREVER), 1);
-    assert_int_equal(vb, 7);
+    EXPECT_EQ(mica_select(send, 1, NULL, MICA_SELECT_DEFAULT), 0);
+    EXPECT_EQ(mica_select(send, 1, NULL, MICA_SELECT_DEFAULT), MICA_EAGAIN);
+    EXPECT_EQ(mica_select(cases, 3, NULL, MICA_SELECT_FOREVER), 1);
+    EXPECT_EQ(vb, 7);
 
     mica_chan_close(a);
-    assert_int_equal(mica_select(cases, 3, NULL, MICA_SELECT_FOREVER), 0);
-    assert_true(cases[0].closed);
+    EXPECT_EQ(mica_select(cases, 3, NULL, MICA_SELECT_FOREVER), 0);
+    EXPECT(cases[0].closed);
     mica_chan_free(a);
     mica_chan_free(b);
 }
@@ -228,6 +234,7 @@ static void select_body(void *arg)
 static void test_select_default_timeout_ready_case_and_closed_case(void **state)
 {
     assert_int_equal(run_in_coroutine(1, select_body, NULL), 0);
+    expect_no_failure();
 }
 
 static void fairness_body(void *arg)
@@ -244,7 +251,7 @@ static void fairness_body(void *arg)
                                   {MICA_SELECT_RECV, b, NULL, false}};
     for (int i = 0; i < 1000; i++)
         hits[mica_select(cases, 2, NULL, MICA_SELECT_DEFAULT)]++;
-    assert_true(hits[0] > 350 && hits[1] > 350);
+    EXPECT(hits[0] > 350 && hits[1] > 350);
     mica_chan_free(a);
     mica_chan_free(b);
 }
@@ -252,6 +259,7 @@ static void fairness_body(void *arg)
 static void test_select_picks_randomly_among_ready_cases(void **state)
 {
     assert_int_equal(run_in_coroutine(1, fairness_body, NULL), 0);
+    expect_no_failure();
 }
 
 int main(void)

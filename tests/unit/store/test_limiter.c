@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <string.h>
+#include <time.h>
 
 #include "expect.h"
 #include "mica/redis.h"
@@ -41,13 +42,25 @@ struct rate_case {
     mica_wg_t *wg;
     int64_t until;
     int allowed, denied, other;
+    int64_t last_us, max_gap_us; /* between consecutive answers, any hammer */
 };
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static void hammer(void *arg)
 {
     struct rate_case *c = arg;
     while (mica_now_ms() < c->until) {
         int rc = mica_redis_limiter_allow(c->l, NULL, "acc", 1);
+        int64_t now = mono_us();
+        if (c->last_us && now - c->last_us > c->max_gap_us)
+            c->max_gap_us = now - c->last_us;
+        c->last_us = now;
         if (rc == 0)
             c->allowed++;
         else if (rc == MICA_EOVERLOAD)
@@ -82,13 +95,15 @@ static void rate_body(mica_redis_t *r, void *arg)
     double expected = 100 + 1000.0 * 3.0;
     EXPECT(c.denied > 0);
     EXPECT_EQ(c.other, 0);
-    fprintf(stderr, "allowed %d, denied %d in %lld ms, expected %.0f +- 1 %%\n", c.allowed,
-            c.denied, (long long)took, expected);
+    fprintf(stderr, "allowed %d, denied %d in %lld ms, expected %.0f +- 1 %%, longest gap %lld us\n",
+            c.allowed, c.denied, (long long)took, expected, (long long)c.max_gap_us);
     EXPECT(c.allowed <= expected * 1.01); /* never more than the rate, however it is asked */
     /* Never less either -- when asked often enough to keep the bucket drained: at least
-     * twice the rate, and never stalled past the burst's 100 ms, which valgrind's ~30x
-     * slower client is (it still checks the upper bound). */
-    if (c.denied >= c.allowed && !RUNNING_ON_VALGRIND)
+     * twice the rate, and no pause between answers long enough for the bucket to fill
+     * (its burst is 100 ms of tokens). A machine busy enough to stall this process or
+     * redis-server that long (valgrind's client always is) loses tokens to the cap, as it
+     * should; then only the upper bound is checked. */
+    if (c.denied >= c.allowed && c.max_gap_us < 80 * 1000 && !RUNNING_ON_VALGRIND)
         EXPECT(c.allowed >= expected * 0.99);
     mica_redis_limiter_stats_t st;
     mica_redis_limiter_stats(c.l, &st);
