@@ -40,7 +40,7 @@ static long loops(long n)
 static mica_endpoint_t ep[MAXN];
 static mica_picker_endpoint_t pe[MAXN];
 static mica_picker_endpoint_t *view[MAXN];
-static char addr[MAXN][32];
+static char addr[MAXN][48];
 static char keys[1024][16];
 
 static void table(size_t n)
