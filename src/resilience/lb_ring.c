@@ -14,9 +14,10 @@
  * points per unit of weight, a number that must not depend on the other
  * endpoints -- sizing the ring to the list (as Envoy's min_ring_size does)
  * would move points of endpoints that stay. 256 points give each endpoint
- * its share within about 6 %; a pick is a binary search over 8-byte points
- * (2 MB per worker for 1,000 endpoints). Maglev's table would make a pick
- * O(1) but moves some keys between endpoints that stay when one leaves.
+ * its share with a standard deviation of about 6 % (1/sqrt(256)); a pick is
+ * a binary search over 8-byte points (2 MB per worker for 1,000 endpoints).
+ * Maglev's table would make a pick O(1) but moves some keys between
+ * endpoints that stay when one leaves.
  */
 #include <stdio.h>
 #include <stdlib.h>

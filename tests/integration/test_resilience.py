@@ -185,9 +185,9 @@ def test_p2c_moves_load_away_from_a_slow_backend(bs):
 
 @case
 def test_a_hash_key_stays_on_its_backend_and_only_a_removed_backends_keys_move(bs):
-    keys = 300
-    r = client(bs, lb="ring", keys=keys, rate=1500, duration=3000, conc=16,
-               drop_at="1500:0")
+    keys = 1000  # sent in turn: each key several times before and after the removal
+    r = client(bs, lb="ring", keys=keys, rate=2000, duration=4000, conc=16,
+               drop_at="2000:0")
     assert r.final["fail"] == 0, r.final
     before = [k[0] for k in r.final["keys"]]
     after = [k[1] for k in r.final["keys"]]
@@ -198,7 +198,9 @@ def test_a_hash_key_stays_on_its_backend_and_only_a_removed_backends_keys_move(b
     assert all(after[i] != 0 for i in range(keys)), "a key still went to the removed backend"
     on0 = before.count(0)
     print(f"  {len(moved)} of {keys} keys moved (backend 0 had {on0})")
-    assert len(moved) == on0 and len(moved) <= keys / 3 + keys * 0.06
+    # exactly the removed backend's keys move: its share of the ring, 1/N give or
+    # take the ring's imbalance (256 points per endpoint: about 6 %, at random ports)
+    assert len(moved) == on0 and len(moved) <= 1.3 * keys / 3
 
 
 # ---- breakers -----------------------------------------------------------------
