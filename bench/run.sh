@@ -13,6 +13,9 @@
 #   9. SQLite inserts: group commit vs one transaction per insert (bench/load/sqlite.sh)
 #  10. Tracing's cost on /health: untraced, ratio 0, ratio 1 with export (bench/load/trace.sh)
 #  11. Reverse proxy hop: mica's examples/proxy vs haproxy, nginx, Go (bench/load/proxy.sh)
+#  12. balancer picks and breaker checks (bench_balancer), pinned to CPU 0; the gRPC
+#      client with the resilience policies on and off (bench/load/resilience.sh) when
+#      the build has the tests' binaries
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -80,5 +83,18 @@ fi
 if [ -x "$root/bench/load/proxy.sh" ]; then
     echo "== Reverse proxy: mica vs haproxy, nginx proxy_pass and Go's ReverseProxy"
     "$root/bench/load/proxy.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+echo "== balancers and breakers (taskset -c 0 $build/bench/bench_balancer)"
+{
+    echo '## Balancers and breakers'
+    echo
+    echo '```'
+    taskset -c 0 "$build/bench/bench_balancer"
+    echo '```'
+    echo
+} | tee -a "$out"
+if [ -x "$build/tests/resilience_client" ]; then
+    echo "== gRPC client with the resilience policies on and off"
+    "$root/bench/load/resilience.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -204,7 +204,11 @@ MICA_API const char *mica_grpc_call_tls_peer(const mica_grpc_call_t *call);
  */
 MICA_API int mica_grpc_call_header(mica_grpc_call_t *call, const char *key, const char *value);
 
-/** Adds trailing metadata, sent with the status (copied). Errors as mica_grpc_call_header(). */
+/**
+ * Adds trailing metadata, sent with the status (copied); "grpc-retry-pushback-ms"
+ * (gRFC A6: ms before a client may retry, or negative: do not) is the one
+ * grpc- key allowed. Errors as mica_grpc_call_header().
+ */
 MICA_API int mica_grpc_call_trailer(mica_grpc_call_t *call, const char *key, const char *value);
 
 /**
@@ -291,6 +295,9 @@ typedef struct mica_grpc_call_opts {
 typedef struct mica_grpc_result {
     int code;
     char message[256];
+    /* The server's grpc-retry-pushback-ms trailer (gRFC A6): -1 none, -2 negative or
+     * malformed ("do not retry"), else the ms to wait before a retry. */
+    int64_t retry_pushback_ms;
 } mica_grpc_result_t;
 
 /*

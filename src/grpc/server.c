@@ -328,7 +328,9 @@ int mica_grpc_call_header(mica_grpc_call_t *call, const char *key, const char *v
 
 int mica_grpc_call_trailer(mica_grpc_call_t *call, const char *key, const char *value)
 {
-    if (!key || !value || !valid_key(key) || !valid_value(value))
+    /* The one grpc- trailer a handler may send: gRFC A6's retry pushback. */
+    bool pushback = key && strcmp(key, "grpc-retry-pushback-ms") == 0;
+    if (!key || !value || !(pushback || valid_key(key)) || !valid_value(value))
         return MICA_EINVAL;
     return mica_http_resp_trailer(call->resp, key, value);
 }
