@@ -745,6 +745,7 @@ static void set_target(mica__http_conn_t *c)
 /* Answers a request the server refuses by itself, observed like any other. */
 static void refuse(mica__http_conn_t *c, int status)
 {
+    mica__http_gates_done(&c->req); /* admitted at the head, given up on with its body */
     c->close = true;
     mica__http_send_error(&c->resp, status, error_message(status));
     mica__http_observe(&c->req, &c->resp);
@@ -837,6 +838,7 @@ void mica__http_conn_main(void *arg)
         c->head_only = false;
         c->req.version = 10 + c->version_minor;
         c->req.fd = c->fd;
+        c->req.conn = c;
         c->req.tls_peer = c->tls.peer;
         if (r < 0) {
             c->req.bytes_in = c->in.len;
@@ -876,6 +878,7 @@ void mica__http_conn_main(void *arg)
         } else {
             r = read_body(c, head_len, &consumed);
             if (r == READ_EOF || r == READ_QUIET) {
+                mica__http_gates_done(req);
                 mica__http_conn_close(c);
                 return;
             }

@@ -167,6 +167,7 @@ static void stream_destroy(mica__h2_stream_t *s)
 
 static void stream_free(mica__h2_stream_t *s)
 {
+    mica__http_gates_done(&s->req); /* routed but never served: reset, too large */
     mica__list_remove(&s->link);
     mica__http_worker_t *w = s->hc->c->w;
     if (w->nh2_spare >= MAX_SPARE || s->body.cap > SPARE_BUF_BYTES ||
@@ -530,6 +531,7 @@ static void route(h2conn_t *hc, mica__h2_stream_t *s)
     mica_http_req_t *req = &s->req;
     mica__http_req_init(req, &s->resp, hc->srv, &h2_ops, s, &s->arena);
     req->version = 20;
+    req->conn = hc->c;
     req->tls_peer = hc->c->tls.peer;
     req->headers = s->headers;
     req->nheaders = s->nheaders;
