@@ -29,6 +29,9 @@
  * saturated; its CPU time alone would never reach the threshold. Where
  * schedstat is missing, getrusage(RUSAGE_THREAD) gives CPU time alone.
  *
+ * The estimate feeds on itself under a steady flood (see limit_now()), so
+ * while saturated each worker probes it once a window: BBR's ProbeRTT.
+ *
  * Refusals happen at the request's head (an HTTP gate): 503 or UNAVAILABLE,
  * the body unread, no coroutine spent on a handler. One log line when the
  * process starts shedding (the first worker) and one when it stops (the
@@ -64,6 +67,9 @@ typedef struct wshed {
     int64_t bucket; /* the current bucket's number: ms / bucket_ms */
     int64_t next_sample_ms;
     int64_t last_drop_ms;
+    int64_t min_rt_us;      /* the estimate's latency term (-1: none) */
+    int64_t next_probe_ms;  /* when the next probe may begin */
+    int64_t probe_start_ms, probe_until_ms; /* the current or last probe */
     bool shedding;
     double cpu; /* EWMA of CPU demand, 0..1 */
     bool sampled;
@@ -142,9 +148,11 @@ static void estimate(mica_shed_t *sh, wshed_t *w)
     }
     if (!max_pass) {
         w->limit = 0;
+        w->min_rt_us = -1;
         publish_estimates(w, -1, 0);
         return;
     }
+    w->min_rt_us = (int64_t)min_rt;
     double per_s = 1000.0 / sh->o.bucket_ms;
     w->limit = mica__ceil((double)max_pass * per_s * min_rt / 1e6);
     if (w->limit < 1)
@@ -197,6 +205,7 @@ static void start_episode(mica_shed_t *sh, wshed_t *w)
 static void end_episode(mica_shed_t *sh, wshed_t *w)
 {
     w->shedding = false;
+    w->next_probe_ms = 0; /* the next episode begins with a probe */
     if (atomic_fetch_sub(&sh->shedding, 1) != 1)
         return;
     char n[24];
@@ -251,11 +260,38 @@ static wshed_t *worker(mica_shed_t *sh)
     w->ring = ring;
     w->id = id;
     w->last_drop_ms = NEVER;
+    w->min_rt_us = -1;
     w->fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
     w->bucket = mica__mono_ns() / 1000000 / sh->o.bucket_ms;
     atomic_store_explicit(&w->pub_min_rt_us, -1, memory_order_relaxed);
     atomic_store_explicit(&sh->w[id], w, memory_order_release);
     return w;
+}
+
+/*
+ * While saturated, the limit is probed now and then: for a moment (until
+ * the queue has drained, then two buckets) at most the floor of 2 is in
+ * flight, so the latency of a request that finds no queue is measured
+ * again. Without it the estimate feeds on itself: with L in flight a request
+ * waits behind L others, so the measured latency says L is right, whatever
+ * L is -- and a queue built before the first estimate would stay. It is TCP
+ * BBR's ProbeRTT; it costs a CPU-bound worker nothing (one request runs,
+ * one waits), an I/O-bound one a few percent of one window's throughput.
+ */
+static int64_t limit_now(mica_shed_t *sh, wshed_t *w, int64_t now_ms)
+{
+    if (now_ms >= w->next_probe_ms) {
+        w->probe_start_ms = now_ms;
+        w->probe_until_ms = now_ms + 2 * sh->o.bucket_ms;
+        w->next_probe_ms = now_ms + sh->o.window_ms;
+    }
+    if (now_ms >= w->probe_until_ms)
+        return w->limit;
+    /* Two buckets measured after the queue has drained to the floor (within a fifth
+     * of the window: long-lived streams may never let it). */
+    if (w->inflight > 2 && now_ms - w->probe_start_ms < sh->o.window_ms / 5)
+        w->probe_until_ms = now_ms + 2 * sh->o.bucket_ms;
+    return 1;
 }
 
 static int admit(mica_shed_t *sh, wshed_t *w)
@@ -265,7 +301,7 @@ static int admit(mica_shed_t *sh, wshed_t *w)
     sample(sh, w, now_ms);
     bool hot = w->cpu * 100 >= sh->o.cpu_threshold_pct ||
                (w->last_drop_ms != NEVER && now_ms - w->last_drop_ms < sh->o.cool_off_ms);
-    if (hot && w->limit > 0 && w->inflight > 1 && w->inflight > w->limit) {
+    if (hot && w->limit > 0 && w->inflight > 1 && w->inflight > limit_now(sh, w, now_ms)) {
         w->last_drop_ms = now_ms;
         mica__add(&w->shed, 1);
         if (!w->shedding)
