@@ -133,7 +133,7 @@ typedef struct mica_shed_opts {
     int cpu_threshold_pct; /* a worker is saturated from this CPU demand on: 90 */
     int window_ms;         /* throughput and latency are remembered this long: 5000 */
     int bucket_ms;         /* ... in buckets of: 100 */
-    int cool_off_ms;       /* the in-flight limit holds this long after a refusal: 1000 */
+    int cool_off_ms;       /* the in-flight limit holds this long after saturation: 1000 */
     int sample_ms;         /* CPU demand is sampled this often: 100 */
 } mica_shed_opts_t;
 

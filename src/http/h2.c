@@ -74,6 +74,7 @@ struct mica__h2_stream {
     size_t method_len, path_len;
     bool too_large, bad;
     bool routed, running, closed;
+    bool served;       /* its coroutine has been started (at most once) */
     bool in_eof;       /* the client ended its side */
     size_t unconsumed; /* received bytes not yet returned to the stream window */
     bool out_started;  /* response headers submitted */
@@ -558,14 +559,17 @@ static void route(h2conn_t *hc, mica__h2_stream_t *s)
 
 static void dispatch(h2conn_t *hc, mica__h2_stream_t *s)
 {
-    if (s->running)
+    /* A streaming request is dispatched at its headers and again at its END_STREAM;
+     * if its handler already answered and returned by then, it is not served twice. */
+    if (s->running || s->served)
         return;
+    s->served = true;
     if (!s->routed)
         route(hc, s);
     s->running = true;
     mica_wg_add(hc->running, 1);
     if (mica_go(stream_main, s) != 0) {
-        s->running = false;
+        s->running = s->served = false;
         mica_wg_done(hc->running);
         nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
     }
@@ -686,6 +690,25 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *us
     return 0;
 }
 
+/*
+ * A response that ended before its request did (a refusal at the head, an
+ * early answer of a streaming handler): the rest of the request is not
+ * wanted, so say so with RST_STREAM(NO_ERROR) once the response's last
+ * frame is out (RFC 9113 §8.1). Without it a client still sending may wait
+ * for flow-control window that will never come (and curl 7.88 waits even
+ * when its last DATA fits).
+ */
+static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *user)
+{
+    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
+        !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (s && !s->in_eof && !s->closed)
+        nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_code, void *user)
 {
     mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
@@ -745,6 +768,7 @@ static int session_new(h2conn_t *hc)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt) != 0) {
         nghttp2_session_callbacks_del(cb);

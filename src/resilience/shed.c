@@ -12,9 +12,12 @@
  *     saturated  and  inflight > max(1, ceil(maxPass * bucketsPerSec * minRT))
  *
  * where "saturated" is a CPU signal -- the worker's CPU demand at or above
- * the threshold (90 %), or a refusal within the cool-off (1 s: once
- * shedding, the in-flight limit holds a little longer, so the load does not
- * flap around the threshold). The CPU signal keeps an idle server with a
+ * the threshold (90 %) now or within the cool-off (1 s: the in-flight limit
+ * holds a little longer, so the load does not flap around the threshold).
+ * Kratos and go-zero count the cool-off from the last refusal instead; then
+ * refusals keep themselves going: with bursty arrivals the in-flight count
+ * passes the limit at every burst, and a worker idle half the time went on
+ * refusing two thirds of its requests in bench/load/shed.sh. The CPU signal keeps an idle server with a
  * burst of slow requests (waiting on a database, not on the CPU) from
  * shedding: there, more in flight is not more queueing.
  *
@@ -67,6 +70,7 @@ typedef struct wshed {
     int64_t bucket; /* the current bucket's number: ms / bucket_ms */
     int64_t next_sample_ms;
     int64_t last_drop_ms;
+    int64_t last_hot_ms;    /* the last sample at or above the CPU threshold */
     int64_t min_rt_us;      /* the estimate's latency term (-1: none) */
     int64_t next_probe_ms;  /* when the next probe may begin */
     int64_t probe_start_ms, probe_until_ms; /* the current or last probe */
@@ -232,6 +236,8 @@ static void sample(mica_shed_t *sh, wshed_t *w, int64_t now_ms)
         w->cpu = forced / 1000.0;
         atomic_store_explicit(&w->pub_cpu_permille, forced, memory_order_relaxed);
     }
+    if (w->cpu * 100 >= sh->o.cpu_threshold_pct)
+        w->last_hot_ms = now_ms;
     w->sampled = true;
     w->prev_wall_ns = wall;
     w->prev_busy_ns = busy;
@@ -259,7 +265,7 @@ static wshed_t *worker(mica_shed_t *sh)
     w->mem = mem;
     w->ring = ring;
     w->id = id;
-    w->last_drop_ms = NEVER;
+    w->last_drop_ms = w->last_hot_ms = NEVER;
     w->min_rt_us = -1;
     w->fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
     w->bucket = mica__mono_ns() / 1000000 / sh->o.bucket_ms;
@@ -296,11 +302,14 @@ static int64_t limit_now(mica_shed_t *sh, wshed_t *w, int64_t now_ms)
 
 static int admit(mica_shed_t *sh, wshed_t *w)
 {
+    /* Not mica_now_ms(): a loop busy with long handlers refreshes it rarely. */
     int64_t now_ms = mica__mono_ns() / 1000000;
     roll(sh, w, now_ms);
     sample(sh, w, now_ms);
+    /* Saturated now, or within cool_off of it (measured from the CPU, not from the last
+     * refusal: refusals would keep themselves going on bursts the worker could absorb). */
     bool hot = w->cpu * 100 >= sh->o.cpu_threshold_pct ||
-               (w->last_drop_ms != NEVER && now_ms - w->last_drop_ms < sh->o.cool_off_ms);
+               (w->last_hot_ms != NEVER && now_ms - w->last_hot_ms < sh->o.cool_off_ms);
     if (hot && w->limit > 0 && w->inflight > 1 && w->inflight > limit_now(sh, w, now_ms)) {
         w->last_drop_ms = now_ms;
         mica__add(&w->shed, 1);
