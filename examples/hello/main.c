@@ -8,13 +8,15 @@
  * Listens on :8080, or on $PORT, or on the comma-separated $MICA_LISTEN;
  * with $MICA_TLS_LISTEN, $MICA_TLS_CERT and $MICA_TLS_KEY also over TLS.
  * MICA_WORKERS sets the worker threads (default: one per CPU); the
- * MICA_HTTP_* variables set limits and timeouts (include/mica/http.h).
+ * MICA_HTTP_* variables set limits and timeouts (include/mica/http.h); load
+ * shedding and X-Request-Timeout deadlines are on (MICA_SHED=off: no shedding).
  * SIGTERM or Ctrl-C drains in-flight requests and exits 0.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "mica/http.h"
+#include "mica/limit.h"
 #include "mica/runtime.h"
 
 static int health(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
@@ -54,6 +56,15 @@ int main(void)
     mica_http_route(srv, "GET", "/health", health, NULL);
     mica_http_route(srv, "GET", "/data", data, NULL);
 
+    /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
+     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
+     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    mica_shed_opts_t so = {0};
+    mica_shed_t *shed;
+    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+        (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
+        return fail("resilience settings", rc);
+
     const char *listen = getenv("MICA_LISTEN");
     const char *port = getenv("PORT");
     char addr[64];
@@ -70,6 +81,7 @@ int main(void)
 
     rc = mica_runtime_run(rt);
     mica_http_server_free(srv);
+    mica_shed_free(shed);
     mica_runtime_free(rt);
     return rc == 0 ? 0 : fail("shutdown", rc);
 }

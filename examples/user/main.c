@@ -22,6 +22,7 @@
 
 #include "mica/grpc.h"
 #include "mica/http.h"
+#include "mica/limit.h"
 #include "mica/runtime.h"
 #include "user.pb-c.h"
 
@@ -128,6 +129,15 @@ int main(void)
     mica_http_route(srv, "GET", "/health", health, NULL);
     mica_http_route(srv, "GET", "/data", data, NULL);
 
+    /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
+     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
+     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    mica_shed_opts_t so = {0};
+    mica_shed_t *shed;
+    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+        (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
+        return fail("resilience settings", rc);
+
     const char *listen = getenv("MICA_LISTEN");
     if (!listen || !*listen)
         listen = ":8080,:50051";
@@ -141,6 +151,7 @@ int main(void)
     rc = mica_runtime_run(rt);
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);
+    mica_shed_free(shed);
     mica_runtime_free(rt);
     return rc == 0 ? 0 : fail("shutdown", rc);
 }

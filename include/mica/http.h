@@ -161,15 +161,16 @@ MICA_API int mica_http_observe(mica_http_server_t *srv, mica_http_observer_fn fn
  * Load shedding and deadline checks (include/mica/limit.h) are gates.
  */
 typedef struct mica_http_gate_ops {
-    /* Returns 0 to let `req` in, or a negative MICA_E* code to refuse it. Runs on the
-     * connection's coroutine before the request has its own: it must not suspend. */
-    int (*admit)(mica_http_req_t *req, void *arg);
+    /* Returns 0 to let `req` in, or a negative MICA_E* code to refuse it; `now_ns` is
+     * CLOCK_MONOTONIC, read once for all gates. Runs on the connection's coroutine
+     * before the request has its own: it must not suspend. */
+    int (*admit)(mica_http_req_t *req, int64_t now_ns, void *arg);
     /* Answers a request this gate refused (`why`: admit's code), in the request's coroutine;
      * returns as a handler does. The body stays unread. NULL: the status of `why`. */
     int (*refuse)(mica_http_req_t *req, mica_http_resp_t *resp, int why, void *arg);
     /* Runs once for each request this gate admitted, when it ends (answered, refused by a
-     * later gate, or abandoned), with the microseconds since admit. Must not suspend. */
-    void (*done)(mica_http_req_t *req, int64_t elapsed_us, void *arg);
+     * later gate, or abandoned), at `now_ns`, `elapsed_ns` after admit. Must not suspend. */
+    void (*done)(mica_http_req_t *req, int64_t now_ns, int64_t elapsed_ns, void *arg);
 } mica_http_gate_ops_t;
 
 /**

@@ -10,7 +10,7 @@
  *   UNAVAILABLE) while it is saturated and holds more in flight than its
  *   recent throughput times its best latency (Little's law), before their
  *   bodies are read.
- * - Deadlines across hops: X-Request-Timeout and grpc-timeout become the
+ * - Deadlines across hops: X-Request-Timeout (gRPC: grpc-timeout) becomes the
  *   request ctx's deadline, requests already out of time are refused before
  *   their handler, and calls made under that ctx pass the rest on.
  *
@@ -184,17 +184,17 @@ MICA_API void mica_shed_free(mica_shed_t *sh);
 /* ---- deadlines ----------------------------------------------------------------------- */
 
 typedef struct mica_deadline_stats {
-    uint64_t propagated; /* requests whose deadline came from X-Request-Timeout/grpc-timeout */
+    uint64_t propagated; /* requests whose deadline came from X-Request-Timeout or grpc-timeout */
     uint64_t expired;    /* refused (504, DEADLINE_EXCEEDED) before their handler ran */
     uint64_t malformed;  /* refused with 400 for a malformed X-Request-Timeout */
 } mica_deadline_stats_t;
 
 /**
- * Makes `srv` honour incoming deadlines: X-Request-Timeout (decimal ms) or
- * grpc-timeout, counted from the head's arrival, becomes the request ctx's
- * deadline; a request whose deadline has passed when it arrives or before its
- * handler runs gets 504 (gRPC: DEADLINE_EXCEEDED) and no handler. Call before
- * attach. Returns 0, MICA_EINVAL, MICA_ELIMIT (gates) or MICA_ENOMEM.
+ * Makes `srv` honour incoming deadlines: X-Request-Timeout (decimal ms; gRPC
+ * calls: grpc-timeout), counted from the head's arrival, becomes the request
+ * ctx's deadline; a request whose deadline has passed when it arrives or before
+ * its handler runs gets 504 (gRPC: DEADLINE_EXCEEDED) and no handler. Call
+ * before attach. Returns 0, MICA_EINVAL, MICA_ELIMIT (gates) or MICA_ENOMEM.
  */
 MICA_API int mica_deadline_http(mica_http_server_t *srv);
 

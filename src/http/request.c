@@ -60,7 +60,7 @@ static void admit(mica_http_req_t *req)
     mica_http_server_t *srv = req->srv;
     req->admit_ns = mica__http_now_ns();
     for (size_t i = 0; i < srv->ngates; i++) {
-        int rc = srv->gates[i].ops->admit(req, srv->gates[i].arg);
+        int rc = srv->gates[i].ops->admit(req, req->admit_ns, srv->gates[i].arg);
         if (rc != 0) {
             req->refused = rc < 0 ? rc : MICA_EOVERLOAD;
             req->streaming = true;
@@ -77,10 +77,10 @@ void mica__http_gates_done(mica_http_req_t *req)
         return;
     req->gates_admitted = 0;
     const mica__http_gate_t *g = req->srv->gates;
-    int64_t us = (mica__http_now_ns() - req->admit_ns) / 1000;
+    int64_t now = mica__http_now_ns();
     for (unsigned i = 0; i < n; i++)
         if (g[i].ops->done)
-            g[i].ops->done(req, us, g[i].arg);
+            g[i].ops->done(req, now, now - req->admit_ns, g[i].arg);
 }
 
 int mica_http_gate(mica_http_server_t *srv, const mica_http_gate_ops_t *ops, void *arg)

@@ -25,33 +25,27 @@ static dstripe_t stripes[MICA__STRIPES]; /* process-wide: one per worker (mod 64
 
 static const char expired_msg[] = "deadline exceeded before the request was served";
 
-static int gate_admit(mica_http_req_t *req, void *arg)
+/* gRPC calls carry grpc-timeout, anything else X-Request-Timeout: one header looked up. */
+static int gate_admit(mica_http_req_t *req, int64_t now_ns, void *arg)
 {
     bool grpc = mica__is_grpc(req);
-    const char *x = grpc ? NULL : mica_http_req_header(req, MICA_HTTP_TIMEOUT_HEADER);
-    const char *g = mica_http_req_header(req, "grpc-timeout");
-    if (!x && !g)
+    const char *v = mica_http_req_header(req, grpc ? "grpc-timeout" : MICA_HTTP_TIMEOUT_HEADER);
+    if (!v)
         return 0;
     dstripe_t *s = &stripes[mica__stripe()];
-    int64_t t = INT64_MAX, v;
-    if (x) {
-        if (mica_http_timeout_parse(x, &v) != 0) {
-            mica__add(&s->malformed, 1);
-            return MICA_EINVAL;
-        }
-        t = v;
+    int64_t t;
+    if (mica_http_timeout_parse(v, &t) != 0) {
+        if (grpc)
+            return 0; /* a malformed grpc-timeout is the gRPC server's to answer (INTERNAL) */
+        mica__add(&s->malformed, 1);
+        return MICA_EINVAL;
     }
-    /* A malformed grpc-timeout is the gRPC server's to answer (INTERNAL). */
-    if (g && mica_http_timeout_parse(g, &v) == 0 && v < t)
-        t = v;
-    if (t == INT64_MAX)
-        return 0;
     mica__add(&s->propagated, 1);
     if (t <= 0) {
         mica__add(&s->expired, 1);
         return MICA_ETIMEDOUT;
     }
-    mica_http_req_set_deadline(req, mica_now_ms() + t); /* no ctx yet: cannot fail */
+    mica_http_req_set_deadline(req, now_ns / 1000000 + t); /* no ctx yet: cannot fail */
     return 0;
 }
 

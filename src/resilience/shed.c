@@ -300,10 +300,18 @@ static int64_t limit_now(mica_shed_t *sh, wshed_t *w, int64_t now_ms)
     return 1;
 }
 
-static int admit(mica_shed_t *sh, wshed_t *w)
+/* Single-writer counters (the worker's own): a load and a store, no locked add. */
+static inline void bump(_Atomic uint64_t *c)
 {
-    /* Not mica_now_ms(): a loop busy with long handlers refreshes it rarely. */
-    int64_t now_ms = mica__mono_ns() / 1000000;
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* now_ns: CLOCK_MONOTONIC (not mica_now_ms(): a loop busy with long handlers refreshes it
+ * rarely). */
+static int admit(mica_shed_t *sh, wshed_t *w, int64_t now_ns)
+{
+    int64_t now_ms = now_ns / 1000000;
     roll(sh, w, now_ms);
     sample(sh, w, now_ms);
     /* Saturated now, or within cool_off of it (measured from the CPU, not from the last
@@ -312,20 +320,20 @@ static int admit(mica_shed_t *sh, wshed_t *w)
                (w->last_hot_ms != NEVER && now_ms - w->last_hot_ms < sh->o.cool_off_ms);
     if (hot && w->limit > 0 && w->inflight > 1 && w->inflight > limit_now(sh, w, now_ms)) {
         w->last_drop_ms = now_ms;
-        mica__add(&w->shed, 1);
+        bump(&w->shed);
         if (!w->shedding)
             start_episode(sh, w);
         return MICA_EOVERLOAD;
     }
     w->inflight++;
     atomic_store_explicit(&w->pub_inflight, w->inflight, memory_order_relaxed);
-    mica__add(&w->admitted, 1);
+    bump(&w->admitted);
     return 0;
 }
 
-static void done(mica_shed_t *sh, wshed_t *w, int64_t rt_us)
+static void done(mica_shed_t *sh, wshed_t *w, int64_t now_ns, int64_t rt_us)
 {
-    int64_t now_ms = mica__mono_ns() / 1000000;
+    int64_t now_ms = now_ns / 1000000;
     roll(sh, w, now_ms);
     bucket_t *b = &w->ring[w->bucket % sh->nbuckets];
     b->pass++;
@@ -337,11 +345,11 @@ static void done(mica_shed_t *sh, wshed_t *w, int64_t rt_us)
 
 /* ---- the HTTP gate ------------------------------------------------------------------------ */
 
-static int gate_admit(mica_http_req_t *req, void *arg)
+static int gate_admit(mica_http_req_t *req, int64_t now_ns, void *arg)
 {
     mica_shed_t *sh = arg;
     wshed_t *w = worker(sh);
-    return w ? admit(sh, w) : 0;
+    return w ? admit(sh, w, now_ns) : 0;
 }
 
 static int gate_refuse(mica_http_req_t *req, mica_http_resp_t *resp, int why, void *arg)
@@ -350,14 +358,14 @@ static int gate_refuse(mica_http_req_t *req, mica_http_resp_t *resp, int why, vo
                         -1);
 }
 
-static void gate_done(mica_http_req_t *req, int64_t elapsed_us, void *arg)
+static void gate_done(mica_http_req_t *req, int64_t now_ns, int64_t elapsed_ns, void *arg)
 {
     mica_shed_t *sh = arg;
     int id = mica_worker_id();
     wshed_t *w = id >= 0 && id < MAX_WORKERS ? atomic_load_explicit(&sh->w[id], memory_order_relaxed)
                                              : NULL;
     if (w && w != FAILED)
-        done(sh, w, elapsed_us);
+        done(sh, w, now_ns, elapsed_ns / 1000);
 }
 
 static const mica_http_gate_ops_t gate_ops = {gate_admit, gate_refuse, gate_done};
@@ -439,9 +447,10 @@ int mica_shed_allow(mica_shed_t *sh, int64_t *token)
     *token = -1;
     if (!w)
         return 0;
-    int rc = admit(sh, w);
+    int64_t now = mica__mono_ns();
+    int rc = admit(sh, w, now);
     if (rc == 0)
-        *token = mica__mono_ns();
+        *token = now;
     return rc;
 }
 
@@ -449,7 +458,8 @@ void mica_shed_done(mica_shed_t *sh, int64_t token)
 {
     if (token < 0)
         return;
-    gate_done(NULL, (mica__mono_ns() - token) / 1000, sh);
+    int64_t now = mica__mono_ns();
+    gate_done(NULL, now, now - token, sh);
 }
 
 void mica_shed_stats(const mica_shed_t *sh, mica_shed_stats_t *st)
