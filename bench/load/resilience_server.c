@@ -15,7 +15,8 @@
  *     Chain/Relay     with --next: waits --hop-ms, then relays; without:
  *                     answers "left=<ms>", the budget it was given.
  * - admin (no limits, no shedding): GET /stats, the limiters', shedder's and
- *   deadlines' counters, the monotonic clock, and the server-side latency
+ *   deadlines' counters (the limiters' also at their latest refusal), the
+ *   monotonic clock, and the server-side latency
  *   of main's 200 answers to /work (p50, p99: from the head's arrival to the
  *   response queued, by a completion observer); /stats?reset=1 restarts it.
  *
@@ -44,6 +45,46 @@ static int64_t mono_us(clockid_t clock)
     struct timespec ts;
     clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * The limiters' counters at their latest refusal. A refusal means the budget
+ * was spent at that instant, so between two of these, admitted / elapsed is
+ * the limiter's rate exactly -- whatever stalls of the machine left budget
+ * unspent at other moments (what a snapshot at an arbitrary time would see).
+ */
+struct at_refusal {
+    atomic_flag busy; /* one writer at a time; a busy one skips (another records) */
+    atomic_uint seq;  /* odd while written (a seqlock for the reader) */
+    _Atomic int64_t us;
+    _Atomic uint64_t admitted;
+};
+static struct at_refusal refusal[2]; /* l1000, l15000 */
+
+static void note_refusal(const mica_http_completion_t *c, void *arg)
+{
+    struct at_refusal *r = &refusal[arg == lim1000 ? 0 : 1];
+    if (c->status != 429 || atomic_flag_test_and_set(&r->busy))
+        return;
+    mica_limiter_stats_t st;
+    mica_limiter_stats(arg, &st);
+    atomic_fetch_add(&r->seq, 1);
+    atomic_store(&r->us, mono_us(CLOCK_MONOTONIC));
+    atomic_store(&r->admitted, st.admitted);
+    atomic_fetch_add(&r->seq, 1);
+    atomic_flag_clear(&r->busy);
+}
+
+static void read_refusal(int i, int64_t *us, uint64_t *admitted)
+{
+    struct at_refusal *r = &refusal[i];
+    unsigned s0, s1;
+    do {
+        s0 = atomic_load(&r->seq);
+        *us = atomic_load(&r->us);
+        *admitted = atomic_load(&r->admitted);
+        s1 = atomic_load(&r->seq);
+    } while (s0 != s1 || (s0 & 1));
 }
 
 static int ok(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
@@ -107,19 +148,26 @@ static int stats(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     mica_limiter_stats(lim15000, &b);
     mica_shed_stats(shed, &s);
     mica_deadline_stats(&d);
-    char body[1024];
+    int64_t r0_us, r1_us;
+    uint64_t r0_n, r1_n;
+    read_refusal(0, &r0_us, &r0_n);
+    read_refusal(1, &r1_us, &r1_n);
+    char body[1280];
     snprintf(body, sizeof(body),
              "{\"now_us\":%lld,\"work\":{\"count\":%llu,\"p50_ms\":%.1f,\"p99_ms\":%.1f},"
-             "\"l1000\":{\"admitted\":%llu,\"limited\":%llu},"
-             "\"l15000\":{\"admitted\":%llu,\"limited\":%llu},"
+             "\"l1000\":{\"admitted\":%llu,\"limited\":%llu,"
+             "\"at_refusal\":{\"us\":%lld,\"admitted\":%llu}},"
+             "\"l15000\":{\"admitted\":%llu,\"limited\":%llu,"
+             "\"at_refusal\":{\"us\":%lld,\"admitted\":%llu}},"
              "\"shed\":{\"admitted\":%llu,\"shed\":%llu,\"episodes\":%llu,\"inflight\":%llu,"
              "\"limit\":%llu,\"cpu_pct\":%d,\"min_rt_us\":%lld,\"max_pass\":%llu,"
              "\"shedding\":%s},"
              "\"deadline\":{\"propagated\":%llu,\"expired\":%llu,\"malformed\":%llu}}",
              (long long)mono_us(CLOCK_MONOTONIC), (unsigned long long)n, p50, p99,
-             (unsigned long long)a.admitted,
-             (unsigned long long)a.limited, (unsigned long long)b.admitted,
-             (unsigned long long)b.limited, (unsigned long long)s.admitted,
+             (unsigned long long)a.admitted, (unsigned long long)a.limited, (long long)r0_us,
+             (unsigned long long)r0_n, (unsigned long long)b.admitted,
+             (unsigned long long)b.limited, (long long)r1_us, (unsigned long long)r1_n,
+             (unsigned long long)s.admitted,
              (unsigned long long)s.shed, (unsigned long long)s.episodes,
              (unsigned long long)s.inflight, (unsigned long long)s.limit, s.cpu_pct,
              (long long)s.min_rt_us, (unsigned long long)s.max_pass,
@@ -184,6 +232,7 @@ static int limited(mica_runtime_t *rt, mica_http_server_t **srv, mica_limiter_t 
     int rc;
     if ((rc = mica_http_server_new(srv, NULL)) != 0 ||
         (rc = mica_limit_http(*srv, l, MICA_LIMIT_BY_IP, NULL)) != 0 ||
+        (rc = mica_http_observe(*srv, note_refusal, l)) != 0 ||
         (rc = mica_http_route(*srv, "GET", "/r", ok, NULL)) != 0 ||
         (rc = mica_http_server_listen(*srv, "127.0.0.1:0")) != 0)
         return rc;

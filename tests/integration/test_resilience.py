@@ -11,7 +11,7 @@
 - deadlines across three processes A -> B -> C (HTTP X-Request-Timeout at
   A, grpc-timeout after), and requests already out of time refused
   (HTTP/1.1, and gRPC over h2c with nghttp)."""
-import json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import http.client, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from mica_harness import BUILD, SLOW, run_tests  # noqa: E402
@@ -67,28 +67,41 @@ def get(url, headers=None):
 # ---- rate limiters ------------------------------------------------------------------------
 
 def measure_rates(algo):
-    """Admitted per second at both limits over 5 s of server time, after 1.5 s of flood."""
+    """Admitted per second at both limits over >= 5 s of server time, after 1.5 s of flood.
+    The rate is admitted / elapsed between two of the server's snapshots of its counters
+    and clock taken at a refusal (when the budget was spent: snapshots at other moments
+    would count whatever budget a stall of this busy machine left unspent); three
+    snapshots at each end give six spans of 5 s or more, and the median is the answer."""
     srv = Server(f"--algo={algo}")
     try:
-        loads = [subprocess.Popen(["wrk", "-t1", f"-c{c}", f"-d{int(8 * min(SLOW, 2))}s",
+        loads = [subprocess.Popen(["wrk", "-t1", f"-c{c}", f"-d{int(10 * min(SLOW, 2))}s",
                                    srv.url(k, "/r")], stdout=subprocess.PIPE, text=True)
                  for k, c in (("l1000", 8), ("l15000", 16))]
         time.sleep(1.5)
-        a = srv.stats()
-        # The budget is spent: refused, with Retry-After (a token may go to us: ask a few times).
-        answers = [get(srv.url("l1000", "/r"))[:2] for _ in range(20)]
-        time.sleep(max(0.0, 5 - (srv.stats()["now_us"] - a["now_us"]) / 1e6))
-        b = srv.stats()
+        first = []
+        for _ in range(3):
+            first.append(srv.stats())
+            time.sleep(0.5)
+        time.sleep(max(0.0, 5 - (srv.stats()["now_us"] - first[-1]["now_us"]) / 1e6))
+        last = []
+        for _ in range(3):
+            last.append(srv.stats())
+            time.sleep(0.5)
         for w in loads:
             w.wait(timeout=60 * SLOW)
-        refused = [h for st, h in answers if st == 429]
-        assert refused and all(h.get("Retry-After") == "1" for h in refused), answers
-        dt = (b["now_us"] - a["now_us"]) / 1e6
         out = {}
         for k, rate in (("l1000", 1000), ("l15000", 15000)):
-            admitted = b[k]["admitted"] - a[k]["admitted"]
-            limited = b[k]["limited"] - a[k]["limited"]
-            out[k] = (admitted / dt, limited / dt, rate)
+            spans = []
+            for a in first:
+                for b in last:
+                    ra, rb = a[k]["at_refusal"], b[k]["at_refusal"]
+                    if rb["us"] - ra["us"] >= 5e6:
+                        spans.append(((rb["admitted"] - ra["admitted"]) * 1e6 / (rb["us"] - ra["us"]),
+                                      (b[k]["limited"] - a[k]["limited"]) * 1e6 /
+                                      (b["now_us"] - a["now_us"])))
+            spans.sort()
+            assert len(spans) >= 3, spans
+            out[k] = (*spans[len(spans) // 2], rate)
         return out
     finally:
         srv.stop()
@@ -113,6 +126,25 @@ def test_limiters_hold_the_rate_within_one_percent_at_1000_and_15000_per_second(
             if all(e < 0.01 for e in errs):
                 break
             assert algo == "window" and attempt == 1, f"{algo}: {rates}"
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after():
+    srv = Server("--algo=gcra")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.ports["l1000"], timeout=10 * SLOW)
+        for i in range(3000):  # the burst is 1000: a keep-alive loop spends it within a second
+            conn.request("GET", "/r")
+            r = conn.getresponse()
+            body = r.read()
+            if r.status == 429:
+                break
+        assert r.status == 429 and i >= 999, (i, r.status)
+        assert r.getheader("Retry-After") == "1"
+        assert b"rate limit exceeded (per ip)" in body
+        conn.close()
+        assert srv.stats()["l1000"]["limited"] >= 1
+    finally:
+        srv.stop()
 
 
 # ---- shedding -----------------------------------------------------------------------------
@@ -145,7 +177,8 @@ def test_shedding_refuses_a_flood_keeps_goodput_and_logs_start_and_stop():
         print(f"  capacity {capacity:.0f}/s; 3x flood: goodput {goodput:.0f}/s "
               f"({100 * goodput / capacity:.0f} %), p99 {p99:.0f} ms, {shed} shed; {st}")
         assert shed > 0 and st["shed"] >= shed and st["episodes"] >= 1
-        assert goodput >= 0.5 * capacity  # the bench measures it closely; here: not collapsed
+        # bench/load/shed.sh measures it closely; here: not collapsed (sanitizers: slower)
+        assert goodput >= (0.5 if SLOW == 1 else 0.25) * capacity
         assert "load shedding started" in srv.log()
         time.sleep(1.5)  # the cool-off passes: the next request notices the end
         assert get(srv.url("main", "/work?us=10"))[0] == 200

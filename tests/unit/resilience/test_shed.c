@@ -63,7 +63,7 @@ struct sim {
 /*
  * Serves one unit per SVC_MS on an absolute schedule, so the capacity is
  * 1000 / SVC_MS per second whatever a timer's lateness -- but a moment with
- * nothing queued is lost for good, as an idle CPU's is.
+ * nothing queued is lost for good, as an idle CPU's is, and so is a stall.
  */
 static void processor(void *arg)
 {
@@ -78,6 +78,10 @@ static void processor(void *arg)
                 free_at = mica_now_ms();
         }
         int64_t now = mica_now_ms();
+        /* A late timer's time is made up, a stall's is not: a descheduled CPU does no
+         * work either, queue or not. */
+        if (free_at < now - SVC_MS)
+            free_at = now - SVC_MS;
         free_at += SVC_MS;
         if (now < s->end && free_at > now)
             mica_sleep_ms(free_at - now); /* the work (after the end: drain at once) */
