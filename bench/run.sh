@@ -8,6 +8,7 @@
 #   5. HTTP/2 /health: h2o, nginx and mica under h2load (bench/load/h2.sh)
 #   6. gRPC GetUser: grpc-go and mica under h2load (bench/load/grpc.sh), then over TLS at 50x10
 #   7. Redis GET/SET: mica's auto-pipelined client vs redis-benchmark (bench/load/redis.sh)
+#   8. rate limiters (bench_limit) and adaptive shedding at 3x capacity (bench/load/shed.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -55,5 +56,20 @@ fi
 if [ -x "$root/bench/load/redis.sh" ]; then
     echo "== Redis GET/SET: mica's client vs redis-benchmark"
     "$root/bench/load/redis.sh" "$build" 5 "$runs" | tee -a "$out"
+fi
+if [ -x "$build/bench/bench_limit" ]; then
+    echo "== rate limiters, ns per decision (taskset -c 0,1 $build/bench/bench_limit)"
+    {
+        echo '## Rate limiters'
+        echo
+        echo '```'
+        taskset -c 0,1 "$build/bench/bench_limit"
+        echo '```'
+        echo
+    } | tee -a "$out"
+fi
+if [ -x "$root/bench/load/shed.sh" ]; then
+    echo "== adaptive load shedding at 3x capacity"
+    "$root/bench/load/shed.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -45,7 +45,9 @@ static int gate_admit(mica_http_req_t *req, int64_t now_ns, void *arg)
         mica__add(&s->expired, 1);
         return MICA_ETIMEDOUT;
     }
-    mica_http_req_set_deadline(req, now_ns / 1000000 + t); /* no ctx yet: cannot fail */
+    /* On the deadline clock, mica_now_ms(): it may lag the true time by a loop iteration,
+     * which moves the deadline earlier, never later, as every later reading sees it. */
+    mica_http_req_set_deadline(req, mica_now_ms() + t); /* no ctx yet: cannot fail */
     return 0;
 }
 
