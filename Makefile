@@ -51,13 +51,14 @@ test-asan:
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
 
-# The runtime's unit and stress tests under ThreadSanitizer (the coroutine
+# The runtime's unit and stress tests, and the resilience layer's (its rate
+# limiters are shared by all workers), under ThreadSanitizer (the coroutine
 # switches are annotated as fibers, so TSan follows them).
 test-tsan:
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMICA_SANITIZE=thread -DMICA_TESTS=ON >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-		ctest --output-on-failure --repeat until-pass:2 -R '^runtime/'
+		ctest --output-on-failure --repeat until-pass:2 -R '^(runtime|resilience)/'
 
 # Unit tests and one served-and-drained server run under memcheck.
 valgrind:

@@ -24,6 +24,7 @@
 #include "echo.pb-c.h"
 #include "mica/limit.h"
 #include "mica/sync.h"
+#include "common/alloc.h"
 #include "resilience/internal.h"
 
 /* helpers.h's EXPECT_EQ evaluates its arguments twice; requests must run once. */
@@ -522,6 +523,55 @@ static void test_middleware_and_interceptor_refuse_with_429_and_resource_exhaust
     mica_limiter_free(e.by_method);
 }
 
+/* ---- allocation failures ---------------------------------------------------------------------- */
+
+static void shed_alloc_body(void *arg)
+{
+    mica_shed_t *sh = arg;
+    int64_t token;
+    mica__alloc_fail_nth(1); /* this worker's state cannot be made: it never sheds */
+    EXPECT_EQ(mica_shed_allow(sh, &token), 0);
+    mica__alloc_fail_nth(0);
+    EXPECT_EQ(token, -1);
+    mica_shed_done(sh, token);
+    EXPECT_EQ(mica_shed_allow(sh, &token), 0);
+    EXPECT_EQ(token, -1);
+}
+
+static void test_allocation_failures_are_clean_errors(void **state)
+{
+    mica_limiter_opts_t o = {.rate = 10};
+    int failed = 0;
+    for (long n = 1;; n++) { /* every allocation of mica_limiter_new, failing in turn */
+        mica_limiter_t *l = NULL;
+        mica__alloc_count();
+        mica__alloc_fail_nth(n);
+        int rc = mica_limiter_new(&l, &o);
+        mica__alloc_fail_nth(0);
+        if (rc == 0) {
+            mica_http_server_t *srv;
+            assert_int_equal(mica_http_server_new(&srv, NULL), 0);
+            mica__alloc_fail_nth(1); /* the rule's memory */
+            assert_int_equal(mica_limit_http(srv, l, MICA_LIMIT_BY_IP, NULL), MICA_ENOMEM);
+            mica__alloc_fail_nth(0);
+            mica_http_server_free(srv);
+            mica_limiter_free(l);
+            break;
+        }
+        assert_int_equal(rc, MICA_ENOMEM);
+        failed++;
+    }
+    assert_true(failed >= 3); /* the limiter, its table, its counters */
+    mica_shed_t *sh;
+    mica__alloc_fail_nth(1);
+    assert_int_equal(mica_shed_new(&sh, NULL), MICA_ENOMEM);
+    mica__alloc_fail_nth(0);
+    assert_int_equal(mica_shed_new(&sh, NULL), 0);
+    assert_int_equal(run_in_coroutine(1, shed_alloc_body, sh), 0);
+    expect_no_failure();
+    mica_shed_free(sh);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,6 +584,7 @@ int main(void)
         cmocka_unit_test(test_key_table_forgets_whole_budgets_first_and_counts_lossy_evictions),
         cmocka_unit_test(test_many_keys_in_a_small_table_each_get_a_budget),
         cmocka_unit_test(test_middleware_and_interceptor_refuse_with_429_and_resource_exhausted),
+        cmocka_unit_test(test_allocation_failures_are_clean_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
