@@ -86,10 +86,10 @@ MICA_API int mica_limiter_new(mica_limiter_t **out, const mica_limiter_opts_t *o
 MICA_API void mica_limiter_free(mica_limiter_t *l);
 
 /**
- * Takes `n` requests' worth from the budget of `key` (`len` bytes, copied for
- * nothing: keys are kept as 64-bit keyed hashes). Any thread, never suspends.
- * Returns 0, MICA_EOVERLOAD with *retry_after_us (may be NULL) set to when it
- * would fit, or MICA_EINVAL (n = 0, or more than burst / the window's limit).
+ * Takes `n` requests' worth from the budget of `key` (`len` bytes, not kept:
+ * the table holds a 64-bit keyed hash). Any thread, never suspends. Returns 0,
+ * MICA_EOVERLOAD with *retry_after_us (may be NULL) set to when it would fit,
+ * or MICA_EINVAL (n = 0, or more than burst / the window's limit).
  */
 MICA_API int mica_limiter_take(mica_limiter_t *l, const void *key, size_t len, uint32_t n,
                                int64_t *retry_after_us);

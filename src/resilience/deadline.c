@@ -15,7 +15,7 @@
  * of 0: the caller ran out on the way), and again just before the handler (after the body, for buffered routes; after the request message,
  * for gRPC calls). 504 for HTTP, DEADLINE_EXCEEDED for gRPC.
  */
-#include "resilience/internal.h"
+#include "resilience/limit_internal.h"
 
 typedef struct dstripe {
     _Atomic uint64_t propagated, expired, malformed;

@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "resilience/internal.h"
+#include "resilience/limit_internal.h"
 
 /* ---- refusing in the request's protocol ------------------------------------------------ */
 

@@ -56,7 +56,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "resilience/internal.h"
+#include "resilience/limit_internal.h"
 
 #define WAYS 4
 #define TAG_BUSY UINT64_C(2) /* a slot changing hands; real tags are odd */

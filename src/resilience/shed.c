@@ -50,7 +50,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
-#include "resilience/internal.h"
+#include "resilience/limit_internal.h"
 
 #define MAX_WORKERS 1024
 #define MAX_BUCKETS 1000

@@ -25,7 +25,7 @@
 #include "mica/limit.h"
 #include "mica/sync.h"
 #include "common/alloc.h"
-#include "resilience/internal.h"
+#include "resilience/limit_internal.h"
 
 /* helpers.h's EXPECT_EQ evaluates its arguments twice; requests must run once. */
 static inline int expect_eq1(long long a, long long b, const char *file, int line, const char *text)

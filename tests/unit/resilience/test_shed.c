@@ -23,7 +23,7 @@
 #include "mica/chan.h"
 #include "mica/limit.h"
 #include "mica/sync.h"
-#include "resilience/internal.h"
+#include "resilience/limit_internal.h"
 
 static inline int expect_eq1(long long a, long long b, const char *file, int line, const char *text)
 {

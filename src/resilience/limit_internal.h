@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What the resilience layer's files share: counters striped per worker, the
- * monotonic clock, and answering a refused request in its own protocol (an
- * HTTP status, or a gRPC status when the request is a gRPC call).
+ * What the files of include/mica/limit.h share (limit_*.c, shed.c,
+ * deadline.c): counters striped per worker, the monotonic clock, and
+ * answering a refused request in its own protocol (an HTTP status, or a gRPC
+ * status when the request is a gRPC call). Named apart from the rest of the
+ * resilience layer's internals (balancers, breakers, retries).
  */
-#ifndef MICA_RESILIENCE_INTERNAL_H
-#define MICA_RESILIENCE_INTERNAL_H
+#ifndef MICA_RESILIENCE_LIMIT_INTERNAL_H
+#define MICA_RESILIENCE_LIMIT_INTERNAL_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -89,4 +91,4 @@ void *mica__limiter_rule_slot(mica_limiter_t *l, size_t size, int *err);
 /* Tests: makes every worker assume CPU demand `permille` from its next sample on (-1: measure). */
 void mica__shed_force_cpu(mica_shed_t *sh, int permille);
 
-#endif /* MICA_RESILIENCE_INTERNAL_H */
+#endif /* MICA_RESILIENCE_LIMIT_INTERNAL_H */
