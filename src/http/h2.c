@@ -75,6 +75,8 @@ struct mica__h2_stream {
     bool too_large, bad;
     bool routed, running, closed;
     bool served;       /* its coroutine has been started (at most once) */
+    bool reset;        /* we reset it: the rest of its request was too much to drop */
+    uint64_t dropped;  /* request bytes that came after its handler had returned */
     bool in_eof;       /* the client ended its side */
     size_t unconsumed; /* received bytes not yet returned to the stream window */
     bool out_started;  /* response headers submitted */
@@ -517,6 +519,16 @@ static void stream_main(void *arg)
         }
         mica__http_serve(req, &s->resp);
     }
+    if (!s->in_eof && !s->closed && s->req.streaming) {
+        /* The handler returned before the request's end (a refusal at the head, an
+         * early answer): what it left unread is dropped and its window given back, as
+         * is whatever still comes (on_data), so the client can finish sending. */
+        mica__buf_consume(&s->body, mica__buf_len(&s->body));
+        if (s->unconsumed) {
+            nghttp2_session_consume_stream(hc->sess, s->id, s->unconsumed);
+            s->unconsumed = 0;
+        }
+    }
     s->running = false;
     if (s->closed)
         stream_free(s);
@@ -627,6 +639,19 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
 {
     h2conn_t *hc = user;
     mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    if (s && s->served && !s->running && s->req.streaming) {
+        /* Its handler has returned: the rest is dropped, the window given back (a client
+         * must be able to finish a request that was answered early: RFC 9113 §8.1 lets
+         * the server reset it instead, but curl 7.88 then fails the exchange). Past
+         * max_body_bytes dropped, RST_STREAM(NO_ERROR) ends it. */
+        give_back(hc, id, len);
+        s->dropped += len;
+        if (s->dropped > hc->srv->o.max_body_bytes && !s->reset) {
+            s->reset = true;
+            nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+        }
+        return 0;
+    }
     if (s && s->req.streaming) {
         nghttp2_session_consume_connection(sess, len);
         if (buf_put(&s->body, data, len) != 0)
@@ -690,25 +715,6 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *us
     return 0;
 }
 
-/*
- * A response that ended before its request did (a refusal at the head, an
- * early answer of a streaming handler): the rest of the request is not
- * wanted, so say so with RST_STREAM(NO_ERROR) once the response's last
- * frame is out (RFC 9113 §8.1). Without it a client still sending may wait
- * for flow-control window that will never come (and curl 7.88 waits even
- * when its last DATA fits).
- */
-static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *user)
-{
-    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
-        !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
-        return 0;
-    mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-    if (s && !s->in_eof && !s->closed)
-        nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
-    return 0;
-}
-
 static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_code, void *user)
 {
     mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
@@ -768,7 +774,6 @@ static int session_new(h2conn_t *hc)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt) != 0) {
         nghttp2_session_callbacks_del(cb);
