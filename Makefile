@@ -52,9 +52,9 @@ test-asan:
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
 
 # The runtime's, the observe layer's and the resilience layer's unit and
-# stress tests (exporters, stats, metric shards and policy counters read
-# across workers) under ThreadSanitizer (the coroutine switches are
-# annotated as fibers, so TSan follows them).
+# stress tests (exporters, stats, metric shards, policy counters and the
+# rate limiters shared by all workers) under ThreadSanitizer (the coroutine
+# switches are annotated as fibers, so TSan follows them).
 test-tsan:
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMICA_SANITIZE=thread -DMICA_TESTS=ON >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)

@@ -16,6 +16,7 @@
 #  12. balancer picks and breaker checks (bench_balancer), pinned to CPU 0; the gRPC
 #      client with the resilience policies on and off (bench/load/resilience.sh) when
 #      the build has the tests' binaries
+#  13. rate limiters (bench_limit) and adaptive shedding at 3x capacity (bench/load/shed.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
 set -euo pipefail
@@ -96,5 +97,20 @@ echo "== balancers and breakers (taskset -c 0 $build/bench/bench_balancer)"
 if [ -x "$build/tests/resilience_client" ]; then
     echo "== gRPC client with the resilience policies on and off"
     "$root/bench/load/resilience.sh" "$build" "$secs" "$runs" | tee -a "$out"
+fi
+if [ -x "$build/bench/bench_limit" ]; then
+    echo "== rate limiters, ns per decision (taskset -c 0,1 $build/bench/bench_limit)"
+    {
+        echo '## Rate limiters'
+        echo
+        echo '```'
+        taskset -c 0,1 "$build/bench/bench_limit"
+        echo '```'
+        echo
+    } | tee -a "$out"
+fi
+if [ -x "$root/bench/load/shed.sh" ]; then
+    echo "== adaptive load shedding at 3x capacity"
+    "$root/bench/load/shed.sh" "$build" "$secs" "$runs" | tee -a "$out"
 fi
 echo "bench: results in $out"

@@ -16,6 +16,9 @@
  * metrics, JSON logs written off the workers, and the admin listener
  * (--admin-listen, default 127.0.0.1:6060). bench/load/observe.sh compares
  * the two.
+ *
+ * Load shedding and X-Request-Timeout deadlines are on (MICA_SHED=off: no
+ * shedding; docs/guide/resilience.md).
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,6 +26,7 @@
 
 #include "mica/config.h"
 #include "mica/http.h"
+#include "mica/limit.h"
 #include "mica/log.h"
 #include "mica/observe.h"
 #include "mica/runtime.h"
@@ -87,6 +91,15 @@ int main(int argc, char **argv)
     if (observe && (rc = mica_observe_http_server(srv)) != 0)
         return fail("metrics", rc);
 
+    /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
+     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
+     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    mica_shed_opts_t so = {0};
+    mica_shed_t *shed;
+    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+        (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
+        return fail("resilience settings", rc);
+
     char addr[64];
     if (!listen || !*listen) {
         snprintf(addr, sizeof(addr), ":%s", port);
@@ -111,6 +124,7 @@ int main(int argc, char **argv)
     rc = mica_runtime_run(rt);
     mica_observe_free(obs);
     mica_http_server_free(srv);
+    mica_shed_free(shed);
     mica_runtime_free(rt);
     mica_config_free(cfg);
     return rc == 0 ? 0 : fail("shutdown", rc);

@@ -30,6 +30,7 @@
 #include "mica/config.h"
 #include "mica/grpc.h"
 #include "mica/http.h"
+#include "mica/limit.h"
 #include "mica/log.h"
 #include "mica/observe.h"
 #include "mica/runtime.h"
@@ -169,6 +170,15 @@ int main(int argc, char **argv)
     if ((rc = mica_observe_http_server(srv)) != 0 || (rc = mica_observe_grpc_server(gs)) != 0)
         return fail("metrics", rc);
 
+    /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
+     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
+     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    mica_shed_opts_t so = {0};
+    mica_shed_t *shed;
+    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+        (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
+        return fail("resilience settings", rc);
+
     if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
         return fail("bad listen address", rc);
     if ((rc = mica_http_server_tls_apply(srv, &tls)) != 0) /* tls_listen, tls_cert, tls_key */
@@ -192,6 +202,7 @@ int main(int argc, char **argv)
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);
     mica_tracer_free(tracer);
+    mica_shed_free(shed);
     mica_runtime_free(rt);
     mica_config_free(cfg);
     return rc == 0 ? 0 : fail("shutdown", rc);

@@ -769,6 +769,7 @@ static void set_target(mica__http_conn_t *c)
 /* Answers a request the server refuses by itself, observed like any other. */
 static void refuse(mica__http_conn_t *c, int status)
 {
+    mica__http_gates_done(&c->req); /* admitted at the head, given up on with its body */
     c->close = true;
     mica__http_send_error(&c->resp, status, error_message(status));
     mica__http_observe(&c->req, &c->resp);
@@ -907,6 +908,7 @@ void mica__http_conn_main(void *arg)
         } else {
             r = read_body(c, head_len, &consumed);
             if (r == READ_EOF || r == READ_QUIET) {
+                mica__http_gates_done(req);
                 mica__http_conn_close(c);
                 return;
             }

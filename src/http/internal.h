@@ -80,6 +80,13 @@ typedef struct mica__http_obs {
     void *arg;
 } mica__http_obs_t;
 
+typedef struct mica__http_gate {
+    const mica_http_gate_ops_t *ops;
+    void *arg;
+} mica__http_gate_t;
+
+#define MICA__HTTP_MAX_GATES 8
+
 struct mica_http_server {
     mica_http_server_opts_t o;
     mica__http_limits_t limits;
@@ -90,6 +97,8 @@ struct mica_http_server {
     size_t nmw;
     mica__http_obs_t *obs;
     size_t nobs;
+    mica__http_gate_t gates[MICA__HTTP_MAX_GATES];
+    size_t ngates;
     char **addrs;
     size_t naddrs;
     int *fds; /* naddrs * nworkers listening sockets, [worker * naddrs + i] */
@@ -192,6 +201,9 @@ struct mica_http_req {
     const char *tls_peer; /* the connection's verified client certificate subject, or NULL */
     int64_t start_ns;     /* observers: when the head arrived */
     uint64_t bytes_in;
+    int refused;             /* a gate's refusal (MICA_E*), answered by that gate's refuse */
+    unsigned gates_admitted; /* gates whose admit let the request in: each gets done() */
+    int64_t admit_ns;        /* when the gates ran (their done()'s elapsed time) */
 };
 
 struct mica_http_resp {
@@ -231,6 +243,12 @@ void mica__http_observe(mica_http_req_t *req, mica_http_resp_t *resp);
 void mica__http_clock_start(mica_http_req_t *req);
 /* The monotonic clock in ns (observers' durations). */
 int64_t mica__http_now_ns(void);
+/*
+ * Runs done() of every gate that admitted req, once (later calls do nothing).
+ * Every routed request reaches it: at the end of serving, or wherever a
+ * protocol gives up on a request it routed (a bad body, a reset stream).
+ */
+void mica__http_gates_done(mica_http_req_t *req);
 /* Cancels the request's ctx (client gone); a later ctx starts cancelled. */
 void mica__http_req_cancel(mica_http_req_t *req);
 /* Frees the ctxs made for the request. */
