@@ -6,7 +6,10 @@
 # and off (the runtime's round robin, no interceptor): the mica client
 # (tests/integration/resilience_client, 1 worker, CPU 1) calling Echo/Unary
 # flat out with 64 calls in flight on one mica server (tests/fault_server,
-# 1 worker, CPU 0). Needs a build with -DMICA_TESTS=ON (what `make test` makes).
+# 1 worker, CPU 0); beside it, the same calls from grpc-go's client
+# (bench/peers/grpcgo-client, GOMAXPROCS=1, CPU 1, 64 goroutines on one
+# connection), the runs alternating. Needs a build with -DMICA_TESTS=ON
+# (what `make test` makes) and golang-google-grpc-dev (scripts/deps.sh test).
 # Usage: bench/load/resilience.sh <build-dir> [seconds, default 10] [runs, default 3]
 set -euo pipefail
 build=$(cd "$1" && pwd)
@@ -31,9 +34,21 @@ import json, sys
 d = json.loads(sys.stdin.read())
 print(f\"| $label | {d['calls'] / ($secs):,.0f} | {d['calls'] / d['cpu_s']:,.0f} | {d['p50_us']} | {d['p99_us']} | {d['fail']} |\")"
 }
+gocli=""
+if bash "$(dirname "$0")/../../tests/interop/go/build.sh" "$build/interop" >/dev/null 2>&1; then
+    gocli="$build/interop/grpcgo-client"
+fi
+rungo() {
+    GOMAXPROCS=1 taskset -c 1 "$gocli" -addr "127.0.0.1:$port" -conc 64 -duration $((secs * 1000)) \
+        2>/dev/null | tail -1 | python3 -c "
+import json, sys
+d = json.loads(sys.stdin.read())
+print(f\"| grpc-go client (GOMAXPROCS=1, no policies) | {d['calls'] / ($secs):,.0f} | {d['calls'] / d['cpu_s']:,.0f} | {d['p50_us']} | {d['p99_us']} | {d['fail']} |\")"
+}
 echo "| client | calls/s | calls per client CPU-s | p50 us | p99 us | failed |"
 echo "|---|---|---|---|---|---|"
 for _ in $(seq "$runs"); do
     run "policies off (round robin, no interceptor)" -lb default -policies 0
     run "default policies on (p2c + breakers + retries + budget)" -lb p2c -ep-breaker sre -policies 1
+    [ -z "$gocli" ] || rungo
 done

@@ -6,6 +6,8 @@
 #   grpcgo-user   the seed's UserService, the benchmark peer (bench/peers/grpcgo)
 #   fault-server  a fault-injecting Echo backend (tests/interop/go/fault) for the
 #                 resilience tests
+#   grpcgo-client a grpc-go load client, the peer of mica's client in
+#                 bench/load/resilience.sh (bench/peers/grpcgo-client)
 #
 # Needs golang-go, protobuf-compiler and golang-google-grpc-dev, which brings
 # golang-github-golang-protobuf-1-3-dev: the protobuf runtime grpc-go 1.33 is
@@ -69,3 +71,4 @@ build echo-server "$root/tests/interop/go/server"
 build echo-client "$root/tests/interop/go/client"
 build grpcgo-user "$root/bench/peers/grpcgo"
 build fault-server "$root/tests/interop/go/fault"
+build grpcgo-client "$root/bench/peers/grpcgo-client"

@@ -23,6 +23,12 @@
 #include "../runtime/helpers.h"
 #include "echo.pb-c.h"
 #include "mica/limit.h"
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
 #include "mica/sync.h"
 #include "common/alloc.h"
 #include "resilience/limit_internal.h"
@@ -297,6 +303,13 @@ static void test_rate_is_within_one_percent_in_real_time_shared_by_two_workers(v
                       (long long)tried);
         if (tried < 2 * f.rate[k] * 5 || secs < 5) { /* a machine (or valgrind) too slow */
             print_message("  (not flooded for 5 s: accuracy not checked)\n");
+            continue;
+        }
+        if (RUNNING_ON_VALGRIND) {
+            /* valgrind runs one thread at a time, in slices: two workers are not in real
+             * time there (once -18.8 % for the 1,000/s window in CI, not reproduced);
+             * the release, ASan and TSan runs assert this. */
+            print_message("  (under valgrind: accuracy not checked)\n");
             continue;
         }
         /* A bucket's burst (1 s here) carries budget over a stall. A window's budget is
