@@ -30,6 +30,7 @@
 
 #include "mica/error.h"
 #include "mica/grpc.h"
+#include "mica/http_client.h"
 #include "mica/runtime.h"
 
 /* ---- circuit breakers ------------------------------------------------------------ */
@@ -332,6 +333,21 @@ MICA_API bool mica_resilience_http_failure(int status);
 
 /** Whether HTTP `status` is worth a retry by default: 502, 503, 504 (and 0: no response). */
 MICA_API bool mica_resilience_http_retryable(int status);
+
+/* Settings of mica_resilience_http_attach(); NULL or zero fields take the defaults. */
+typedef struct mica_resilience_http_opts {
+    const char *breaker_key; /* the breaker all the client's calls share: "http" (copied; 63 bytes) */
+} mica_resilience_http_opts_t;
+
+/**
+ * Puts `r`'s policies around every call of HTTP client `c` (an interceptor):
+ * the breaker, then retries of idempotent requests (or MICA_CALL_IDEMPOTENT
+ * ones) with a body in one buffer, on no response, 502, 503 or 504, within
+ * the budget. Before the first call; `r` serves one client. Returns 0,
+ * MICA_EINVAL, MICA_EBUSY, MICA_ELIMIT or MICA_ENOMEM.
+ */
+MICA_API int mica_resilience_http_attach(mica_resilience_t *r, mica_http_client_t *c,
+                                         const mica_resilience_http_opts_t *opts);
 
 /* ---- the policy set's verbs, for adapters of other clients ------------------------------- */
 

@@ -228,6 +228,7 @@ typedef struct mica__res_worker {
 struct mica_resilience {
     mica_resilience_opts_t o;      /* defaults filled in */
     mica_resilience_grpc_opts_t g; /* the gRPC adapter's, once attached */
+    char http_key[64];             /* the HTTP adapter's breaker key, once attached */
     bool attached;
     int nworkers;
     mica__res_worker_t **w;
