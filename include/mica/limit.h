@@ -135,6 +135,8 @@ typedef struct mica_shed_opts {
     int bucket_ms;         /* ... in buckets of: 100 */
     int cool_off_ms;       /* the in-flight limit holds this long after saturation: 1000 */
     int sample_ms;         /* CPU demand is sampled this often: 100 */
+    int queue_ms;          /* the queue a worker may hold before it sheds, in time at its best
+                              rate: 5 (-1: none, Little's law alone) */
 } mica_shed_opts_t;
 
 typedef struct mica_shed_stats {

@@ -11,7 +11,8 @@
  *
  *     saturated  and  inflight > max(1, ceil(maxPass * bucketsPerSec * minRT))
  *
- * where "saturated" is a CPU signal -- the worker's CPU demand at or above
+ * (and above a floor: the requests the worker completes in queue_ms, 5 ms, at
+ * its best rate -- see below) where "saturated" is a CPU signal -- the worker's CPU demand at or above
  * the threshold (90 %) now or within the cool-off (1 s: the in-flight limit
  * holds a little longer, so the load does not flap around the threshold).
  * Kratos and go-zero count the cool-off from the last refusal instead; then
@@ -34,6 +35,19 @@
  *
  * The estimate feeds on itself under a steady flood (see limit_now()), so
  * while saturated each worker probes it once a window: BBR's ProbeRTT.
+ *
+ * The floor. A worker that is handed requests in batches -- HTTP/2 and gRPC
+ * clients multiplexing hundreds of streams, dispatched together at each
+ * read -- holds the whole batch in flight while it serves them in a
+ * millisecond: the estimate is then the batch itself, noise pushes the
+ * count past it, and the probe (a limit of 1) refused everything for up to
+ * a fifth of each window. A closed-loop h2load at 50 x 10 streams on one
+ * worker had 63 % of its requests shed and served a quarter of what it did
+ * without shedding. So neither the limit nor the probe goes below the
+ * requests the worker completes in queue_ms at its best rate (CoDel's
+ * 5 ms target): queueing up to 5 ms is not overload; past it under a
+ * flood, shedding works as before, and the estimate cannot ratchet up
+ * (a queue held to the floor measures a latency of about the floor).
  *
  * Refusals happen at the request's head (an HTTP gate): 503 or UNAVAILABLE,
  * the body unread, no coroutine spent on a handler. One log line when the
@@ -67,6 +81,7 @@ typedef struct wshed {
     int id;
     int64_t inflight;
     int64_t limit;  /* the in-flight limit; 0: no estimate yet (never shed) */
+    int64_t floor;  /* ... never below: what the worker completes in queue_ms */
     int64_t bucket; /* the current bucket's number: ms / bucket_ms */
     int64_t next_sample_ms;
     int64_t last_drop_ms;
@@ -161,6 +176,9 @@ static void estimate(mica_shed_t *sh, wshed_t *w)
     w->limit = mica__ceil((double)max_pass * per_s * min_rt / 1e6);
     if (w->limit < 1)
         w->limit = 1;
+    w->floor = sh->o.queue_ms > 0 ? mica__ceil((double)max_pass * per_s * sh->o.queue_ms / 1e3) : 1;
+    if (w->limit < w->floor)
+        w->limit = w->floor;
     publish_estimates(w, (int64_t)min_rt, max_pass);
 }
 
@@ -295,9 +313,9 @@ static int64_t limit_now(mica_shed_t *sh, wshed_t *w, int64_t now_ms)
         return w->limit;
     /* Two buckets measured after the queue has drained to the floor (within a fifth
      * of the window: long-lived streams may never let it). */
-    if (w->inflight > 2 && now_ms - w->probe_start_ms < sh->o.window_ms / 5)
+    if (w->inflight > w->floor + 1 && now_ms - w->probe_start_ms < sh->o.window_ms / 5)
         w->probe_until_ms = now_ms + 2 * sh->o.bucket_ms;
-    return 1;
+    return w->floor > 1 ? w->floor : 1;
 }
 
 /* Single-writer counters (the worker's own): a load and a store, no locked add. */
@@ -409,8 +427,10 @@ int mica_shed_new(mica_shed_t **out, const mica_shed_opts_t *opts)
 {
     mica_shed_opts_t o = opts ? *opts : (mica_shed_opts_t){0};
     if (!out || o.cpu_threshold_pct < 0 || o.cpu_threshold_pct > 100 || o.window_ms < 0 ||
-        o.bucket_ms < 0 || o.cool_off_ms < 0 || o.sample_ms < 0)
+        o.bucket_ms < 0 || o.cool_off_ms < 0 || o.sample_ms < 0 || o.queue_ms < -1)
         return MICA_EINVAL;
+    if (!o.queue_ms)
+        o.queue_ms = 5;
     if (!o.cpu_threshold_pct)
         o.cpu_threshold_pct = 90;
     if (!o.window_ms)
