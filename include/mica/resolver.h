@@ -38,7 +38,8 @@
 typedef struct mica_endpoint {
     const char *addr;     /* "10.0.0.1:50051" or "[::1]:50051": an IP literal and a port */
     uint32_t weight;      /* relative share for weighted pickers; 0 counts as 1 */
-    const char *metadata; /* the resolver's own words about it (zone, version...), or NULL */
+    const char *metadata; /* the resolver's own words about it (version, JSON...), or NULL */
+    const char *zone;     /* where it runs ("eu-west-1a"), for zone-aware pickers, or NULL */
 } mica_endpoint_t;
 
 /* An immutable endpoint list, as published by a resolver. Fields are read-only. */

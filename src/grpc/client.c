@@ -57,6 +57,8 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
         c->o.conns_per_worker = 2;
     if (c->o.connect_timeout_ms <= 0)
         c->o.connect_timeout_ms = 5000;
+    if (c->o.backoff_max_ms <= 0)
+        c->o.backoff_max_ms = 30000;
     if (!c->o.max_message_bytes)
         c->o.max_message_bytes = 4 << 20;
     c->picker = c->o.picker ? c->o.picker : &mica_picker_round_robin;

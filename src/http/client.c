@@ -961,6 +961,7 @@ static void set_defaults(mica_http_client_opts_t *o)
     DEFAULT(write_timeout_ms, 10000);
     DEFAULT(response_timeout_ms, 30000);
     DEFAULT(body_timeout_ms, 30000);
+    DEFAULT(backoff_max_ms, 30000);
 #undef DEFAULT
     if (!o->max_head_bytes)
         o->max_head_bytes = 16384;
