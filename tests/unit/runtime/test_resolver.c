@@ -117,7 +117,10 @@ static void test_static_lists_publish_once_per_change_and_keep_the_last_good_one
 
     assert_int_equal(mica_resolver_new(&r, rt, "static:///localhost:1", NULL), MICA_EINVAL);
     assert_int_equal(mica_resolver_new(&r, rt, "nope:///x", NULL), MICA_EINVAL);
-    assert_int_equal(mica_resolver_new(&r, rt, "dns:///localhost", NULL), MICA_EINVAL); /* no port */
+    assert_int_equal(mica_resolver_new(&r, rt, "dns:///localhost:", NULL), MICA_EINVAL);
+    assert_int_equal(mica_resolver_new(&r, rt, "dns:///[::1]", NULL), MICA_EINVAL);
+    assert_int_equal(mica_resolver_new(&r, rt, "dns:///_grpc._tcp.localhost", NULL), 0); /* SRV */
+    mica_resolver_free(r);
     mica_runtime_free(rt);
 }
 
