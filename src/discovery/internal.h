@@ -143,6 +143,9 @@ mica_instance_t *mica__instance_parse(const char *json, size_t len, const char *
 mica_instance_t *mica__instance_dup(const mica_instance_t *i);
 /* The stored record of `i` (JSON, mica__malloc'd), or NULL: no memory. */
 char *mica__instance_record(const mica_instance_t *i);
+/* Tests only: reg_etcd.c pauses this long between a list and its watch (0: never). */
+extern _Atomic int mica__etcd_watch_delay_ms;
+
 /* Whether `s` is a valid service name or instance id. */
 bool mica__name_ok(const char *s);
 

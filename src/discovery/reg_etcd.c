@@ -78,6 +78,8 @@ typedef struct etcd {
     mica_event_t ka_ev;
 } etcd_t;
 
+_Atomic int mica__etcd_watch_delay_ms;
+
 static const ProtobufCServiceDescriptor *kv = &etcdserverpb__kv__descriptor;
 static const ProtobufCServiceDescriptor *lease_svc = &etcdserverpb__lease__descriptor;
 static const ProtobufCServiceDescriptor *watch_svc = &etcdserverpb__watch__descriptor;
@@ -686,6 +688,9 @@ static void watcher(void *arg)
         first = false;
         after_outage = false;
         backoff = 0;
+        int delay = atomic_load(&mica__etcd_watch_delay_ms); /* tests: a window to compact in */
+        if (delay && mica_ctx_sleep(e->ctx, delay) != 0)
+            break;
         int compacted = watch_stream(w);
         if (mica_ctx_err(e->ctx))
             break;
