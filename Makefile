@@ -51,14 +51,15 @@ test-asan:
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
 
-# The runtime's unit and stress tests, and tracing's (exporters and stats
-# across workers), under ThreadSanitizer (the coroutine switches are
-# annotated as fibers, so TSan follows them).
+# The runtime's, the observe layer's and the resilience layer's unit and
+# stress tests (exporters, stats, metric shards, policy counters and the
+# rate limiters shared by all workers) under ThreadSanitizer (the coroutine
+# switches are annotated as fibers, so TSan follows them).
 test-tsan:
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMICA_SANITIZE=thread -DMICA_TESTS=ON >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-		ctest --output-on-failure -R '^(runtime|observe)/'
+		ctest --output-on-failure -R '^(runtime|observe|resilience)/'
 
 # Unit tests and one served-and-drained server run under memcheck.
 valgrind:

@@ -5,10 +5,11 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
-       zlib1g-dev libssl-dev libhiredis-dev libpq-dev libsqlite3-dev)
+       zlib1g-dev libssl-dev libhiredis-dev libpq-dev libsqlite3-dev libgoogle-perftools-dev)
 test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghttp2-client nginx-light
       nodejs golang-go golang-google-grpc-dev golang-google-protobuf-dev
-      protobuf-compiler golang-github-golang-protobuf-1-3-dev redis-server postgresql util-linux)
+      protobuf-compiler golang-github-golang-protobuf-1-3-dev redis-server postgresql util-linux
+      prometheus)
 # The fresh-machine check's own tools on the host (scripts/fresh-machine.sh).
 fresh=(debootstrap curl nghttp2-client git util-linux)
 bench=(wrk h2o nginx-light haproxy golang-go golang-github-gin-gonic-gin-dev util-linux redis-server

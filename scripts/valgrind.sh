@@ -6,7 +6,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$1
-vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect)
+vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+    --suppressions="$root/scripts/valgrind.supp")
 shopt -s nullglob
 for t in "$build"/tests/unit_*; do
     [ -x "$t" ] || continue

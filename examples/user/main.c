@@ -15,9 +15,13 @@
  * Unknown id: NOT_FOUND / 404; empty id: INVALID_ARGUMENT / 400.
  * Settings come from flags, MICA_* variables or a --config JSON file;
  * `user --help` lists them all. SIGTERM or Ctrl-C drains and exits 0.
+ *
+ * Observability is on: request metrics per route and gRPC method, JSON
+ * logs, and the admin listener on 127.0.0.1:6060 (--admin-listen) with
+ * /metrics, /healthz, /readyz, /debug/pprof/profile and /debug/runtime.
  * With otlp_endpoint ($MICA_OTLP_ENDPOINT) every request is traced (W3C
  * traceparent honoured, spans exported over OTLP/HTTP; trace_sample sets
- * the ratio of new traces kept).
+ * the ratio of new traces kept), and log lines carry trace_id/span_id.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +30,9 @@
 #include "mica/config.h"
 #include "mica/grpc.h"
 #include "mica/http.h"
+#include "mica/limit.h"
+#include "mica/log.h"
+#include "mica/observe.h"
 #include "mica/runtime.h"
 #include "mica/trace.h"
 #include "user.pb-c.h"
@@ -117,7 +124,9 @@ int main(int argc, char **argv)
     mica_http_tls_settings_t tls = {0};
     mica_grpc_server_opts_t gopts = {0};
     mica_trace_opts_t topts = {0};
-    mica_setting_t settings[3 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS + MICA_TRACE_SETTINGS] = {
+    mica_observe_opts_t oopts = {0};
+    mica_setting_t settings[3 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS + MICA_TRACE_SETTINGS +
+                            MICA_OBSERVE_SETTINGS] = {
         {"listen", MICA_SETTING_STR, ":8080,:50051", "listen addresses, comma-separated", &listen,
          0, 0, NULL},
         {"workers", MICA_SETTING_INT, "0", "worker threads (0: one per CPU)", &ropts.workers, 0,
@@ -129,6 +138,7 @@ int main(int argc, char **argv)
     n += mica_http_server_settings(&opts, &tls, settings + n, MICA_HTTP_SETTINGS);
     n += mica_grpc_server_settings(&gopts, settings + n, MICA_GRPC_SETTINGS);
     n += mica_trace_settings(&topts, settings + n, MICA_TRACE_SETTINGS);
+    n += mica_observe_settings(&oopts, settings + n, MICA_OBSERVE_SETTINGS);
     mica_config_t *cfg;
     int rc = mica_config_load(&cfg, settings, n, argc, argv);
     if (rc != 0)
@@ -156,6 +166,19 @@ int main(int argc, char **argv)
     mica_http_route(srv, "GET", "/health", health, NULL);
     mica_http_route(srv, "GET", "/data", data, NULL);
 
+    /* Metrics of every request and call: before the server is attached. */
+    if ((rc = mica_observe_http_server(srv)) != 0 || (rc = mica_observe_grpc_server(gs)) != 0)
+        return fail("metrics", rc);
+
+    /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
+     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
+     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    mica_shed_opts_t so = {0};
+    mica_shed_t *shed;
+    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+        (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
+        return fail("resilience settings", rc);
+
     if ((rc = mica_http_server_listen_list(srv, listen)) != 0)
         return fail("bad listen address", rc);
     if ((rc = mica_http_server_tls_apply(srv, &tls)) != 0) /* tls_listen, tls_cert, tls_key */
@@ -163,10 +186,23 @@ int main(int argc, char **argv)
     if ((rc = mica_http_server_attach(srv, rt)) != 0)
         return fail("listen", rc);
 
+    /* Logs, runtime metrics and the admin listener. A busy admin port (a
+     * second copy on this machine) leaves the service running without it. */
+    mica_observe_t *obs;
+    if ((rc = mica_observe_enable(&obs, rt, &oopts)) == MICA_EADDRINUSE) {
+        mica_log_warn("admin listener off: address in use", "addr", oopts.admin_listen);
+        oopts.admin_listen = "";
+        rc = mica_observe_enable(&obs, rt, &oopts);
+    }
+    if (rc != 0)
+        return fail("observability", rc);
+
     rc = mica_runtime_run(rt);
+    mica_observe_free(obs);
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);
     mica_tracer_free(tracer);
+    mica_shed_free(shed);
     mica_runtime_free(rt);
     mica_config_free(cfg);
     return rc == 0 ? 0 : fail("shutdown", rc);

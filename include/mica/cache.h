@@ -153,4 +153,13 @@ MICA_API int mica_cache_del(mica_cache_t *c, mica_ctx_t *ctx, const char *key);
 /** Fills `st` with the cache's counters (a snapshot, any thread). */
 MICA_API void mica_cache_stats(const mica_cache_t *c, mica_cache_stats_t *st);
 
+typedef struct mica_metrics mica_metrics_t; /* include/mica/metrics.h */
+
+/**
+ * Exports the counters above as mica_cache_*_total{cache="<name>"} from
+ * `reg` (NULL: the default registry), read at each scrape, until the cache
+ * is freed. `name` is copied (< 64 bytes). Returns 0, MICA_EINVAL or MICA_ENOMEM.
+ */
+MICA_API int mica_cache_export_metrics(mica_cache_t *c, mica_metrics_t *reg, const char *name);
+
 #endif /* MICA_CACHE_H */

@@ -109,6 +109,17 @@ MICA_API int mica_grpc_server_new(mica_grpc_server_t **out, mica_http_server_t *
 /** Frees `gs` after its HTTP server's runtime has stopped. NULL is a no-op. */
 MICA_API void mica_grpc_server_free(mica_grpc_server_t *gs);
 
+/** Returns the HTTP server `gs` is served by (as given to mica_grpc_server_new()). */
+MICA_API mica_http_server_t *mica_grpc_server_http(const mica_grpc_server_t *gs);
+
+/**
+ * Looks up the method served at `path` ("/pkg.Service/Method": an HTTP
+ * observer's route) and puts its kind in *out. Any thread once the server
+ * is attached (methods are fixed then). Returns 0 or MICA_ENOTFOUND.
+ */
+MICA_API int mica_grpc_server_method_kind(const mica_grpc_server_t *gs, const char *path,
+                                          mica_grpc_kind_t *out);
+
 /**
  * A method handler. For UNARY and SERVER_STREAM `req` is the decoded request
  * (owned by the call, valid until the handler returns); for CLIENT_STREAM and
@@ -193,7 +204,11 @@ MICA_API const char *mica_grpc_call_tls_peer(const mica_grpc_call_t *call);
  */
 MICA_API int mica_grpc_call_header(mica_grpc_call_t *call, const char *key, const char *value);
 
-/** Adds trailing metadata, sent with the status (copied). Errors as mica_grpc_call_header(). */
+/**
+ * Adds trailing metadata, sent with the status (copied); "grpc-retry-pushback-ms"
+ * (gRFC A6: ms before a client may retry, or negative: do not) is the one
+ * grpc- key allowed. Errors as mica_grpc_call_header().
+ */
 MICA_API int mica_grpc_call_trailer(mica_grpc_call_t *call, const char *key, const char *value);
 
 /**
@@ -283,13 +298,17 @@ typedef struct mica_grpc_call_opts {
 typedef struct mica_grpc_result {
     int code;
     char message[256];
+    /* The server's grpc-retry-pushback-ms trailer (gRFC A6): -1 none, -2 negative or
+     * malformed ("do not retry"), else the ms to wait before a retry. */
+    int64_t retry_pushback_ms;
 } mica_grpc_result_t;
 
 /*
  * A call as interceptors see it. They may change `ctx` and `opts` (add
  * metadata by pointing opts.md at a larger array that lives until next()
  * returns; move the deadline), then call next() -- any number of times, to
- * retry -- or not at all, to answer themselves. A ctx substituted for a
+ * retry -- or not at all, to answer themselves. Their changes are undone
+ * when they return, so an outer interceptor's retry sees its own. A ctx substituted for a
  * streaming call must live until the stream finishes.
  */
 typedef struct mica_grpc_call_info {

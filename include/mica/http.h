@@ -184,6 +184,55 @@ typedef void (*mica_http_observer_fn)(const mica_http_completion_t *c, void *arg
  */
 MICA_API int mica_http_observe(mica_http_server_t *srv, mica_http_observer_fn fn, void *arg);
 
+/* ---- admission gates --------------------------------------------------------- */
+
+/*
+ * A gate decides whether a request is served once its head is in and routed:
+ * before its body is read and before any middleware, so a refusal costs
+ * neither (middleware of a buffered route runs only after the whole body).
+ * Load shedding and deadline checks (include/mica/limit.h) are gates.
+ */
+typedef struct mica_http_gate_ops {
+    /* Returns 0 to let `req` in, or a negative MICA_E* code to refuse it; `now_ns` is
+     * CLOCK_MONOTONIC, read once for all gates. Runs on the connection's coroutine
+     * before the request has its own: it must not suspend. */
+    int (*admit)(mica_http_req_t *req, int64_t now_ns, void *arg);
+    /* Answers a request this gate refused (`why`: admit's code), in the request's coroutine;
+     * returns as a handler does. The body stays unread. NULL: the status of `why`. */
+    int (*refuse)(mica_http_req_t *req, mica_http_resp_t *resp, int why, void *arg);
+    /* Runs once for each request this gate admitted, when it ends (answered, refused by a
+     * later gate, or abandoned), at `now_ns`, `elapsed_ns` after admit. Must not suspend. */
+    void (*done)(mica_http_req_t *req, int64_t now_ns, int64_t elapsed_ns, void *arg);
+} mica_http_gate_ops_t;
+
+/**
+ * Adds a gate (`ops` borrowed for the server's life); gates run in the order
+ * added, the first refusal wins. Refused requests skip middleware; observers
+ * see them. Call before attach. Returns 0, MICA_EINVAL or MICA_ELIMIT (8 gates).
+ */
+MICA_API int mica_http_gate(mica_http_server_t *srv, const mica_http_gate_ops_t *ops, void *arg);
+
+/* ---- request deadlines across hops ------------------------------------------- */
+
+/* The header carrying a request's remaining time, in decimal milliseconds. */
+#define MICA_HTTP_TIMEOUT_HEADER "X-Request-Timeout"
+
+/**
+ * Parses a timeout header value: decimal milliseconds ("250", X-Request-Timeout)
+ * or gRPC's form ("250m", "2S": 1-8 digits and one of H M S m u n). Returns 0
+ * with *timeout_ms set, or MICA_EINVAL.
+ */
+MICA_API int mica_http_timeout_parse(const char *value, int64_t *timeout_ms);
+
+/**
+ * Writes the milliseconds left before the earlier of `ctx`'s deadline and
+ * `deadline_ms` (MICA_NO_DEADLINE: none) into `buf`, as an HTTP client sends
+ * X-Request-Timeout. Returns 0, MICA_ENOTFOUND (no deadline: send no header),
+ * MICA_ETIMEDOUT (already past: do not send the request), MICA_ELIMIT (buf too small).
+ */
+MICA_API int mica_http_timeout_header(mica_ctx_t *ctx, int64_t deadline_ms, char *buf,
+                                      size_t size);
+
 /** Adds a listen address ("host:port", "[v6]:port", ":port"). Returns 0, MICA_EINVAL, MICA_ENOMEM. */
 MICA_API int mica_http_server_listen(mica_http_server_t *srv, const char *addr);
 
@@ -241,6 +290,21 @@ MICA_API int mica_http_server_attach(mica_http_server_t *srv, mica_runtime_t *rt
  */
 MICA_API int mica_http_server_port(const mica_http_server_t *srv, size_t i);
 
+/* A server's connection and request counters, summed over its workers. */
+typedef struct mica_http_server_stats {
+    uint64_t open_conns; /* connections open now */
+    uint64_t accepted;   /* connections accepted, ever */
+    uint64_t refused;    /* connections refused (max_conns, out of fds or memory), ever */
+    uint64_t requests;   /* requests read (HTTP/1.1 requests, HTTP/2 streams), ever */
+} mica_http_server_stats_t;
+
+/**
+ * Fills *out with `srv`'s counters: any thread, after attach (zeros before),
+ * until the server is freed; takes no lock, and a worker's latest changes
+ * may not be seen yet.
+ */
+MICA_API void mica_http_server_stats(const mica_http_server_t *srv, mica_http_server_stats_t *out);
+
 /** Frees `srv` after its runtime has stopped. NULL is a no-op. */
 MICA_API void mica_http_server_free(mica_http_server_t *srv);
 
@@ -252,6 +316,13 @@ MICA_API void mica_http_server_free(mica_http_server_t *srv);
  * to every call the handler makes that can wait. Owned by the request.
  */
 MICA_API mica_ctx_t *mica_http_req_ctx(mica_http_req_t *req);
+
+/**
+ * Returns the client's IP address as text ("192.0.2.7", "2001:db8::1"; an
+ * IPv4-mapped IPv6 address in its IPv4 form), or "" when unknown. Looked up
+ * once per connection; valid until the request ends.
+ */
+MICA_API const char *mica_http_req_peer_addr(mica_http_req_t *req);
 
 /**
  * Returns the subject of the client's verified TLS certificate in RFC 2253
@@ -319,8 +390,8 @@ MICA_API int mica_http_req_header_at(const mica_http_req_t *req, size_t i, const
 
 /**
  * Writes the client's IP address ("10.0.0.7", "2001:db8::1"; an IPv4-mapped
- * address as IPv4) into buf, for X-Forwarded-For and logs. One getpeername()
- * each call. Returns 0, MICA_ELIMIT (buf too small) or MICA_ENOTCONN.
+ * address as IPv4) into buf, for X-Forwarded-For and logs (the cache of
+ * mica_http_req_peer_addr()). Returns 0, MICA_ELIMIT (buf too small) or MICA_ENOTCONN.
  */
 MICA_API int mica_http_req_remote_addr(const mica_http_req_t *req, char *buf, size_t size);
 

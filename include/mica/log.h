@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Structured logging: one JSON object per line, on stderr unless a sink is
- * set. Every line has "ts" (UTC, ms), "level" and "msg", then the caller's
- * key/value pairs in order:
+ * set. Every line has "ts" (UTC, RFC 3339 with ms), "level", "service" (once
+ * mica_log_set_service() named it) and "msg"; lines logged with a ctx
+ * (mica_log_ctx()) carry "trace_id" and "span_id" when a span is active in
+ * it (see mica_log_set_trace()); then the caller's key/value pairs in order:
  *
- *     {"ts":"2026-12-02T10:00:00.123Z","level":"info","msg":"listening","addr":":8080"}
+ *     {"ts":"2026-12-02T10:00:00.123Z","level":"info","service":"user","msg":"listening","addr":":8080"}
  *
  *     mica_log_info("listening", "addr", ":8080");          // string values
  *     mica_log_fields(MICA_LOG_WARN, "slow call",           // typed values
@@ -27,6 +29,8 @@
 #include <stdint.h>
 
 #include "mica/error.h"
+
+typedef struct mica_ctx mica_ctx_t; /* include/mica/ctx.h */
 
 typedef enum mica_log_level {
     MICA_LOG_DEBUG = 0,
@@ -112,9 +116,58 @@ MICA_API void mica_log_fields(mica_log_level_t level, const char *msg,
 #define MICA_LOG_BOOL(k, val)                                                                     \
     ((mica_log_field_t){.key = (k), .type = MICA_LOG_T_BOOL, .v.b = (val)})
 
+/**
+ * Names the service in every later line ("service":"user"; the OTel
+ * resource's service.name); the name is copied. NULL or "" drops the field.
+ * Returns 0, MICA_EINVAL (longer than 128 bytes) or MICA_ENOMEM.
+ */
+MICA_API int mica_log_set_service(const char *name);
+
+/**
+ * The seam between logs and tracing: fills `trace_id` (32 lower-case hex
+ * digits) and `span_id` (16), NUL-terminated, with the span active in `ctx`
+ * and returns true, or returns false when it has none. Runs on the logging
+ * thread for every line logged with a ctx; it must not suspend or log.
+ */
+typedef bool (*mica_log_trace_fn)(mica_ctx_t *ctx, char trace_id[33], char span_id[17], void *arg);
+
+/**
+ * Installs the tracing layer's `fn` (NULL: none, the default), so lines
+ * logged with a ctx carry "trace_id" and "span_id". Keep `arg` alive while
+ * any thread may log.
+ */
+MICA_API void mica_log_set_trace(mica_log_trace_fn fn, void *arg);
+
+/** Returns whether a trace function is installed (callers skip making a ctx when not). */
+MICA_API bool mica_log_has_trace(void);
+
+/**
+ * As mica_log(), with the span active in `ctx` (NULL: none) as "trace_id"
+ * and "span_id" -- Go's slog.InfoContext(). Pass the request's ctx
+ * (mica_http_req_ctx(), mica_grpc_call_ctx()).
+ */
+MICA_API void mica_log_ctx(mica_ctx_t *ctx, mica_log_level_t level, const char *msg, ...);
+
+/** As mica_log_fields(), with the trace ids of `ctx` (NULL: none). */
+MICA_API void mica_log_ctx_fields(mica_ctx_t *ctx, mica_log_level_t level, const char *msg,
+                                  const mica_log_field_t *fields, size_t n);
+
+/**
+ * Builds the line mica_log_ctx_fields() would log -- whatever the level and
+ * sink -- into `buf` (room for `cap` bytes; MICA_LOG_LINE_MAX + 1 holds any
+ * line), NUL-terminated, without a newline. Returns its length, or 0 when
+ * it does not fit. For logs of one's own (access logs) in the same format.
+ */
+MICA_API size_t mica_log_format(char *buf, size_t cap, mica_ctx_t *ctx, mica_log_level_t level,
+                                const char *msg, const mica_log_field_t *fields, size_t n);
+
 #define mica_log_debug(...) mica_log(MICA_LOG_DEBUG, __VA_ARGS__, (const char *)0)
 #define mica_log_info(...) mica_log(MICA_LOG_INFO, __VA_ARGS__, (const char *)0)
 #define mica_log_warn(...) mica_log(MICA_LOG_WARN, __VA_ARGS__, (const char *)0)
 #define mica_log_error(...) mica_log(MICA_LOG_ERROR, __VA_ARGS__, (const char *)0)
+#define mica_log_debug_ctx(ctx, ...) mica_log_ctx((ctx), MICA_LOG_DEBUG, __VA_ARGS__, (const char *)0)
+#define mica_log_info_ctx(ctx, ...) mica_log_ctx((ctx), MICA_LOG_INFO, __VA_ARGS__, (const char *)0)
+#define mica_log_warn_ctx(ctx, ...) mica_log_ctx((ctx), MICA_LOG_WARN, __VA_ARGS__, (const char *)0)
+#define mica_log_error_ctx(ctx, ...) mica_log_ctx((ctx), MICA_LOG_ERROR, __VA_ARGS__, (const char *)0)
 
 #endif /* MICA_LOG_H */

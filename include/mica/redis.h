@@ -130,6 +130,16 @@ MICA_API const char *mica_redis_errmsg(mica_redis_t *r);
 /** Fills `st` with the client's counters (a snapshot, any thread). */
 MICA_API void mica_redis_stats(const mica_redis_t *r, mica_redis_stats_t *st);
 
+typedef struct mica_metrics mica_metrics_t; /* include/mica/metrics.h */
+
+/**
+ * Exports the counters above as mica_redis_*_total{client="<name>"} from
+ * `reg` (NULL: the default registry, what /metrics serves), read at each
+ * scrape, until the client is freed. `name` is copied (< 64 bytes).
+ * Returns 0, MICA_EINVAL or MICA_ENOMEM.
+ */
+MICA_API int mica_redis_export_metrics(mica_redis_t *r, mica_metrics_t *reg, const char *name);
+
 /* ---- typed helpers (keys are C strings, values binary) -------------------- */
 
 enum {

@@ -135,6 +135,20 @@ MICA_API void mica_runtime_stop(mica_runtime_t *rt);
 /** Frees `rt` after mica_runtime_run() has returned. NULL is a no-op. */
 MICA_API void mica_runtime_free(mica_runtime_t *rt);
 
+/** Runs on the thread in mica_runtime_run() when a signal given to mica_runtime_on_signal() arrives. */
+typedef void (*mica_signal_cb)(int signo, void *arg);
+
+/**
+ * Has fn(signo, arg) called, on the thread blocked in mica_runtime_run() (not
+ * a worker: it must not suspend, and should only set flags or wake others),
+ * each time `signo` arrives while the runtime runs; e.g. SIGHUP to reopen log
+ * files. The runtime blocks `signo` in its threads and reads it from its
+ * signalfd, also with opts.no_signals. Call before mica_runtime_run().
+ * Returns 0, MICA_EINVAL (no fn; SIGTERM/SIGINT, which the runtime owns, or
+ * SIGKILL, SIGSTOP, SIGPROF, SIGPIPE or a fault signal) or MICA_ENOMEM.
+ */
+MICA_API int mica_runtime_on_signal(mica_runtime_t *rt, int signo, mica_signal_cb fn, void *arg);
+
 /** Runs on a worker thread around each wait for events; see mica_runtime_on_poll(). */
 typedef void (*mica_poll_cb)(int worker_id, void *arg);
 

@@ -41,6 +41,7 @@
 #include "mica/error.h"
 #include "mica/grpc.h"
 #include "mica/http.h"
+#include "mica/http_client.h"
 #include "mica/log.h"
 #include "mica/runtime.h"
 
@@ -251,6 +252,14 @@ MICA_API int mica_trace_http_server(mica_tracer_t *t, mica_http_server_t *srv);
  * mica_grpc_client_intercept().
  */
 MICA_API int mica_trace_grpc_client(mica_tracer_t *t, mica_grpc_client_t *c);
+
+/**
+ * Makes every call of HTTP client `c` a client span, child of the span in the
+ * call's ctx, and sends traceparent/tracestate headers (an interceptor: call
+ * before the client's first call). The span ends when the response head is
+ * in. Returns 0 or the errors of mica_http_client_intercept().
+ */
+MICA_API int mica_trace_http_client(mica_tracer_t *t, mica_http_client_t *c);
 
 /** mica_tracer_new() then mica_trace_http_server(): the one call an app makes. Errors of both. */
 MICA_API int mica_trace_enable(mica_tracer_t **out, mica_runtime_t *rt, mica_http_server_t *srv,

@@ -8,8 +8,12 @@
  * The sink (a function and its argument) can be swapped while other threads
  * log, so the pair is published under a sequence lock: readers retry when a
  * swap overlapped their two loads, and a line goes to one consistent pair,
- * old or new. The level is one relaxed atomic, seeded from $MICA_LOG_LEVEL
- * on first use.
+ * old or new. The trace function (the seam the tracing layer fills, so
+ * lines logged with a ctx carry its span's ids) is published the same way.
+ * The service name is a JSON fragment built once when it is set and
+ * published by one pointer; fragments replaced later stay allocated (a
+ * concurrent line may still be copying one) until the process exits. The
+ * level is one relaxed atomic, seeded from $MICA_LOG_LEVEL on first use.
  */
 #include <math.h>
 #include <pthread.h>
@@ -22,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "mica/log.h"
 
@@ -120,6 +125,79 @@ static mica_log_sink_fn current_sink(void **arg)
     }
 }
 
+/* ---- trace ids and service -------------------------------------------------------- */
+
+static struct {
+    atomic_uint seq; /* odd while a swap is in progress; swaps under sink.writers */
+    _Atomic(mica_log_trace_fn) fn;
+    _Atomic(void *) arg;
+} trace;
+
+void mica_log_set_trace(mica_log_trace_fn fn, void *arg)
+{
+    pthread_mutex_lock(&sink.writers);
+    unsigned s = atomic_load_explicit(&trace.seq, memory_order_relaxed);
+    atomic_store_explicit(&trace.seq, s + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&trace.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&trace.arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&trace.seq, s + 2, memory_order_release);
+    pthread_mutex_unlock(&sink.writers);
+}
+
+bool mica_log_has_trace(void)
+{
+    return atomic_load_explicit(&trace.fn, memory_order_relaxed) != NULL;
+}
+
+static mica_log_trace_fn current_trace(void **arg)
+{
+    for (;;) {
+        unsigned s = atomic_load_explicit(&trace.seq, memory_order_acquire);
+        mica_log_trace_fn fn = atomic_load_explicit(&trace.fn, memory_order_relaxed);
+        *arg = atomic_load_explicit(&trace.arg, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (!(s & 1) && atomic_load_explicit(&trace.seq, memory_order_relaxed) == s)
+            return fn;
+    }
+}
+
+struct service_frag {
+    struct service_frag *older; /* kept: a line may still be copying it */
+    char json[];                /* ,"service":"..." */
+};
+static struct service_frag *service_frags; /* under sink.writers */
+static _Atomic(const char *) service_json;
+
+static bool needs_no_escape(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == '"' || *s == '\\')
+            return false;
+    return true;
+}
+
+int mica_log_set_service(const char *name)
+{
+    if (!name || !*name) {
+        atomic_store_explicit(&service_json, NULL, memory_order_release);
+        return 0;
+    }
+    size_t n = strlen(name);
+    if (n > 128 || !needs_no_escape(name))
+        return MICA_EINVAL;
+    struct service_frag *f = mica__malloc(sizeof(*f) + n + 16);
+    if (!f)
+        return MICA_ENOMEM;
+    snprintf(f->json, n + 16, ",\"service\":\"%s\"", name);
+    pthread_mutex_lock(&sink.writers);
+    f->older = service_frags;
+    service_frags = f;
+    atomic_store_explicit(&service_json, f->json, memory_order_release);
+    pthread_mutex_unlock(&sink.writers);
+    return 0;
+}
+
 /* ---- formatting ------------------------------------------------------------------- */
 
 #define TRUNCATED ",\"truncated\":true"
@@ -214,7 +292,7 @@ static _Thread_local struct {
     char stamp[24]; /* YYYY-MM-DDTHH:MM:SS */
 } ts_cache;
 
-static void begin(struct line *l, mica_log_level_t lvl, const char *msg)
+static void begin(struct line *l, mica_log_level_t lvl, const char *msg, mica_ctx_t *ctx)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -232,17 +310,37 @@ static void begin(struct line *l, mica_log_level_t lvl, const char *msg)
     put_str(l, stamp);
     put(l, ",\"level\":", 9);
     put_str(l, mica_log_level_name(lvl));
+    const char *svc = atomic_load_explicit(&service_json, memory_order_acquire);
+    if (svc)
+        put(l, svc, strlen(svc));
     put(l, ",\"msg\":", 7);
     put_str(l, msg ? msg : "");
+    if (ctx) {
+        void *arg;
+        mica_log_trace_fn fn = current_trace(&arg);
+        char tid[33], sid[17];
+        if (fn && fn(ctx, tid, sid, arg)) {
+            tid[32] = sid[16] = '\0';
+            if (put_key(l, "trace_id"))
+                put_str(l, tid);
+            if (put_key(l, "span_id"))
+                put_str(l, sid);
+        }
+    }
 }
 
-static void finish(struct line *l, mica_log_level_t lvl)
+static void close_line(struct line *l)
 {
     if (l->full) {
         memcpy(l->buf + l->len, TRUNCATED, sizeof(TRUNCATED) - 1);
         l->len += sizeof(TRUNCATED) - 1;
     }
     l->buf[l->len++] = '}';
+}
+
+static void finish(struct line *l, mica_log_level_t lvl)
+{
+    close_line(l);
     void *arg;
     mica_log_sink_fn fn = current_sink(&arg);
     if (fn) {
@@ -255,12 +353,12 @@ static void finish(struct line *l, mica_log_level_t lvl)
     (void)rc; /* nowhere to report a failed log write */
 }
 
-void mica_logv(mica_log_level_t lvl, const char *msg, va_list ap)
+static void logv(mica_ctx_t *ctx, mica_log_level_t lvl, const char *msg, va_list ap)
 {
     if (!mica_log_enabled(lvl))
         return;
     struct line l;
-    begin(&l, lvl, msg);
+    begin(&l, lvl, msg, ctx);
     for (;;) {
         const char *k = va_arg(ap, const char *);
         if (!k)
@@ -272,6 +370,19 @@ void mica_logv(mica_log_level_t lvl, const char *msg, va_list ap)
     finish(&l, lvl);
 }
 
+void mica_logv(mica_log_level_t lvl, const char *msg, va_list ap)
+{
+    logv(NULL, lvl, msg, ap);
+}
+
+void mica_log_ctx(mica_ctx_t *ctx, mica_log_level_t lvl, const char *msg, ...)
+{
+    va_list ap;
+    va_start(ap, msg);
+    logv(ctx, lvl, msg, ap);
+    va_end(ap);
+}
+
 void mica_log(mica_log_level_t lvl, const char *msg, ...)
 {
     va_list ap;
@@ -280,38 +391,63 @@ void mica_log(mica_log_level_t lvl, const char *msg, ...)
     va_end(ap);
 }
 
-void mica_log_fields(mica_log_level_t lvl, const char *msg, const mica_log_field_t *fields,
-                     size_t n)
+static void put_fields(struct line *l, const mica_log_field_t *fields, size_t n)
 {
-    if (!mica_log_enabled(lvl))
-        return;
-    struct line l;
-    begin(&l, lvl, msg);
     char num[40];
-    for (size_t i = 0; i < n && !l.full; i++) {
+    for (size_t i = 0; i < n && !l->full; i++) {
         const mica_log_field_t *f = &fields[i];
         switch (f->type) {
         case MICA_LOG_T_STR:
-            if (put_key(&l, f->key))
-                put_str(&l, f->v.s ? f->v.s : "");
+            if (put_key(l, f->key))
+                put_str(l, f->v.s ? f->v.s : "");
             break;
         case MICA_LOG_T_INT:
             snprintf(num, sizeof(num), "%lld", (long long)f->v.i);
-            put_scalar(&l, f->key, num);
+            put_scalar(l, f->key, num);
             break;
         case MICA_LOG_T_FLOAT:
             if (!isfinite(f->v.f))
                 snprintf(num, sizeof(num), "null");
             else if (snprintf(num, sizeof(num), "%.15g", f->v.f), strtod(num, NULL) != f->v.f)
                 snprintf(num, sizeof(num), "%.17g", f->v.f); /* 15 digits did not round-trip */
-            put_scalar(&l, f->key, num);
+            put_scalar(l, f->key, num);
             break;
         case MICA_LOG_T_BOOL:
-            put_scalar(&l, f->key, f->v.b ? "true" : "false");
+            put_scalar(l, f->key, f->v.b ? "true" : "false");
             break;
         }
     }
+}
+
+void mica_log_ctx_fields(mica_ctx_t *ctx, mica_log_level_t lvl, const char *msg,
+                         const mica_log_field_t *fields, size_t n)
+{
+    if (!mica_log_enabled(lvl))
+        return;
+    struct line l;
+    begin(&l, lvl, msg, ctx);
+    put_fields(&l, fields, n);
     finish(&l, lvl);
+}
+
+void mica_log_fields(mica_log_level_t lvl, const char *msg, const mica_log_field_t *fields,
+                     size_t n)
+{
+    mica_log_ctx_fields(NULL, lvl, msg, fields, n);
+}
+
+size_t mica_log_format(char *buf, size_t cap, mica_ctx_t *ctx, mica_log_level_t lvl,
+                       const char *msg, const mica_log_field_t *fields, size_t n)
+{
+    struct line l;
+    begin(&l, lvl, msg, ctx);
+    put_fields(&l, fields, n);
+    close_line(&l);
+    if (l.len + 1 > cap)
+        return 0;
+    memcpy(buf, l.buf, l.len);
+    buf[l.len] = '\0';
+    return l.len;
 }
 
 /* ---- the runtime's internal entry point (common/log.h) --------------------------- */

@@ -14,6 +14,7 @@
  * call here. A stream holds a reference on its connection until finish,
  * so the session outlives every stream that points into it.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,6 +235,7 @@ static int open_failed(int rc, mica_grpc_result_t *res)
                                       : MICA_GRPC_UNAVAILABLE;
     res->code = code;
     snprintf(res->message, sizeof(res->message), "%s", mica_strerror(rc));
+    res->retry_pushback_ms = -1;
     return code;
 }
 
@@ -247,6 +249,7 @@ static int transport_open(mica_grpc_call_info_t *call)
     if (rc == 0) {
         call->res->code = MICA_GRPC_OK;
         call->res->message[0] = '\0';
+        call->res->retry_pushback_ms = -1;
         return MICA_GRPC_OK;
     }
     call->_err = rc;
@@ -260,9 +263,16 @@ static int call_next(mica_grpc_call_info_t *call)
     int i = call->_pos;
     if ((size_t)i >= c->nicpt)
         return call->streaming ? transport_open(call) : transport_unary(call);
+    /* What this interceptor changes (ctx, options: e.g. md pointing at its own
+     * stack array) is put back when it returns, so an outer interceptor that
+     * calls next() again (a retry) starts from what it passed itself. */
+    mica_ctx_t *ctx = call->ctx;
+    mica_grpc_call_opts_t opts = call->opts;
     call->_pos = i + 1;
     int code = c->icpt[i].fn(call, call_next, c->icpt[i].arg);
     call->_pos = i;
+    call->ctx = ctx;
+    call->opts = opts;
     return code;
 }
 
@@ -307,7 +317,7 @@ int mica_grpc_stream_open(mica_grpc_client_t *c, mica_ctx_t *ctx,
     call.streaming = true;
     if (c->nicpt == 0)
         return open_stream(&call, out);
-    mica_grpc_result_t res;
+    mica_grpc_result_t res = {.retry_pushback_ms = -1};
     call.res = &res;
     int code = call_next(&call);
     if (code == MICA_GRPC_OK && call.stream) {
@@ -514,6 +524,21 @@ static int http_code(int status)
     }
 }
 
+/* gRFC A6's grpc-retry-pushback-ms, from the trailers (or the headers of a
+ * trailers-only response): -1 absent, -2 not a non-negative integer. */
+static int64_t pushback(const mica_grpc_stream_t *st)
+{
+    const char *v = find(st->trailers, st->ntrailers, "grpc-retry-pushback-ms");
+    if (!v)
+        v = find(st->headers, st->nheaders, "grpc-retry-pushback-ms");
+    if (!v)
+        return -1;
+    char *end;
+    errno = 0;
+    long long ms = strtoll(v, &end, 10);
+    return *v >= '0' && *v <= '9' && !*end && errno == 0 ? (int64_t)ms : -2;
+}
+
 int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res)
 {
     mica_grpc_result_t local;
@@ -563,6 +588,7 @@ int mica_grpc_stream_finish(mica_grpc_stream_t *st, mica_grpc_result_t *res)
     }
     res->code = code;
     set_message(res, msg);
+    res->retry_pushback_ms = st->local_code ? -1 : pushback(st);
     uint32_t latency_us = 0;
     if (st->started_ns) {
         int64_t us = (now_ns() - st->started_ns) / 1000;
@@ -626,6 +652,7 @@ int mica_grpc_unary(mica_grpc_client_t *c, mica_ctx_t *ctx,
     call.req = req;
     call.resp = resp;
     call.res = res ? res : &local;
+    call.res->retry_pushback_ms = -1; /* for interceptors that answer by themselves */
     int code = c->nicpt ? call_next(&call) : transport_unary(&call);
     if (code != MICA_GRPC_OK && *resp) { /* an interceptor's doing: keep the contract */
         protobuf_c_message_free_unpacked(*resp, NULL);

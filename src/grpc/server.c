@@ -148,6 +148,24 @@ int mica_grpc_register(mica_grpc_server_t *gs, const ProtobufCServiceDescriptor 
     return 0;
 }
 
+mica_http_server_t *mica_grpc_server_http(const mica_grpc_server_t *gs)
+{
+    return gs->http;
+}
+
+int mica_grpc_server_method_kind(const mica_grpc_server_t *gs, const char *path,
+                                 mica_grpc_kind_t *out)
+{
+    mica__list_foreach(n, &gs->methods) {
+        const mica__grpc_method_t *m = mica__list_entry(n, mica__grpc_method_t, link);
+        if (strcmp(m->path, path) == 0) {
+            *out = m->kind;
+            return 0;
+        }
+    }
+    return MICA_ENOTFOUND;
+}
+
 bool mica__grpc_has_service(const mica_grpc_server_t *gs, const char *name)
 {
     mica__list_foreach(n, &gs->methods) {
@@ -310,7 +328,9 @@ int mica_grpc_call_header(mica_grpc_call_t *call, const char *key, const char *v
 
 int mica_grpc_call_trailer(mica_grpc_call_t *call, const char *key, const char *value)
 {
-    if (!key || !value || !valid_key(key) || !valid_value(value))
+    /* The one grpc- trailer a handler may send: gRFC A6's retry pushback. */
+    bool pushback = key && strcmp(key, "grpc-retry-pushback-ms") == 0;
+    if (!key || !value || !(pushback || valid_key(key)) || !valid_value(value))
         return MICA_EINVAL;
     return mica_http_resp_trailer(call->resp, key, value);
 }

@@ -64,7 +64,7 @@ void mica__http_conn_close(mica__http_conn_t *c)
         c->parked = false;
     }
     mica__list_remove(&c->link);
-    w->nconns--;
+    MICA__HTTP_COUNT(&w->nconns, -1);
     if (c->tls.ssl) {
         mica__tls_shutdown(&c->tls);
         mica__tls_free(&c->tls);
@@ -96,10 +96,10 @@ int mica__http_conn_write(mica__http_conn_t *c, const void *buf, size_t len, int
     return mica_net_write(c->fd, buf, len, NULL, deadline);
 }
 
-/* Moves the head's strings (and the body, params) along with a moved input buffer. */
-static void rebase(mica__http_conn_t *c, const char *old)
+/* Points the head's strings (and the body, params) that lie in [from, end]
+ * at the same offsets from `to`. */
+static void rebase_range(mica__http_conn_t *c, uintptr_t from, uintptr_t end, uintptr_t to)
 {
-    uintptr_t from = (uintptr_t)old, to = (uintptr_t)c->in.data, end = from + c->in.len;
 #define MOVE(p)                                                                                   \
     do {                                                                                          \
         if ((p) && (uintptr_t)(p) >= from && (uintptr_t)(p) <= end)                               \
@@ -122,6 +122,30 @@ static void rebase(mica__http_conn_t *c, const char *old)
     for (size_t i = 0; i < req->match.nparams; i++)
         MOVE(req->match.values[i]);
 #undef MOVE
+}
+
+/* Moves the head's strings along with a moved input buffer. */
+static void rebase(mica__http_conn_t *c, const char *old)
+{
+    rebase_range(c, (uintptr_t)old, (uintptr_t)old + c->in.len, (uintptr_t)c->in.data);
+}
+
+/*
+ * A streaming handler reads its body into the input buffer, which may then
+ * grow and move; the strings it got before (method, path, headers, params)
+ * must not. So they are copied to the request arena first. Returns 0 or
+ * MICA_ENOMEM.
+ */
+static int pin_head(mica__http_conn_t *c)
+{
+    char *copy = mica__arena_alloc(&c->arena, c->head_len);
+    if (!copy)
+        return MICA_ENOMEM;
+    memcpy(copy, c->in.data, c->head_len);
+    uintptr_t from = (uintptr_t)c->in.data;
+    rebase_range(c, from, from + c->head_len, (uintptr_t)copy);
+    c->req.headers = c->head->headers;
+    return 0;
 }
 
 /* Makes room for n more input bytes, rebasing a parsed head if the buffer moved. */
@@ -745,6 +769,7 @@ static void set_target(mica__http_conn_t *c)
 /* Answers a request the server refuses by itself, observed like any other. */
 static void refuse(mica__http_conn_t *c, int status)
 {
+    mica__http_gates_done(&c->req); /* admitted at the head, given up on with its body */
     c->close = true;
     mica__http_send_error(&c->resp, status, error_message(status));
     mica__http_observe(&c->req, &c->resp);
@@ -864,6 +889,11 @@ void mica__http_conn_main(void *arg)
             return;
         }
         set_target(c);
+        if (req->streaming && pin_head(c) != 0) {
+            refuse(c, 503);
+            conn_linger_close(c);
+            return;
+        }
         if (req->streaming) {
             c->boff = c->bend = c->braw = head_len;
             c->bchunked = h->chunked;
@@ -878,6 +908,7 @@ void mica__http_conn_main(void *arg)
         } else {
             r = read_body(c, head_len, &consumed);
             if (r == READ_EOF || r == READ_QUIET) {
+                mica__http_gates_done(req);
                 mica__http_conn_close(c);
                 return;
             }
@@ -888,7 +919,7 @@ void mica__http_conn_main(void *arg)
             }
             req->bytes_in = consumed;
         }
-        w->requests++;
+        MICA__HTTP_COUNT(&w->requests, 1);
         c->requests++;
         mica__http_serve(req, &c->resp);
         if (req->streaming) {

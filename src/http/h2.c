@@ -74,6 +74,9 @@ struct mica__h2_stream {
     size_t method_len, path_len;
     bool too_large, bad;
     bool routed, running, closed;
+    bool served;       /* its coroutine has been started (at most once) */
+    bool reset;        /* we reset it: the rest of its request was too much to drop */
+    uint64_t dropped;  /* request bytes that came after its handler had returned */
     bool in_eof;       /* the client ended its side */
     size_t unconsumed; /* received bytes not yet returned to the stream window */
     bool out_started;  /* response headers submitted */
@@ -167,6 +170,7 @@ static void stream_destroy(mica__h2_stream_t *s)
 
 static void stream_free(mica__h2_stream_t *s)
 {
+    mica__http_gates_done(&s->req); /* routed but never served: reset, too large */
     mica__list_remove(&s->link);
     mica__http_worker_t *w = s->hc->c->w;
     if (w->nh2_spare >= MAX_SPARE || s->body.cap > SPARE_BUF_BYTES ||
@@ -503,7 +507,7 @@ static void stream_main(void *arg)
     mica__h2_stream_t *s = arg;
     h2conn_t *hc = s->hc;
     mica_http_req_t *req = &s->req;
-    hc->c->w->requests++;
+    MICA__HTTP_COUNT(&hc->c->w->requests, 1);
     if (s->bad || s->too_large) {
         mica__http_send_error(&s->resp, s->bad ? 400 : 413,
                               s->bad ? "malformed request" : "request body too large");
@@ -514,6 +518,16 @@ static void stream_main(void *arg)
             req->body_len = mica__buf_len(&s->body);
         }
         mica__http_serve(req, &s->resp);
+    }
+    if (!s->in_eof && !s->closed && s->req.streaming) {
+        /* The handler returned before the request's end (a refusal at the head, an
+         * early answer): what it left unread is dropped and its window given back, as
+         * is whatever still comes (on_data), so the client can finish sending. */
+        mica__buf_consume(&s->body, mica__buf_len(&s->body));
+        if (s->unconsumed) {
+            nghttp2_session_consume_stream(hc->sess, s->id, s->unconsumed);
+            s->unconsumed = 0;
+        }
     }
     s->running = false;
     if (s->closed)
@@ -558,14 +572,17 @@ static void route(h2conn_t *hc, mica__h2_stream_t *s)
 
 static void dispatch(h2conn_t *hc, mica__h2_stream_t *s)
 {
-    if (s->running)
+    /* A streaming request is dispatched at its headers and again at its END_STREAM;
+     * if its handler already answered and returned by then, it is not served twice. */
+    if (s->running || s->served)
         return;
+    s->served = true;
     if (!s->routed)
         route(hc, s);
     s->running = true;
     mica_wg_add(hc->running, 1);
     if (mica_go(stream_main, s) != 0) {
-        s->running = false;
+        s->running = s->served = false;
         mica_wg_done(hc->running);
         nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
     }
@@ -623,6 +640,19 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
 {
     h2conn_t *hc = user;
     mica__h2_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    if (s && s->served && !s->running && s->req.streaming) {
+        /* Its handler has returned: the rest is dropped, the window given back (a client
+         * must be able to finish a request that was answered early: RFC 9113 §8.1 lets
+         * the server reset it instead, but curl 7.88 then fails the exchange). Past
+         * max_body_bytes dropped, RST_STREAM(NO_ERROR) ends it. */
+        give_back(hc, id, len);
+        s->dropped += len;
+        if (s->dropped > hc->srv->o.max_body_bytes && !s->reset) {
+            s->reset = true;
+            nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+        }
+        return 0;
+    }
     if (s && s->req.streaming) {
         nghttp2_session_consume_connection(sess, len);
         if (buf_put(&s->body, data, len) != 0)

@@ -9,6 +9,7 @@
 #ifndef MICA_HTTP_INTERNAL_H
 #define MICA_HTTP_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -79,6 +80,13 @@ typedef struct mica__http_obs {
     void *arg;
 } mica__http_obs_t;
 
+typedef struct mica__http_gate {
+    const mica_http_gate_ops_t *ops;
+    void *arg;
+} mica__http_gate_t;
+
+#define MICA__HTTP_MAX_GATES 8
+
 struct mica_http_server {
     mica_http_server_opts_t o;
     mica__http_limits_t limits;
@@ -89,6 +97,8 @@ struct mica_http_server {
     size_t nmw;
     mica__http_obs_t *obs;
     size_t nobs;
+    mica__http_gate_t gates[MICA__HTTP_MAX_GATES];
+    size_t ngates;
     char **addrs;
     size_t naddrs;
     int *fds; /* naddrs * nworkers listening sockets, [worker * naddrs + i] */
@@ -103,9 +113,11 @@ struct mica__http_worker {
     mica_http_server_t *srv;
     int id;
     mica__list_t conns; /* every open connection, for the drain */
-    int nconns;
+    /* Written by this worker only; relaxed atomics so that
+     * mica_http_server_stats() may read them from any thread. */
+    _Atomic int nconns;
     int spare_fd; /* closed and reopened to refuse a connection on EMFILE */
-    uint64_t accepted, refused, requests;
+    _Atomic uint64_t accepted, refused, requests;
     int64_t last_refuse_log_ms;
     mica__list_t idle; /* parked connections, oldest first */
     char *free_bufs;   /* pool of MICA__HTTP_BUF_BYTES buffers, linked through their first bytes */
@@ -117,6 +129,12 @@ struct mica__http_worker {
     char date[40]; /* "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" */
     size_t date_len;
 };
+
+/* Adds `d` to a counter only its worker writes: a plain load and store, no locked RMW. */
+#define MICA__HTTP_COUNT(p, d)                                                                    \
+    atomic_store_explicit((p), atomic_load_explicit((p), memory_order_relaxed) + (d),           \
+                          memory_order_relaxed)
+#define MICA__HTTP_GET(p) atomic_load_explicit((p), memory_order_relaxed)
 
 /* Takes a MICA__HTTP_BUF_BYTES buffer from the worker's pool (or allocates). NULL on ENOMEM. */
 char *mica__http_buf_get(mica__http_worker_t *w);
@@ -183,6 +201,9 @@ struct mica_http_req {
     const char *tls_peer; /* the connection's verified client certificate subject, or NULL */
     int64_t start_ns;     /* observers: when the head arrived */
     uint64_t bytes_in;
+    int refused;             /* a gate's refusal (MICA_E*), answered by that gate's refuse */
+    unsigned gates_admitted; /* gates whose admit let the request in: each gets done() */
+    int64_t admit_ns;        /* when the gates ran (their done()'s elapsed time) */
 };
 
 struct mica_http_resp {
@@ -222,6 +243,12 @@ void mica__http_observe(mica_http_req_t *req, mica_http_resp_t *resp);
 void mica__http_clock_start(mica_http_req_t *req);
 /* The monotonic clock in ns (observers' durations). */
 int64_t mica__http_now_ns(void);
+/*
+ * Runs done() of every gate that admitted req, once (later calls do nothing).
+ * Every routed request reaches it: at the end of serving, or wherever a
+ * protocol gives up on a request it routed (a bad body, a reset stream).
+ */
+void mica__http_gates_done(mica_http_req_t *req);
 /* Cancels the request's ctx (client gone); a later ctx starts cancelled. */
 void mica__http_req_cancel(mica_http_req_t *req);
 /* Frees the ctxs made for the request. */

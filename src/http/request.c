@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -57,7 +58,51 @@ void mica__http_req_init(mica_http_req_t *req, mica_http_resp_t *resp, mica_http
     *resp = (mica_http_resp_t){.req = req};
 }
 
-/* ---- routing ------------------------------------------------------------------ */
+/* ---- routing and admission ----------------------------------------------------- */
+
+/*
+ * Runs the gates when the head is in. A refused request is served like a
+ * streaming one -- at once, its body unread (HTTP/1.1 closes the connection
+ * unless the whole body already came; HTTP/2 leaves the rest of the stream
+ * unread) -- and answered by the refusing gate instead of the chain.
+ */
+static void admit(mica_http_req_t *req)
+{
+    mica_http_server_t *srv = req->srv;
+    req->admit_ns = mica__http_now_ns();
+    for (size_t i = 0; i < srv->ngates; i++) {
+        int rc = srv->gates[i].ops->admit(req, req->admit_ns, srv->gates[i].arg);
+        if (rc != 0) {
+            req->refused = rc < 0 ? rc : MICA_EOVERLOAD;
+            req->streaming = true;
+            return;
+        }
+        req->gates_admitted++;
+    }
+}
+
+void mica__http_gates_done(mica_http_req_t *req)
+{
+    unsigned n = req->gates_admitted;
+    if (!n)
+        return;
+    req->gates_admitted = 0;
+    const mica__http_gate_t *g = req->srv->gates;
+    int64_t now = mica__http_now_ns();
+    for (unsigned i = 0; i < n; i++)
+        if (g[i].ops->done)
+            g[i].ops->done(req, now, now - req->admit_ns, g[i].arg);
+}
+
+int mica_http_gate(mica_http_server_t *srv, const mica_http_gate_ops_t *ops, void *arg)
+{
+    if (!ops || !ops->admit || srv->fds)
+        return MICA_EINVAL;
+    if (srv->ngates == MICA__HTTP_MAX_GATES)
+        return MICA_ELIMIT;
+    srv->gates[srv->ngates++] = (mica__http_gate_t){ops, arg};
+    return 0;
+}
 
 void mica__http_route(mica_http_req_t *req)
 {
@@ -73,6 +118,8 @@ void mica__http_route(mica_http_req_t *req)
      * with body_timeout_ms. */
     req->deadline_ms = req->streaming ? MICA_NO_DEADLINE
                                       : mica_deadline_in(srv->o.request_timeout_ms);
+    if (srv->ngates)
+        admit(req);
 }
 
 /* ---- serving ------------------------------------------------------------------- */
@@ -165,7 +212,10 @@ void mica__http_serve(mica_http_req_t *req, mica_http_resp_t *resp)
 {
     mica_http_server_t *srv = req->srv;
     int rc;
-    if (srv->nmw == 0) {
+    if (req->refused) {
+        const mica__http_gate_t *g = &srv->gates[req->gates_admitted];
+        rc = g->ops->refuse ? g->ops->refuse(req, resp, req->refused, g->arg) : req->refused;
+    } else if (srv->nmw == 0) {
         void *arg;
         mica_http_handler_fn fn = final_of(req, &arg);
         rc = fn(req, resp, arg);
@@ -174,6 +224,7 @@ void mica__http_serve(mica_http_req_t *req, mica_http_resp_t *resp)
         rc = mica_http_next(&next);
     }
     settle(req, resp, rc);
+    mica__http_gates_done(req);
     mica__http_observe(req, resp); /* before the release: observers read ctx values */
     mica__http_req_release(req);
 }
@@ -334,6 +385,51 @@ int64_t mica_http_req_deadline(const mica_http_req_t *req)
     return req->deadline_ms;
 }
 
+/* ---- deadlines across hops -------------------------------------------------------------- */
+
+int mica_http_timeout_parse(const char *v, int64_t *timeout_ms)
+{
+    size_t n = v ? strlen(v) : 0, digits = n;
+    int64_t unit_ns = 1000000; /* bare digits: milliseconds */
+    if (n && (v[n - 1] < '0' || v[n - 1] > '9')) {
+        digits = n - 1; /* gRPC's TimeoutValue TimeoutUnit (PROTOCOL-HTTP2) */
+        switch (v[n - 1]) {
+        case 'H': unit_ns = 3600 * INT64_C(1000000000); break;
+        case 'M': unit_ns = 60 * INT64_C(1000000000); break;
+        case 'S': unit_ns = INT64_C(1000000000); break;
+        case 'm': unit_ns = 1000000; break;
+        case 'u': unit_ns = 1000; break;
+        case 'n': unit_ns = 1; break;
+        default: return MICA_EINVAL;
+        }
+    }
+    if (digits < 1 || digits > 8) /* 8 digits, as gRPC's: no overflow below */
+        return MICA_EINVAL;
+    int64_t x = 0;
+    for (size_t i = 0; i < digits; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return MICA_EINVAL;
+        x = x * 10 + (v[i] - '0');
+    }
+    /* Rounded up: a budget of 1 ns is not an expired one. */
+    *timeout_ms = unit_ns >= 1000000 ? x * (unit_ns / 1000000) : (x * unit_ns + 999999) / 1000000;
+    return 0;
+}
+
+int mica_http_timeout_header(mica_ctx_t *ctx, int64_t deadline_ms, char *buf, size_t size)
+{
+    int64_t d = ctx ? mica_ctx_deadline(ctx) : MICA_NO_DEADLINE;
+    if (deadline_ms < d)
+        d = deadline_ms;
+    if (d == MICA_NO_DEADLINE)
+        return MICA_ENOTFOUND;
+    int64_t left = d - mica_now_ms();
+    if (left <= 0)
+        return MICA_ETIMEDOUT;
+    int n = snprintf(buf, size, "%lld", (long long)left);
+    return n < 0 || (size_t)n >= size ? MICA_ELIMIT : 0;
+}
+
 void mica__http_req_cancel(mica_http_req_t *req)
 {
     req->cancelled = true;
@@ -396,6 +492,16 @@ static int peer_of(int fd, char *buf, size_t size)
         return MICA_ENOTCONN;
     }
     return inet_ntop(family, a, buf, (socklen_t)size) ? 0 : MICA_ELIMIT;
+}
+
+const char *mica_http_req_peer_addr(mica_http_req_t *req)
+{
+    if (!req->peer)
+        return "";
+    /* Asked once per connection: later requests read the connection's cache. */
+    if (!req->peer[0] && peer_of(req->sock, req->peer, 48) != 0)
+        req->peer[0] = '\0';
+    return req->peer;
 }
 
 int mica_http_req_remote_addr(const mica_http_req_t *req, char *buf, size_t size)

@@ -364,12 +364,12 @@ int mica__http_buf_ready(mica__http_worker_t *w, mica__buf_t *b)
 
 static void note_refused(mica__http_worker_t *w, const char *why)
 {
-    w->refused++;
+    MICA__HTTP_COUNT(&w->refused, 1);
     int64_t now = mica_now_ms();
     if (now - w->last_refuse_log_ms >= 1000) {
         w->last_refuse_log_ms = now;
         char n[24], id[12];
-        snprintf(n, sizeof(n), "%llu", (unsigned long long)w->refused);
+        snprintf(n, sizeof(n), "%llu", (unsigned long long)MICA__HTTP_GET(&w->refused));
         snprintf(id, sizeof(id), "%d", w->id);
         mica__log_warn("connection refused", "reason", why, "worker", id, "refused_total", n);
     }
@@ -427,7 +427,7 @@ static void accept_main(void *arg)
             }
             continue;
         }
-        if (w->nconns >= w->srv->o.max_conns) {
+        if (MICA__HTTP_GET(&w->nconns) >= w->srv->o.max_conns) {
             close(fd);
             note_refused(w, "connection limit");
             continue;
@@ -450,8 +450,8 @@ static void accept_main(void *arg)
         mica__buf_init(&c->out, MICA__HTTP_OUT_CAP_BYTES);
         mica__list_init(&c->idle_link);
         mica__list_push_front(&w->conns, &c->link);
-        w->nconns++;
-        w->accepted++;
+        MICA__HTTP_COUNT(&w->nconns, 1);
+        MICA__HTTP_COUNT(&w->accepted, 1);
         if (mica_go(mica__http_conn_main, c) != 0) {
             mica__http_conn_close(c);
             note_refused(w, "out of memory");
@@ -526,11 +526,24 @@ static void worker_stop(int id, void *arg)
     }
     char id_s[12], acc[24], ref[24], req[24];
     snprintf(id_s, sizeof(id_s), "%d", id);
-    snprintf(acc, sizeof(acc), "%llu", (unsigned long long)w->accepted);
-    snprintf(ref, sizeof(ref), "%llu", (unsigned long long)w->refused);
-    snprintf(req, sizeof(req), "%llu", (unsigned long long)w->requests);
+    snprintf(acc, sizeof(acc), "%llu", (unsigned long long)MICA__HTTP_GET(&w->accepted));
+    snprintf(ref, sizeof(ref), "%llu", (unsigned long long)MICA__HTTP_GET(&w->refused));
+    snprintf(req, sizeof(req), "%llu", (unsigned long long)MICA__HTTP_GET(&w->requests));
     mica__log_info("http worker draining", "worker", id_s, "accepted", acc, "refused", ref,
                    "requests", req);
+}
+
+void mica_http_server_stats(const mica_http_server_t *srv, mica_http_server_stats_t *out)
+{
+    *out = (mica_http_server_stats_t){0};
+    for (int i = 0; i < srv->nworkers; i++) {
+        mica__http_worker_t *w = &srv->workers[i];
+        int open = MICA__HTTP_GET(&w->nconns);
+        out->open_conns += open > 0 ? (uint64_t)open : 0;
+        out->accepted += MICA__HTTP_GET(&w->accepted);
+        out->refused += MICA__HTTP_GET(&w->refused);
+        out->requests += MICA__HTTP_GET(&w->requests);
+    }
 }
 
 int mica_http_server_attach(mica_http_server_t *srv, mica_runtime_t *rt)

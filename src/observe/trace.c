@@ -33,7 +33,8 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "observe/internal.h"
+#include "mica/log.h"
+#include "observe/trace_internal.h"
 #include "observe/wire.h"
 
 const char mica_trace_span_key = 0;
@@ -537,6 +538,18 @@ static int parse_ratio(const char *text, uint64_t *threshold)
     return 0;
 }
 
+/* The log layer's seam (mica_log_set_trace): the ids of the span in `ctx`. */
+static bool log_trace_ids(mica_ctx_t *ctx, char trace_id[33], char span_id[17], void *arg)
+{
+    (void)arg;
+    mica_trace_ids_t ids;
+    if (mica_trace_ids(ctx, &ids) != 0)
+        return false;
+    memcpy(trace_id, ids.trace_id, 33);
+    memcpy(span_id, ids.span_id, 17);
+    return true;
+}
+
 int mica_tracer_new(mica_tracer_t **out, mica_runtime_t *rt, const mica_trace_opts_t *opts)
 {
     if (!rt)
@@ -593,6 +606,8 @@ int mica_tracer_new(mica_tracer_t **out, mica_runtime_t *rt, const mica_trace_op
     }
     mica_tracer_t *none = NULL;
     atomic_compare_exchange_strong(&default_tracer, &none, t);
+    /* Log lines written under a traced request's ctx carry its ids. */
+    mica_log_set_trace(log_trace_ids, NULL);
     *out = t;
     return 0;
 }
@@ -602,7 +617,8 @@ void mica_tracer_free(mica_tracer_t *t)
     if (!t)
         return;
     mica_tracer_t *self = t;
-    atomic_compare_exchange_strong(&default_tracer, &self, NULL);
+    if (atomic_compare_exchange_strong(&default_tracer, &self, NULL))
+        mica_log_set_trace(NULL, NULL);
     for (int i = 0; t->w && i < t->nworkers; i++) {
         mica__trace_worker_t *w = &t->w[i];
         for (mica__span_rec_t *r = w->head, *next; r; r = next) {

@@ -29,7 +29,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "observe/internal.h"
+#include "observe/trace_internal.h"
 
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 30000

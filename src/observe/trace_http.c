@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "observe/internal.h"
+#include "observe/trace_internal.h"
 
 /* Splits "host:port" / "[v6]:port" and sets server.address and server.port. */
 static void server_attrs(mica_span_t *sp, const char *hostport)
@@ -260,4 +260,66 @@ int mica_trace_grpc_client(mica_tracer_t *t, mica_grpc_client_t *c)
     if (!t || !c)
         return MICA_EINVAL;
     return mica_grpc_client_intercept(c, client_icpt, t);
+}
+
+/* ---- the HTTP client: a client span per call, traceparent injected ------------------ */
+
+static int http_client_icpt(mica_http_call_info_t *call, mica_http_client_next_fn next, void *arg)
+{
+    mica_tracer_t *t = arg;
+    const mica_span_t *parent = mica_trace_span(call->ctx);
+    mica_span_t sp;
+    mica__span_begin(parent ? parent->tracer : t, &sp, parent ? &parent->sc : NULL, false,
+                     MICA_SPAN_CLIENT, NULL);
+    mica__span_tracestate(&sp, parent ? parent->tracestate : NULL);
+    const char *method = call->req->method ? call->req->method : "GET";
+    const char *path = call->req->path ? call->req->path : "/";
+    if (sp.rec) {
+        mica__span_name(&sp, method, strlen(method), NULL, 0);
+        MICA__ATTR_STR(&sp, "http.request.method", method, strlen(method));
+        const char *q = strchr(path, '?');
+        MICA__ATTR_STR(&sp, "url.path", path, q ? (size_t)(q - path) : strlen(path));
+    }
+
+    /* The caller's headers plus ours, for the length of next() (the client
+     * puts opts back when this returns). */
+    mica_http_header_t hdrs[MICA_HTTP_MAX_REQUEST_HEADERS];
+    mica_trace_headers_t h;
+    mica_trace_inject(&sp, &h);
+    size_t n = call->opts.nheaders, extra = h.tracestate ? 2 : 1;
+    if (n + extra <= MICA_HTTP_MAX_REQUEST_HEADERS) {
+        if (n)
+            memcpy(hdrs, call->opts.headers, n * sizeof(hdrs[0]));
+        hdrs[n++] = (mica_http_header_t){"traceparent", h.traceparent};
+        if (h.tracestate)
+            hdrs[n++] = (mica_http_header_t){"tracestate", h.tracestate};
+        call->opts.headers = hdrs;
+        call->opts.nheaders = n;
+    }
+    int rc = next(call);
+
+    if (sp.rec) {
+        const mica_http_result_t *res = call->res;
+        if (res->endpoint[0])
+            server_attrs(&sp, res->endpoint);
+        if (res->status)
+            MICA__ATTR_INT(&sp, "http.response.status_code", res->status);
+        if (rc != 0) {
+            const char *name = mica_err_name(rc);
+            set_error(&sp, name, strlen(name));
+        } else if (res->status >= 500) {
+            char st[8];
+            int k = snprintf(st, sizeof(st), "%d", res->status);
+            set_error(&sp, st, (size_t)k);
+        }
+    }
+    mica__span_finish(&sp); /* a streamed body's end is the caller's: the span ends at the head */
+    return rc;
+}
+
+int mica_trace_http_client(mica_tracer_t *t, mica_http_client_t *c)
+{
+    if (!t || !c)
+        return MICA_EINVAL;
+    return mica_http_client_intercept(c, http_client_icpt, t);
 }

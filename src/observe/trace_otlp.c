@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "observe/internal.h"
+#include "observe/trace_internal.h"
 #include "observe/wire.h"
 #include "otlp_trace.pb-c.h"
 

@@ -18,7 +18,7 @@
 
 #include "common/alloc.h"
 #include "mica/net.h"
-#include "observe/internal.h"
+#include "observe/trace_internal.h"
 
 #define HEAD_MAX 8192
 

@@ -15,7 +15,9 @@
  *   drain deadline, or on a second request, drain_level 2: cancel.
  *
  * Workers are told through their loop's eventfd: the hot path shares
- * nothing with this file.
+ * nothing with this file. Signals registered with mica_runtime_on_signal()
+ * (SIGHUP for log reopening) are read from the same signalfd and handed to
+ * their callbacks on the main thread.
  */
 #include <limits.h>
 #include <poll.h>
@@ -38,6 +40,12 @@ typedef struct hook {
     mica_worker_cb cb;
     void *arg;
 } hook_t;
+
+typedef struct signal_hook {
+    int signo;
+    mica_signal_cb cb;
+    void *arg;
+} signal_hook_t;
 
 typedef struct shutdown_hook {
     mica_shutdown_cb cb;
@@ -66,6 +74,8 @@ struct mica_runtime {
     size_t nstart, nstop;
     mica__poll_hook_t *poll_hooks;
     size_t npoll;
+    signal_hook_t *signal_hooks;
+    size_t nsignal;
     shutdown_hook_t **shutdown_hooks; /* stable addresses: coroutines point at them */
     size_t nshutdown;
     struct phase_run *phase_run; /* worker 0's driver only */
@@ -204,6 +214,23 @@ int mica_runtime_on_poll(mica_runtime_t *rt, mica_poll_cb before, mica_poll_cb a
         return MICA_ENOMEM;
     h[rt->npoll++] = (mica__poll_hook_t){before, after, arg};
     rt->poll_hooks = h;
+    return 0;
+}
+
+int mica_runtime_on_signal(mica_runtime_t *rt, int signo, mica_signal_cb fn, void *arg)
+{
+    switch (signo) {
+    case SIGTERM: case SIGINT: case SIGKILL: case SIGSTOP: case SIGPROF: case SIGPIPE:
+    case SIGSEGV: case SIGBUS: case SIGFPE: case SIGILL: case SIGTRAP: case SIGABRT: case SIGSYS:
+        return MICA_EINVAL;
+    }
+    if (!fn || signo < 1 || signo >= SIGRTMIN)
+        return MICA_EINVAL;
+    signal_hook_t *h = mica__realloc(rt->signal_hooks, (rt->nsignal + 1) * sizeof(*h));
+    if (!h)
+        return MICA_ENOMEM;
+    h[rt->nsignal++] = (signal_hook_t){signo, fn, arg};
+    rt->signal_hooks = h;
     return 0;
 }
 
@@ -429,10 +456,15 @@ int mica_runtime_run(mica_runtime_t *rt)
 
     sigset_t set, old;
     sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    int sigfd = -1;
     if (!rt->no_signals) {
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+    }
+    for (size_t i = 0; i < rt->nsignal; i++)
+        sigaddset(&set, rt->signal_hooks[i].signo);
+    bool signals = !rt->no_signals || rt->nsignal > 0;
+    int sigfd = -1;
+    if (signals) {
         pthread_sigmask(SIG_BLOCK, &set, &old);
         sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
         if (sigfd < 0) {
@@ -508,6 +540,12 @@ int mica_runtime_run(mica_runtime_t *rt)
             ;
         struct signalfd_siginfo si;
         while (sigfd >= 0 && read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+            if (si.ssi_signo != SIGTERM && si.ssi_signo != SIGINT) {
+                for (size_t i = 0; i < rt->nsignal; i++)
+                    if (rt->signal_hooks[i].signo == (int)si.ssi_signo)
+                        rt->signal_hooks[i].cb((int)si.ssi_signo, rt->signal_hooks[i].arg);
+                continue;
+            }
             raise_stop_level(rt, atomic_load(&rt->stop_level) + 1);
             mica__log_info(atomic_load(&rt->stop_level) == 1 ? "draining" : "cancelling",
                            "signal", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -532,7 +570,7 @@ out_sig:
     if (sigfd >= 0)
         close(sigfd);
 out_mask:
-    if (!rt->no_signals)
+    if (signals)
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(rt->stopfd);
     rt->stopfd = -1;
@@ -548,6 +586,7 @@ void mica_runtime_free(mica_runtime_t *rt)
     mica__free(rt->start_hooks);
     mica__free(rt->stop_hooks);
     mica__free(rt->poll_hooks);
+    mica__free(rt->signal_hooks);
     for (size_t i = 0; i < rt->nshutdown; i++)
         mica__free(rt->shutdown_hooks[i]);
     mica__free(rt->shutdown_hooks);

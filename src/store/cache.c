@@ -531,6 +531,7 @@ void mica_cache_free(mica_cache_t *c)
 {
     if (!c)
         return;
+    mica__store_unexport(c);
     for (int w = 0; c->shards && w < c->nworkers; w++) {
         if (c->shards[w])
             mica__hmap_destroy(&c->shards[w]->flights);

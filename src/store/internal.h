@@ -25,6 +25,9 @@ static inline void mica__count(mica__counter_t *c, uint64_t n)
                           memory_order_relaxed);
 }
 
+/* Forgets the metrics export of a Redis client or cache being freed (metrics.c). */
+void mica__store_unexport(const void *obj);
+
 static inline uint64_t mica__counter_get(const mica__counter_t *c)
 {
     return atomic_load_explicit(c, memory_order_relaxed);

@@ -1170,6 +1170,7 @@ void mica_redis_free(mica_redis_t *r)
 {
     if (!r)
         return;
+    mica__store_unexport(r);
     for (int w = 0; r->pools && w < r->nworkers; w++) {
         pool_t *p = r->pools[w];
         if (!p)

@@ -44,6 +44,16 @@ class Server:
         self.log.seek(0)
         return self.log.read()
 
+    def logged(self, text, timeout=2):
+        """True once `text` is in the server's log; log lines are written by
+        a writer thread, so one may reach the file a moment after the event."""
+        deadline = time.time() + timeout * SLOW
+        while text not in self.stderr():
+            if time.time() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def connect(self):
         return Conn(socket.create_connection(("127.0.0.1", self.port), timeout=5 * SLOW))
 

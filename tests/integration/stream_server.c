@@ -10,6 +10,9 @@
  *   GET  /socket/hold   reads a socket that never speaks, with the request's
  *                       ctx; logs the same way ("socket: ...")
  *   GET  /parts         "a", 50 ms, "b", then trailer x-done: yes
+ *   POST /stream/late   takes method, path and x-probe first, then waits for
+ *                       the whole body at once (the input buffer grows and
+ *                       moves), then answers with the strings it took first
  *
  * Listens on $MICA_LISTEN (default 127.0.0.1:0), and $MICA_TLS_LISTEN as the
  * examples do; logs the bound ports.
@@ -76,6 +79,24 @@ static int count(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
     return mica_http_resp_json_str(resp, 200, out);
 }
 
+/* Strings taken before the body is read must stay valid until the request ends. */
+static int late(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
+{
+    const char *method = mica_http_req_method(req), *path = mica_http_req_path(req);
+    const char *probe = mica_http_req_header(req, "x-probe");
+    const char *len_s = mica_http_req_header(req, "content-length");
+    size_t want = len_s ? (size_t)strtoull(len_s, NULL, 10) : 0;
+    const void *p;
+    size_t len = 0;
+    int rc = want ? mica_http_req_body_wait(req, want, &p, &len) : 0;
+    if (rc != 0)
+        return rc;
+    char out[512];
+    snprintf(out, sizeof(out), "{\"method\":\"%s\",\"path\":\"%s\",\"probe\":\"%s\",\"bytes\":%zu}",
+             method, path, probe ? probe : "", len);
+    return mica_http_resp_json_str(resp, 200, out);
+}
+
 static int hold(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 {
     const void *p;
@@ -133,6 +154,7 @@ int main(void)
         (rc = mica_http_server_new(&srv, &opts)) != 0 ||
         (rc = mica_http_route_stream(srv, "POST", "/stream/echo", 65536, echo, NULL)) != 0 ||
         (rc = mica_http_route_stream(srv, "POST", "/stream/count", 65536, count, NULL)) != 0 ||
+        (rc = mica_http_route_stream(srv, "POST", "/stream/late", 65536, late, NULL)) != 0 ||
         (rc = mica_http_route_stream(srv, "POST", "/stream/hold", 65536, hold, NULL)) != 0 ||
         (rc = mica_http_route(srv, "GET", "/socket/hold", socket_hold, NULL)) != 0 ||
         (rc = mica_http_route(srv, "GET", "/parts", parts, NULL)) != 0) {

@@ -5,7 +5,7 @@ read as it arrives and a response written in parts, over HTTP/1.1 (raw
 sockets, curl) and HTTP/2 (curl, nghttp, raw frames); and a handler blocked
 in a read that returns MICA_ECANCELED within milliseconds of its client
 going away (disconnect, stream reset)."""
-import os, re, socket, struct, subprocess, sys, tempfile, time
+import json, os, re, socket, struct, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from mica_harness import BUILD, SLOW, run_tests, wait_listening  # noqa: E402
@@ -186,6 +186,31 @@ def test_a_streaming_route_takes_bodies_past_max_body_bytes():
                                    capture_output=True, text=True, timeout=30 * SLOW)
                 assert r.stdout == '{"bytes":%d}' % (3 << 20), (proto, r.stdout, r.stderr)
     with_server(body, MICA_HTTP_MAX_BODY_BYTES="65536")
+
+
+def test_strings_taken_before_the_body_stay_valid_while_it_grows_the_buffer():
+    # The handler keeps method, path and a header from before it waits for a
+    # 60 kB body; on HTTP/1.1 that body grows (moves) the connection's input
+    # buffer. Under ASan a stale pointer is a use-after-free; otherwise garbage.
+    def body(srv):
+        probe = "p" * 200
+        payload = b"q" * 60000
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+        s.sendall(b"POST /stream/late?x=1 HTTP/1.1\r\nHost: t\r\nX-Probe: " + probe.encode() +
+                  b"\r\nContent-Length: 60000\r\n\r\n")
+        for i in range(0, len(payload), 4096):  # in pieces, so the body arrives after the head
+            s.sendall(payload[i:i + 4096])
+            time.sleep(0.002)
+        data = b""
+        while b"}" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        got = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        assert got == {"method": "POST", "path": "/stream/late", "probe": probe, "bytes": 60000}, got
+    with_server(body)
 
 
 def cancelled_within(srv, what, t0, limit_ms=25):

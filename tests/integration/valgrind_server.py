@@ -17,7 +17,8 @@ import os, signal, socket, subprocess, sys, tempfile, time
 
 BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 VG = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
-      "--errors-for-leak-kinds=definite,indirect"]
+      "--errors-for-leak-kinds=definite,indirect",
+      "--suppressions=" + os.path.join(os.path.dirname(__file__), "../../scripts/valgrind.supp")]
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -30,6 +31,7 @@ CLIENT_CERT, CLIENT_KEY = make_cert(tempfile.mkdtemp(prefix="mica-tls-"), cn="or
 def start(binary, **extra):
     log = tempfile.NamedTemporaryFile(mode="w+", delete=False)
     env = dict(os.environ, MICA_LISTEN="127.0.0.1:0", MICA_WORKERS="2",
+               MICA_ADMIN_LISTEN="127.0.0.1:0",
                MICA_TLS_LISTEN="127.0.0.1:0", MICA_TLS_CERT=CERT, MICA_TLS_KEY=KEY, **extra)
     p = subprocess.Popen(VG + [os.path.join(BUILD, binary)], env=env, stderr=log,
                          stdout=subprocess.DEVNULL)

@@ -4,6 +4,8 @@
 #   echo-server   the interop Echo service in grpc-go    (tests/interop/go/server)
 #   echo-client   the interop matrix as a grpc-go client (tests/interop/go/client)
 #   grpcgo-user   the seed's UserService, the benchmark peer (bench/peers/grpcgo)
+#   fault-server  a fault-injecting Echo backend (tests/interop/go/fault) for the
+#                 resilience tests
 #
 # Needs golang-go, protobuf-compiler and golang-google-grpc-dev, which brings
 # golang-github-golang-protobuf-1-3-dev: the protobuf runtime grpc-go 1.33 is
@@ -66,3 +68,4 @@ build() { # name source-dir
 build echo-server "$root/tests/interop/go/server"
 build echo-client "$root/tests/interop/go/client"
 build grpcgo-user "$root/bench/peers/grpcgo"
+build fault-server "$root/tests/interop/go/fault"

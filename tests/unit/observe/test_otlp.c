@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "observe/internal.h"
+#include "observe/trace_internal.h"
 #include "otlp_trace.pb-c.h"
 
 typedef Mica__Otlp__KeyValue kv_t;

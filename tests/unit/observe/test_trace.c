@@ -54,6 +54,8 @@ struct rx {
     mica_trace_stats_t st;     /* after the run */
     mica_trace_stats_t during; /* read by a client during the run */
     int workers;
+    bool want_client;           /* make `hc`, a traced HTTP client of the app */
+    mica_http_client_t *hc;
     pthread_mutex_t lock; /* the receiver may run on either worker */
 };
 
@@ -179,10 +181,17 @@ static void start(struct rx *x, int workers, const mica_trace_opts_t *o, mica_wo
     assert_int_equal(mica_http_server_listen(x->app, "127.0.0.1:0"), 0);
     assert_int_equal(mica_http_server_attach(x->app, x->rt), 0);
     snprintf(x->app_addr, sizeof(x->app_addr), "127.0.0.1:%d", mica_http_server_port(x->app, 0));
+    if (x->want_client) {
+        char target[96];
+        snprintf(target, sizeof(target), "http://%s", x->app_addr);
+        assert_int_equal(mica_http_client_new(&x->hc, x->rt, target, NULL), 0);
+        assert_int_equal(mica_trace_http_client(x->tracer, x->hc), 0);
+    }
     mica_runtime_on_start(x->rt, client, x);
     assert_int_equal(mica_runtime_run(x->rt), 0);
     mica_trace_stats(x->tracer, &x->st);
     x->workers = workers;
+    mica_http_client_free(x->hc);
     mica_http_server_free(x->app);
     mica_http_server_free(x->recv);
     mica_tracer_free(x->tracer);
@@ -302,6 +311,76 @@ static void test_spans_reach_the_receiver_with_their_attributes_and_parents(void
     assert_int_equal(x.st.started, 5);
     assert_int_equal(x.st.exported, 5);
     assert_int_equal(x.st.dropped, 0);
+}
+
+/* A call of the traced HTTP client under a span of the caller's own. */
+static void http_client_client(int worker, void *arg)
+{
+    struct rx *x = arg;
+    if (worker != 0)
+        return;
+    mica_ctx_t *ctx;
+    mica_span_t *sp;
+    if (EXPECT_EQ(mica_trace_start(mica_ctx_background(), "caller", MICA_SPAN_INTERNAL, &ctx, &sp),
+                  0)) {
+        mica_http_response_t *r = NULL;
+        if (EXPECT_EQ(mica_http_client_get(x->hc, ctx, "/users/7?x=1", NULL, &r), 0))
+            EXPECT_EQ(mica_http_response_status(r), 200);
+        mica_http_response_free(r);
+        r = NULL;
+        if (EXPECT_EQ(mica_http_client_get(x->hc, ctx, "/fail", NULL, &r), 0))
+            EXPECT_EQ(mica_http_response_status(r), 500);
+        mica_http_response_free(r);
+        mica_span_end(sp);
+    }
+    wait_exported(x, 7); /* caller, 2 client spans, 2 server spans, 2 children */
+    mica_runtime_stop(x->rt);
+}
+
+static void test_the_http_client_sends_traceparent_and_records_client_spans(void **state)
+{
+    static struct rx x;
+    memset(&x, 0, sizeof(x));
+    x.want_client = true;
+    mica_trace_opts_t o = {.schedule_delay_ms = 50};
+    start(&x, 2, &o, http_client_client);
+    assert_int_equal(x.nspans, 7);
+    const seen_span_t *caller = find(&x, "caller");
+    const seen_span_t *srv = find(&x, "GET /users/{id}");
+    const seen_span_t *fail = find(&x, "GET /fail");
+    assert_non_null(caller);
+    assert_non_null(srv);
+    assert_non_null(fail);
+    int nclient = 0;
+    const seen_span_t *get_span = NULL, *fail_span = NULL;
+    for (int i = 0; i < x.nspans; i++) {
+        const seen_span_t *c = &x.spans[i];
+        if (c->kind != MICA__OTLP__SPAN__SPAN_KIND__SPAN_KIND_CLIENT)
+            continue;
+        nclient++;
+        assert_string_equal(c->name, "GET");
+        assert_memory_equal(c->trace_id, caller->trace_id, 16);
+        assert_true(c->has_parent);
+        assert_memory_equal(c->parent, caller->span_id, 8); /* the span in the call's ctx */
+        if (strstr(c->attrs, "url.path=/users/7;"))
+            get_span = c;
+        else if (strstr(c->attrs, "url.path=/fail;"))
+            fail_span = c;
+    }
+    assert_int_equal(nclient, 2);
+    assert_non_null(get_span);
+    assert_non_null(fail_span);
+    /* the server continued the trace the client sent: its parent is the client span */
+    assert_memory_equal(srv->trace_id, caller->trace_id, 16);
+    assert_memory_equal(srv->parent, get_span->span_id, 8);
+    assert_memory_equal(fail->parent, fail_span->span_id, 8);
+    const char *ga = get_span ? get_span->attrs : "", *fa = fail_span ? fail_span->attrs : "";
+    assert_non_null(strstr(ga, "http.response.status_code=200;"));
+    assert_non_null(strstr(ga, "server.address=127.0.0.1;"));
+    assert_int_equal(get_span ? get_span->status : -1, 0);
+    assert_non_null(strstr(fa, "error.type=500;"));
+    assert_int_equal(fail_span ? fail_span->status : -1,
+                     MICA__OTLP__STATUS__STATUS_CODE__STATUS_CODE_ERROR);
 }
 
 static void retry_client(int worker, void *arg)
@@ -455,6 +534,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spans_reach_the_receiver_with_their_attributes_and_parents),
+        cmocka_unit_test(test_the_http_client_sends_traceparent_and_records_client_spans),
         cmocka_unit_test(test_a_503_is_retried_and_the_spans_delivered_once),
         cmocka_unit_test(test_a_hanging_receiver_does_not_hold_requests_and_drops_are_counted),
         cmocka_unit_test(test_roots_are_sampled_at_the_ratio_and_children_follow),
