@@ -553,7 +553,13 @@ static void test_a_dns_target_resolves_and_calls(void **state)
     mica_runtime_t *rt;
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true};
     assert_int_equal(mica_runtime_new(&rt, &o), 0);
-    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost", NULL), MICA_EINVAL);
+    /* a name without a port asks for SRV records (the records give the ports) */
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost", NULL), 0);
+    mica_grpc_client_free(c);
+    /* still invalid: an empty host, an empty port, a port out of range */
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///:50051", NULL), MICA_EINVAL);
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost:", NULL), MICA_EINVAL);
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost:65536", NULL), MICA_EINVAL);
     assert_int_equal(mica_grpc_client_new(&c, rt, "nope:///x", NULL), MICA_EINVAL);
     mica_runtime_free(rt);
 }
