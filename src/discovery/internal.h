@@ -145,6 +145,8 @@ mica_instance_t *mica__instance_dup(const mica_instance_t *i);
 char *mica__instance_record(const mica_instance_t *i);
 /* Tests only: reg_etcd.c pauses this long between a list and its watch (0: never). */
 extern _Atomic int mica__etcd_watch_delay_ms;
+/* Tests only: the etcd session of this registry stops keeping its lease alive (a hung process). */
+extern _Atomic(mica_registry_t *) mica__etcd_paused;
 
 /* Whether `s` is a valid service name or instance id. */
 bool mica__name_ok(const char *s);

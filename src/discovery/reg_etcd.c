@@ -79,6 +79,7 @@ typedef struct etcd {
 } etcd_t;
 
 _Atomic int mica__etcd_watch_delay_ms;
+_Atomic(mica_registry_t *) mica__etcd_paused;
 
 static const ProtobufCServiceDescriptor *kv = &etcdserverpb__kv__descriptor;
 static const ProtobufCServiceDescriptor *lease_svc = &etcdserverpb__lease__descriptor;
@@ -290,6 +291,11 @@ static void session(void *arg)
     mica_registry_t *reg = e->reg;
     int64_t backoff = 0, ka_due = 0;
     while (!mica_ctx_err(e->ctx) && !atomic_load(&reg->closing)) {
+        if (atomic_load(&mica__etcd_paused) == reg) { /* tests: as if this process hung */
+            if (mica_ctx_sleep(e->ctx, 20) != 0)
+                break;
+            continue;
+        }
         mica_event_reset(&e->wake);
         int rc = 0;
         bool granted = false;

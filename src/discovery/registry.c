@@ -26,7 +26,13 @@
  * loss). In the MICA_SHUTDOWN_DEREGISTER phase the registry marks itself
  * closing (no more writes), removes every instance in one call, and waits
  * deregister_wait_ms for peers to see it before the servers drain.
+ *
+ * Counters. Every registry's counters (mica_registry_stats()) are also
+ * scraped from the default metrics registry as mica_registry_*_total
+ * {registry="<url>"}, with mica_registry_reachable and
+ * mica_registry_stale_services gauges (a collector: nothing on the hot path).
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +41,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "discovery/internal.h"
+#include "mica/metrics.h"
 #include "mica/net.h"
 
 /* The registry "etcd:///" targets resolve through: the first etcd registry made. */
@@ -538,6 +545,49 @@ static void registry_unref(mica_registry_t *reg)
     mica__free(reg);
 }
 
+/* Scrape time: the counters of one registry, labelled with its URL. */
+static void collect(mica_collect_t *out, void *arg)
+{
+    mica_registry_t *reg = arg;
+    mica_registry_stats_t st;
+    mica_registry_stats(reg, &st);
+    static const char *const label[] = {"registry"};
+    const char *const value[] = {reg->url};
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+#define C(f, h) {"mica_registry_" #f "_total", h, offsetof(mica_registry_stats_t, f)}
+        C(registrations, "Instance records written (first ones and re-registrations)."),
+        C(reregistrations, "Instance records written again after a lease loss or an outage."),
+        C(deregistrations, "Instances removed from the registry."),
+        C(lease_grants, "etcd leases granted."),
+        C(lease_losses, "etcd leases lost (expired or unknown to etcd)."),
+        C(watch_restarts, "Watches that listed again and resumed."),
+        C(compactions, "Watches cancelled because their revision was compacted."),
+        C(outages, "Times the registry became unreachable."),
+        C(updates, "Service lists published to resolvers."),
+        C(errors, "Failed calls to the registry."),
+#undef C
+    };
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&st + counters[i].off, sizeof(v));
+        mica_collect_sample(out, MICA_METRIC_COUNTER, counters[i].name, counters[i].help, label,
+                            value, 1, (double)v);
+    }
+    mica_collect_sample(out, MICA_METRIC_GAUGE, "mica_registry_reachable",
+                        "1 when the registry's last call got an answer.", label, value, 1,
+                        st.reachable ? 1 : 0);
+    size_t stale = 0;
+    pthread_mutex_lock(&reg->lock);
+    mica__list_foreach(n, &reg->svcs) stale += mica__list_entry(n, mica__svc_t, link)->stale;
+    pthread_mutex_unlock(&reg->lock);
+    mica_collect_sample(out, MICA_METRIC_GAUGE, "mica_registry_stale_services",
+                        "Services whose endpoints are the last seen (registry unreachable).",
+                        label, value, 1, (double)stale);
+}
+
 int mica_registry_new(mica_registry_t **out, mica_runtime_t *rt, const char *url,
                       const mica_registry_opts_t *opts)
 {
@@ -549,7 +599,8 @@ int mica_registry_new(mica_registry_t **out, mica_runtime_t *rt, const char *url
     if (rc != 0)
         return rc;
     if ((rc = mica_runtime_on_stop(rt, on_stop, reg)) != 0 ||
-        (rc = mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_DEREGISTER, on_deregister, reg)) != 0) {
+        (rc = mica_runtime_on_shutdown(rt, MICA_SHUTDOWN_DEREGISTER, on_deregister, reg)) != 0 ||
+        (rc = mica_metrics_add_collector(NULL, collect, reg)) != 0) {
         registry_unref(reg);
         return rc;
     }
@@ -571,6 +622,7 @@ void mica_registry_free(mica_registry_t *reg)
     if (default_etcd == reg)
         default_etcd = NULL;
     pthread_mutex_unlock(&default_lock);
+    mica_metrics_remove_collector(NULL, collect, reg);
     registry_unref(reg);
 }
 

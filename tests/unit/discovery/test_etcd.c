@@ -9,6 +9,8 @@
  * worker blocks while it boots.
  */
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
@@ -16,6 +18,8 @@
 
 #include "discovery/internal.h"
 #include "disc_helpers.h"
+#include "mica/log.h"
+#include "mica/metrics.h"
 #include "mica/registry.h"
 #include "mica/resolver.h"
 #include "mica/sync.h"
@@ -125,15 +129,23 @@ static void fx_free(struct fx *f)
     mica_registry_free(f->reg);
 }
 
-/* The resolver's list as "addr,addr" into buf. */
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The resolver's addresses, sorted, as "addr,addr" into buf (the list itself is by id). */
 static const char *addrs(mica_resolver_t *r, char *buf, size_t size)
 {
     mica_endpoints_t *l = mica_resolver_get(r);
-    size_t k = 0;
+    const char *v[64];
+    size_t n = 0, k = 0;
+    for (size_t i = 0; l && i < l->n && n < 64; i++)
+        v[n++] = l->eps[i].addr;
+    qsort(v, n, sizeof(v[0]), cmp_str);
     buf[0] = '\0';
-    for (size_t i = 0; l && i < l->n; i++)
-        k += (size_t)snprintf(buf + k, k < size ? size - k : 0, "%s%s", i ? "," : "",
-                              l->eps[i].addr);
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)snprintf(buf + k, k < size ? size - k : 0, "%s%s", i ? "," : "", v[i]);
     mica_endpoints_unref(l);
     return buf;
 }
@@ -173,6 +185,54 @@ static int64_t wait_written(mica_registry_t *reg, uint64_t n, int64_t limit_ms)
         mica_sleep_ms(10);
     }
     return wall_ms();
+}
+
+/* The lease a key is attached to (etcdctl's "Lease" field), or 0 (no key, no lease). */
+static long long key_lease(const char *prefix, const char *key)
+{
+    char cmd[256], line[256];
+    snprintf(cmd, sizeof(cmd),
+             "ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:%d get %s/%s -w fields 2>/dev/null",
+             etcd.client_port, prefix, key);
+    FILE *p = popen(cmd, "r");
+    long long lease = 0;
+    while (p && fgets(line, sizeof(line), p))
+        if (strncmp(line, "\"Lease\" : ", 10) == 0)
+            lease = strtoll(line + 10, NULL, 10);
+    if (p)
+        pclose(p);
+    return lease;
+}
+
+/* Counts log lines containing `want` (the sink runs on logging threads), echoing them. */
+struct log_watch {
+    const char *want;
+    atomic_int seen;
+};
+
+static void log_sink(mica_log_level_t level, const char *line, size_t len, void *arg)
+{
+    struct log_watch *w = arg;
+    if (strstr(line, w->want))
+        atomic_fetch_add(&w->seen, 1);
+    fprintf(stderr, "%.*s\n", (int)len, line);
+}
+
+/* The default metrics registry's text has `sample` (a whole line). Main thread only. */
+static bool metrics_have(const char *sample)
+{
+    char *text;
+    size_t len;
+    if (mica_metrics_write(NULL, &text, &len) != 0)
+        return false;
+    bool ok = false;
+    for (const char *p = text; (p = strstr(p, sample)); p++)
+        if ((p == text || p[-1] == '\n') && p[strlen(sample)] == '\n')
+            ok = true;
+    if (!ok)
+        fprintf(stderr, "metrics: no line \"%s\"\n", sample);
+    mica_metrics_text_free(text);
+    return ok;
 }
 
 static const mica_instance_t u1 = {.service = "user", .id = "u1", .addr = "127.0.0.1:7001",
@@ -228,13 +288,14 @@ static void test_registered_instances_resolve_by_name(void **state)
     mica_runtime_t *rt = disc_runtime(2);
     struct fx f;
     fx_new(&f, rt, "/t1");
-    assert_int_equal(disc_run(rt, register_body, &f), 0);
+    int rc = disc_run(rt, register_body, &f);
+    fx_free(&f);
+    assert_int_equal(rc, 0);
     expect_no_failure();
     /* the shutdown deregistered what was left */
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "get %s/user/u2 --print-value-only | grep -q 7003", f.prefix);
     assert_int_not_equal(etcdctl(&etcd, cmd), 0);
-    fx_free(&f);
 }
 
 static void restart_body(void *arg)
@@ -254,6 +315,8 @@ static void restart_body(void *arg)
     for (int round = 0; round < 2; round++) {
         /* etcd goes away for longer than the lease's TTL */
         uint64_t written = stat_registrations(f->reg);
+        long long old_lease = key_lease(f->prefix, "user/u2");
+        EXPECT(old_lease != 0);
         EXPECT_EQ(ctl(STOP, NULL, NULL), 0);
         mica_sleep_ms(3000);
         /* static stability: the resolver still has both, and the registry says it is stale */
@@ -279,6 +342,11 @@ static void restart_body(void *arg)
         char cmd[128];
         snprintf(cmd, sizeof(cmd), "get %s/user/u2 --print-value-only | grep -q 7002", f->prefix);
         EXPECT_EQ(etcdctl(&etcd, cmd), 0);
+        /* under a new lease: the old one expired by our clock (with data kept, a restarted
+         * etcd even revives it for a TTL; using it would lose the keys at its next expiry) */
+        long long new_lease = key_lease(f->prefix, "user/u2");
+        EXPECT(new_lease != 0 && new_lease != old_lease);
+        EXPECT_EQ(key_lease(f->prefix, "user/u1"), new_lease);
         /* the resolver never lost them */
         EXPECT(strcmp(addrs(f->r, buf, sizeof(buf)), both) == 0);
         mica_registry_stats(f->reg, &st);
@@ -302,9 +370,19 @@ static void test_instances_come_back_by_themselves_after_etcd_restarts(void **st
     mica_runtime_t *rt = disc_runtime(2);
     struct fx f;
     fx_new(&f, rt, "/t2");
-    assert_int_equal(disc_run(rt, restart_body, &f), 0);
-    expect_no_failure();
+    struct log_watch lw = {.want = "registry unreachable: clients keep the endpoints last seen"};
+    mica_log_set_sink(log_sink, &lw);
+    int rc = disc_run(rt, restart_body, &f);
+    mica_log_set_sink(NULL, NULL);
+    /* each outage said once that clients keep what they saw; the counters are scraped */
+    EXPECT_EQ(atomic_load(&lw.seen), 2);
+    char line[160];
+    snprintf(line, sizeof(line), "mica_registry_reachable{registry=\"etcd://127.0.0.1:%d/t2\"} 1",
+             etcd.client_port);
+    EXPECT(metrics_have(line));
     fx_free(&f);
+    assert_int_equal(rc, 0);
+    expect_no_failure();
 }
 
 static void compaction_body(void *arg)
@@ -336,9 +414,79 @@ static void test_a_watch_cancelled_by_compaction_loses_nothing(void **state)
     mica_runtime_t *rt = disc_runtime(2);
     struct fx f;
     fx_new(&f, rt, "/t3");
-    assert_int_equal(disc_run(rt, compaction_body, &f), 0);
-    expect_no_failure();
+    int rc = disc_run(rt, compaction_body, &f);
+    char line[160];
+    snprintf(line, sizeof(line),
+             "mica_registry_compactions_total{registry=\"etcd://127.0.0.1:%d/t3\"} 1",
+             etcd.client_port);
+    EXPECT(metrics_have(line));
     fx_free(&f);
+    assert_int_equal(rc, 0);
+    expect_no_failure();
+}
+
+/* A second registry (another process, as far as etcd knows) that hangs. */
+struct hang {
+    struct fx f;
+    mica_registry_t *other;
+};
+
+static void hang_body(void *arg)
+{
+    struct hang *h = arg;
+    struct fx *f = &h->f;
+    EXPECT_EQ(mica_resolver_watch(f->r, &f->ev), 0);
+    EXPECT_EQ(mica_resolver_start(f->r), 0);
+    mica_ctx_t *ctx;
+    mica_ctx_with_timeout(NULL, slack_ms(5000), &ctx);
+    EXPECT_EQ(mica_registry_register(f->reg, ctx, &u1), 0);
+    EXPECT_EQ(mica_registry_register(h->other, ctx, &u2), 0);
+    mica_ctx_free(ctx);
+    const char *both = "127.0.0.1:7001,127.0.0.1:7002";
+    if (!EXPECT_EQ(wait_addrs(f, both, slack_ms(2000)), 0))
+        return;
+    /* the other process stops keeping its lease alive: its instance is gone within TTL + 1 s */
+    int64_t t0 = wall_ms();
+    atomic_store(&mica__etcd_paused, h->other);
+    EXPECT_EQ(wait_addrs(f, "127.0.0.1:7001", slack_ms(3000)), 0);
+    fprintf(stderr, "an instance without keep-alives left the resolver after %lld ms (TTL 2 s)\n",
+            (long long)(wall_ms() - t0));
+    /* meanwhile ours lived on one lease for longer than its TTL: kept alive on the stream */
+    mica_registry_stats_t st;
+    mica_registry_stats(f->reg, &st);
+    EXPECT(wall_ms() - t0 > 2000 && st.lease_grants == 1 && st.lease_losses == 0);
+    EXPECT_EQ(etcdctl(&etcd, "get /t4/user/u1 --print-value-only | grep -q 7001"), 0);
+    /* the hung process wakes: its lease expired, so it takes a new one and is back */
+    uint64_t written = stat_registrations(h->other);
+    atomic_store(&mica__etcd_paused, NULL);
+    EXPECT(wait_written(h->other, written, slack_ms(2000)) > 0);
+    EXPECT_EQ(wait_addrs(f, both, slack_ms(2000)), 0);
+    mica_registry_stats(h->other, &st);
+    EXPECT(st.lease_grants == 2 && st.lease_losses == 1 && st.reregistrations == 1);
+    mica_resolver_unwatch(f->r, &f->ev);
+}
+
+static void test_an_instance_that_stops_keeping_its_lease_alive_disappears(void **state)
+{
+    mica_runtime_t *rt = disc_runtime(2);
+    struct hang h;
+    fx_new(&h.f, rt, "/t4");
+    char url[128];
+    /* the same prefix; another URL text, so that its metrics have their own label */
+    snprintf(url, sizeof(url), "etcd://127.0.0.1:%d/t4/", etcd.client_port);
+    mica_registry_opts_t o = {.ttl_s = 2, .call_timeout_ms = 1000};
+    assert_int_equal(mica_registry_new(&h.other, rt, url, &o), 0);
+    int rc = disc_run(rt, hang_body, &h);
+    atomic_store(&mica__etcd_paused, NULL);
+    char line[160];
+    snprintf(line, sizeof(line),
+             "mica_registry_lease_losses_total{registry=\"etcd://127.0.0.1:%d/t4/\"} 1",
+             etcd.client_port);
+    EXPECT(metrics_have(line));
+    mica_registry_free(h.other);
+    fx_free(&h.f);
+    assert_int_equal(rc, 0);
+    expect_no_failure();
 }
 
 int main(void)
@@ -346,6 +494,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registered_instances_resolve_by_name),
         cmocka_unit_test(test_a_watch_cancelled_by_compaction_loses_nothing),
+        cmocka_unit_test(test_an_instance_that_stops_keeping_its_lease_alive_disappears),
         cmocka_unit_test(test_instances_come_back_by_themselves_after_etcd_restarts),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
