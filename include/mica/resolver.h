@@ -173,6 +173,13 @@ MICA_API void mica_resolver_unwatch(mica_resolver_t *r, mica_event_t *ev);
  */
 MICA_API const char *mica_resolver_endpoint(const mica_resolver_t *r);
 
+/**
+ * The name calls through `r` carry as :authority or Host: the endpoint when
+ * it names one host ("users.svc:50051", "user" of etcd:///user), the service
+ * after '#' of a path target (file:///reg.json#user), NULL for static lists.
+ */
+MICA_API const char *mica_resolver_authority(const mica_resolver_t *r);
+
 /** The target's scheme ("dns", "static", ...), valid for the resolver's life. */
 MICA_API const char *mica_resolver_scheme(const mica_resolver_t *r);
 

@@ -402,6 +402,16 @@ const char *mica_resolver_endpoint(const mica_resolver_t *r)
     return r->t.endpoint;
 }
 
+const char *mica_resolver_authority(const mica_resolver_t *r)
+{
+    if (strcmp(r->t.scheme, "static") == 0)
+        return NULL; /* several hosts: each endpoint's address */
+    /* A path is no authority (RFC 3986, 3.2): file:///etc/reg.json#user is "user". */
+    const char *hash = strrchr(r->t.endpoint, '#');
+    const char *name = hash ? hash + 1 : r->t.endpoint;
+    return *name && !strchr(name, '/') ? name : NULL;
+}
+
 const char *mica_resolver_scheme(const mica_resolver_t *r)
 {
     return r->t.scheme;
