@@ -102,7 +102,7 @@ static int dns_put(void *state, mica_ctx_t *ctx, mica__rinst_t *ri)
     if (!atomic_exchange(&d->told, true))
         mica__log_info("dns registry: registration is the platform's (a Kubernetes Service's "
                        "endpoints): nothing is written",
-                       "service", ri->i.service);
+                       "svc", ri->i.service);
     atomic_store(&ri->written, 1);
     return 0;
 }

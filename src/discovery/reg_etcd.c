@@ -554,7 +554,7 @@ static int list(watch_t *w, int64_t grace_ms)
     if (held && grace_ms > 0)
         mica_log_fields(MICA_LOG_INFO,
                         "etcd registry: instances missing after the outage are kept a while",
-                        (mica_log_field_t[]){MICA_LOG_STR("service", w->svc->name),
+                        (mica_log_field_t[]){MICA_LOG_STR("svc", w->svc->name),
                                              MICA_LOG_INT("instances", held),
                                              MICA_LOG_INT("grace_ms", grace_ms)},
                         3);
@@ -580,7 +580,7 @@ static void ticker(void *arg)
             publish(w);
         int64_t silent = mica_now_ms() - w->heard_ms;
         if (silent > 2 * PROBE_MS + w->e->reg->o.call_timeout_ms) {
-            mica__log_warn("etcd registry: watch silent: restarting it", "service", w->svc->name);
+            mica__log_warn("etcd registry: watch silent: restarting it", "svc", w->svc->name);
             mica_ctx_cancel(w->sctx);
             break;
         }
@@ -633,7 +633,7 @@ static int watch_stream(watch_t *w)
                     char rev[24];
                     snprintf(rev, sizeof(rev), "%lld", (long long)r->compact_revision);
                     mica__log_warn("etcd registry: watch revision compacted: listing again",
-                                   "service", w->svc->name, "compact_revision", rev);
+                                   "svc", w->svc->name, "compact_revision", rev);
                 }
                 protobuf_c_message_free_unpacked(m, NULL);
                 break;
@@ -702,7 +702,7 @@ static void watcher(void *arg)
             break;
         MICA__COUNT(e->reg, watch_restarts);
         after_outage = !compacted; /* a broken stream may hide an outage */
-        mica__log_info("etcd registry: watch ended: listing again", "service", w->svc->name,
+        mica__log_info("etcd registry: watch ended: listing again", "svc", w->svc->name,
                        "reason", compacted ? "compacted" : "stream closed");
     }
     for (size_t i = 0; i < w->n; i++)

@@ -119,7 +119,7 @@ mica_instance_t *mica__instance_from_json(const void *obj, const char *service)
         (w && (!json_is_integer(w) || json_integer_value(w) < 0 ||
                json_integer_value(w) > UINT32_MAX))) {
         mica__log_debug("registry: record skipped (needs addr \"ip:port\", a valid id, weight >= 0)",
-                        "service", service);
+                        "svc", service);
         return NULL;
     }
     char *mdtext = NULL;
@@ -233,7 +233,7 @@ void mica__svc_publish(mica__svc_t *svc, const mica_instance_t *v, size_t n)
     mica_registry_t *reg = svc->reg;
     mica_instance_t *copy = list_copy(v, n, svc->name);
     if (!copy) {
-        mica__log_error("registry: no memory for a service list: keeping the last one", "service",
+        mica__log_error("registry: no memory for a service list: keeping the last one", "svc",
                         svc->name);
         return;
     }
@@ -244,7 +244,7 @@ void mica__svc_publish(mica__svc_t *svc, const mica_instance_t *v, size_t n)
         pthread_mutex_unlock(&reg->lock);
         mica__free(copy);
         if (was_stale)
-            mica__log_info("registry: service list current again", "service", svc->name);
+            mica__log_info("registry: service list current again", "svc", svc->name);
         return;
     }
     mica__free(svc->v);
@@ -261,11 +261,11 @@ void mica__svc_publish(mica__svc_t *svc, const mica_instance_t *v, size_t n)
     MICA__COUNT(reg, updates);
     if (mica_log_enabled(MICA_LOG_DEBUG))
         mica_log_fields(MICA_LOG_DEBUG, "registry: service list changed",
-                        (mica_log_field_t[]){MICA_LOG_STR("service", svc->name),
+                        (mica_log_field_t[]){MICA_LOG_STR("svc", svc->name),
                                              MICA_LOG_INT("instances", n)},
                         2);
     if (was_stale)
-        mica__log_info("registry: service list current again", "service", svc->name);
+        mica__log_info("registry: service list current again", "svc", svc->name);
 }
 
 void mica__svc_unreachable(mica__svc_t *svc, int err)
@@ -287,7 +287,7 @@ void mica__svc_unreachable(mica__svc_t *svc, int err)
         mica_log_fields(MICA_LOG_WARN,
                         have ? "registry unreachable: clients keep the endpoints last seen"
                              : "registry unreachable: no endpoints known yet",
-                        (mica_log_field_t[]){MICA_LOG_STR("service", svc->name),
+                        (mica_log_field_t[]){MICA_LOG_STR("svc", svc->name),
                                              MICA_LOG_INT("endpoints", n),
                                              MICA_LOG_STR("error", mica_strerror(err))},
                         3);
@@ -381,10 +381,10 @@ void mica__rinst_written(mica_registry_t *reg, mica__rinst_t *ri)
     MICA__COUNT(reg, registrations);
     if (atomic_exchange(&ri->ever_written, true)) {
         MICA__COUNT(reg, reregistrations);
-        mica__log_info("registry: instance registered again", "service", ri->i.service, "id",
+        mica__log_info("registry: instance registered again", "svc", ri->i.service, "id",
                        ri->i.id, "addr", ri->i.addr, "registry", reg->url);
     } else {
-        mica__log_info("registry: instance registered", "service", ri->i.service, "id", ri->i.id,
+        mica__log_info("registry: instance registered", "svc", ri->i.service, "id", ri->i.id,
                        "addr", ri->i.addr, "registry", reg->url);
     }
 }
@@ -656,7 +656,7 @@ int mica_registry_register(mica_registry_t *reg, mica_ctx_t *ctx, const mica_ins
         (inst->id && !mica__name_ok(inst->id)) || mica_worker_id() < 0) {
         mica__log_error("registry: bad instance (service and id: letters, digits, - _ . : [ ];"
                         " addr: ip:port)",
-                        "service", inst ? inst->service : NULL, "addr", inst ? inst->addr : NULL);
+                        "svc", inst ? inst->service : NULL, "addr", inst ? inst->addr : NULL);
         return MICA_EINVAL;
     }
     if (atomic_load(&reg->closing))
@@ -710,7 +710,7 @@ int mica_registry_deregister(mica_registry_t *reg, mica_ctx_t *ctx, const char *
     int rc = reg->ops->del(reg->state, ctx, ri);
     if (rc == 0) {
         MICA__COUNT(reg, deregistrations);
-        mica__log_info("registry: instance deregistered", "service", service, "id", id,
+        mica__log_info("registry: instance deregistered", "svc", service, "id", id,
                        "registry", reg->url);
     }
     mica__rinst_unref(ri);
@@ -869,7 +869,7 @@ static int etcd_res_init(mica_resolver_t *r, const mica_target_t *t,
     pthread_mutex_unlock(&default_lock);
     if (!reg) {
         mica__log_error("etcd resolver: no etcd registry: make one with mica_registry_new() first",
-                        "service", t->endpoint);
+                        "svc", t->endpoint);
         return MICA_EINVAL;
     }
     int rc = attach(reg, false, t->endpoint, r, state);
