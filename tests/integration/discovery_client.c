@@ -14,7 +14,7 @@
  *
  * Options ("-name value"): -target T (needed)  -registry URL (for etcd:/// targets)
  *   -conc N (8)  -rate calls/s (400)  -duration ms (10000)  -interval ms (50)
- *   -deadline ms (1000)
+ *   -deadline ms (1000)  -resolve-ms ms (dns targets' re-resolution period: 30000)
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,7 +33,7 @@ static struct {
     const char *target, *registry;
     int conc;
     double rate;
-    int64_t duration, interval, deadline;
+    int64_t duration, interval, deadline, resolve_ms;
 } O = {.conc = 8, .rate = 400, .duration = 10000, .interval = 50, .deadline = 1000};
 
 static mica_runtime_t *rt;
@@ -206,6 +206,8 @@ int main(int argc, char **argv)
             O.interval = strtoll(v, NULL, 10);
         else if (strcmp(k, "-deadline") == 0)
             O.deadline = strtoll(v, NULL, 10);
+        else if (strcmp(k, "-resolve-ms") == 0)
+            O.resolve_ms = strtoll(v, NULL, 10);
         else {
             fprintf(stderr, "discovery_client: unknown option %s\n", k);
             return 2;
@@ -226,7 +228,8 @@ int main(int argc, char **argv)
     mica_grpc_client_opts_t co = {.picker = &counting_picker,
                                   .conns_per_worker = 1,
                                   .connect_timeout_ms = 500,
-                                  .backoff_max_ms = 500};
+                                  .backoff_max_ms = 500,
+                                  .resolve_interval_ms = O.resolve_ms};
     if (mica_grpc_client_new(&client, rt, O.target, &co) != 0) {
         fprintf(stderr, "discovery_client: bad target %s\n", O.target);
         return 2;
