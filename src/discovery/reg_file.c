@@ -65,7 +65,7 @@ typedef struct load {
     json_t *root; /* the parsed file */
     struct stat st;
     int err;
-    char why[160];
+    char why[200]; /* "line N: " and jansson's 160-byte text */
 } load_t;
 
 static int load_run(void *arg)
@@ -256,7 +256,7 @@ typedef struct edit {
     size_t nadd;
     mica__rinst_t **del; /* entries to remove */
     size_t ndel;
-    char why[160];
+    char why[200]; /* "line N: " and jansson's 160-byte text */
 } edit_t;
 
 static int remove_id(json_t *arr, const char *id)

@@ -267,7 +267,13 @@ static void register_body(void *arg)
     moved.addr = "127.0.0.1:7003";
     EXPECT_EQ(mica_registry_register(f->reg, ctx, &moved), 0);
     EXPECT_EQ(wait_addrs(f, "127.0.0.1:7001,127.0.0.1:7003", slack_ms(2000)), 0);
+    /* mica_registry_watch(): an event set at each change of the service */
+    mica_event_t wev = MICA_EVENT_INIT;
+    EXPECT_EQ(mica_registry_watch(f->reg, "user", &wev), 0);
+    mica_event_reset(&wev);
     EXPECT_EQ(mica_registry_deregister(f->reg, ctx, "user", "u1"), 0);
+    EXPECT_EQ(mica_event_wait(&wev, ctx, mica_deadline_in(slack_ms(2000))), 0);
+    mica_registry_unwatch(f->reg, "user", &wev);
     EXPECT_EQ(wait_addrs(f, "127.0.0.1:7003", slack_ms(2000)), 0);
     mica_instances_t *in;
     if (EXPECT_EQ(mica_registry_resolve(f->reg, ctx, "user", &in), 0)) {
@@ -290,6 +296,7 @@ static void test_registered_instances_resolve_by_name(void **state)
     fx_new(&f, rt, "/t1");
     int rc = disc_run(rt, register_body, &f);
     fx_free(&f);
+    mica_runtime_free(rt);
     assert_int_equal(rc, 0);
     expect_no_failure();
     /* the shutdown deregistered what was left */
@@ -381,6 +388,7 @@ static void test_instances_come_back_by_themselves_after_etcd_restarts(void **st
              etcd.client_port);
     EXPECT(metrics_have(line));
     fx_free(&f);
+    mica_runtime_free(rt);
     assert_int_equal(rc, 0);
     expect_no_failure();
 }
@@ -421,6 +429,7 @@ static void test_a_watch_cancelled_by_compaction_loses_nothing(void **state)
              etcd.client_port);
     EXPECT(metrics_have(line));
     fx_free(&f);
+    mica_runtime_free(rt);
     assert_int_equal(rc, 0);
     expect_no_failure();
 }
@@ -489,6 +498,7 @@ static void test_an_instance_that_stops_keeping_its_lease_alive_disappears(void 
     EXPECT(metrics_have(line));
     mica_registry_free(h.other);
     fx_free(&h.f);
+    mica_runtime_free(rt);
     assert_int_equal(rc, 0);
     expect_no_failure();
 }
