@@ -116,11 +116,10 @@ MICA_API int mica_registry_opts_from_env(mica_registry_opts_t *opts);
 MICA_API int mica_registry_schemes_init(void);
 
 /**
- * Registers `inst` (copied) from a coroutine, once the service is ready to
- * serve, and keeps it registered until deregistered or shutdown (the same
- * service and id again replaces it). Waits for the first write, bounded by
- * `ctx`: 0 once written, MICA_ETIMEDOUT/MICA_ECANCELED if ctx ended first
- * (it goes on trying by itself); MICA_EINVAL (bad fields; not in a coroutine), MICA_ENOMEM.
+ * Registers `inst` (copied; the same service and id replaces) from a coroutine once the
+ * service is ready, and keeps it registered until deregistered or shutdown. Returns 0 once
+ * written, MICA_ETIMEDOUT/MICA_ECANCELED if `ctx` ended first (it goes on trying by itself),
+ * MICA_EINVAL (bad fields; not in a coroutine) or MICA_ENOMEM.
  */
 MICA_API int mica_registry_register(mica_registry_t *reg, mica_ctx_t *ctx,
                                     const mica_instance_t *inst);
