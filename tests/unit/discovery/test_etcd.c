@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The etcd registry against a real etcd 3.4 on loopback: instances
- * registered under leases resolve through "etcd:///" targets; after etcd
- * restarts (data kept, and data wiped) every instance is written again by
- * itself within 2 s of etcd answering, with a new lease, while resolvers
- * keep the list they had; a watch cancelled by compaction lists again and
- * loses nothing. etcd is started and stopped from the offload pool, so no
+ * The etcd registry against a real etcd 3.4 on loopback (TTL 2 s):
+ * instances registered under one lease, kept alive past its TTL, resolve
+ * through "etcd:///" targets, one key each; an instance whose keep-alives
+ * stop is gone within TTL + 1 s and comes back under a new lease; after
+ * etcd restarts (data kept, and data wiped) every instance is written
+ * again by itself within 2 s of etcd answering, under a new lease, while
+ * resolvers keep the list they had and say so once (log line, counters,
+ * /metrics); a watch cancelled by compaction lists again and loses
+ * nothing. etcd is started and stopped from the offload pool, so no
  * worker blocks while it boots.
  */
 #include <stdarg.h>
