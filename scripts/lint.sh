@@ -18,7 +18,7 @@ fi
 # Layers call downward through public headers only (docs/internals.md): a
 # file under src/<sub>/ may include its own private headers, src/common/'s,
 # generated headers, and the public headers of its own layer or those below.
-layers="common runtime http grpc observe store resilience"
+layers="common runtime http grpc observe store resilience discovery"
 layer_of() { # <public header> -> its layer, from the table in scripts/layers.txt
     awk -v h="$1" '$1 == h { print $2 }' scripts/layers.txt
 }

@@ -22,6 +22,15 @@
  * With otlp_endpoint ($MICA_OTLP_ENDPOINT) every request is traced (W3C
  * traceparent honoured, spans exported over OTLP/HTTP; trace_sample sets
  * the ratio of new traces kept), and log lines carry trace_id/span_id.
+ *
+ * Discovery (off by default): with registry ($MICA_REGISTRY) set to
+ * "etcd://127.0.0.1:2379" or "file:///path/registry.json", the service
+ * registers itself as "user" (registry_service) once it listens, at
+ * registry_addr (default 127.0.0.1 and the last listener's port), its id
+ * that address. At SIGTERM: /readyz 503 -> deregister -> wait
+ * registry_deregister_wait_ms for peers to see it -> drain -> exit 0.
+ * A killed instance leaves when its lease expires (registry_ttl_s).
+ * docs/guide/discovery.md tells the whole story.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +42,7 @@
 #include "mica/limit.h"
 #include "mica/log.h"
 #include "mica/observe.h"
+#include "mica/registry.h"
 #include "mica/runtime.h"
 #include "mica/trace.h"
 #include "user.pb-c.h"
@@ -108,6 +118,25 @@ static int data(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
                                    "{\"message\":\"success\",\"data\":\"processed quickly\"}");
 }
 
+/* Registration once the listeners are up: a start hook on worker 0. */
+typedef struct reg_app {
+    mica_registry_t *reg;
+    mica_instance_t inst;
+    char addr[64];
+} reg_app_t;
+
+static void register_start(int worker, void *arg)
+{
+    reg_app_t *a = arg;
+    if (worker != 0)
+        return;
+    /* Waits for the first write; if the registry is down it goes on trying by itself,
+     * and a shutdown before then ends the wait (MICA_ECANCELED). */
+    int rc = mica_registry_register(a->reg, NULL, &a->inst);
+    if (rc != 0 && rc != MICA_ECANCELED)
+        mica_log_error("registry: cannot register", "error", mica_strerror(rc));
+}
+
 static int fail(const char *what, int rc)
 {
     fprintf(stderr, "user: %s: %s\n", what, mica_strerror(rc));
@@ -119,13 +148,15 @@ int main(int argc, char **argv)
     /* Every setting, declared once: flags, then MICA_* variables, then a
      * --config JSON file, then these defaults; --help lists them all. */
     const char *listen = NULL;
+    const char *registry = NULL, *reg_service = NULL, *reg_addr = NULL, *reg_zone = NULL;
+    mica_registry_opts_t regopts = {0};
     mica_runtime_opts_t ropts = {0};
     mica_http_server_opts_t opts = {0};
     mica_http_tls_settings_t tls = {0};
     mica_grpc_server_opts_t gopts = {0};
     mica_trace_opts_t topts = {0};
     mica_observe_opts_t oopts = {0};
-    mica_setting_t settings[3 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS + MICA_TRACE_SETTINGS +
+    mica_setting_t settings[9 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS + MICA_TRACE_SETTINGS +
                             MICA_OBSERVE_SETTINGS] = {
         {"listen", MICA_SETTING_STR, ":8080,:50051", "listen addresses, comma-separated", &listen,
          0, 0, NULL},
@@ -133,8 +164,23 @@ int main(int argc, char **argv)
          4096, NULL},
         {"drain_timeout_ms", MICA_SETTING_MS, "10000", "how long SIGTERM lets in-flight work finish",
          &ropts.drain_timeout_ms, 1, 3600 * 1000, NULL},
+        {"registry", MICA_SETTING_STR, "",
+         "register in this registry: etcd://ip:port[/prefix] or file:///path (\"\": off)",
+         &registry, 0, 0, NULL},
+        {"registry_service", MICA_SETTING_STR, "user", "the service name registered",
+         &reg_service, 0, 0, NULL},
+        {"registry_addr", MICA_SETTING_STR, "",
+         "the address registered (\"\": 127.0.0.1 and the last listener's port)", &reg_addr, 0,
+         0, NULL},
+        {"registry_zone", MICA_SETTING_STR, "", "the zone registered (\"\": none)", &reg_zone, 0,
+         0, NULL},
+        {"registry_ttl_s", MICA_SETTING_INT, "10", "etcd lease TTL: a killed instance's lifetime",
+         &regopts.ttl_s, 2, 3600, NULL},
+        {"registry_deregister_wait_ms", MICA_SETTING_MS, "1s",
+         "at SIGTERM, the wait between deregistering and draining", &regopts.deregister_wait_ms, 1,
+         600 * 1000, NULL},
     };
-    size_t n = 3;
+    size_t n = 9;
     n += mica_http_server_settings(&opts, &tls, settings + n, MICA_HTTP_SETTINGS);
     n += mica_grpc_server_settings(&gopts, settings + n, MICA_GRPC_SETTINGS);
     n += mica_trace_settings(&topts, settings + n, MICA_TRACE_SETTINGS);
@@ -197,7 +243,32 @@ int main(int argc, char **argv)
     if (rc != 0)
         return fail("observability", rc);
 
+    /* Discovery: registered once the workers run (the listeners are bound by now). */
+    mica_registry_t *reg = NULL;
+    reg_app_t app = {0};
+    if (registry && *registry) {
+        if ((rc = mica_registry_new(&reg, rt, registry, &regopts)) != 0)
+            return fail("registry", rc);
+        if (reg_addr && *reg_addr) {
+            snprintf(app.addr, sizeof(app.addr), "%s", reg_addr);
+        } else {
+            size_t last = 0;
+            for (const char *p = listen; *p; p++)
+                last += *p == ',';
+            int port = mica_http_server_port(srv, last);
+            if (port < 0)
+                return fail("registry_addr", port);
+            snprintf(app.addr, sizeof(app.addr), "127.0.0.1:%d", port);
+        }
+        app.reg = reg;
+        app.inst = (mica_instance_t){.service = reg_service, .addr = app.addr,
+                                     .zone = reg_zone && *reg_zone ? reg_zone : NULL};
+        if ((rc = mica_runtime_on_start(rt, register_start, &app)) != 0)
+            return fail("registry", rc);
+    }
+
     rc = mica_runtime_run(rt);
+    mica_registry_free(reg);
     mica_observe_free(obs);
     mica_grpc_server_free(gs);
     mica_http_server_free(srv);

@@ -267,6 +267,9 @@ typedef struct mica_grpc_client_opts {
     const mica_picker_ops_t *picker; /* NULL: mica_picker_round_robin */
     const void *picker_conf;         /* given to the picker's create (borrowed for the client's life) */
     int64_t resolve_interval_ms;     /* dns targets: re-resolution period: 30000 */
+    int backoff_max_ms;              /* cap of an endpoint's back-off after failed connects
+                                        (1 s, x1.6, +-20 %): 30000; lower it to see a
+                                        restarted server sooner (a registry) */
 } mica_grpc_client_opts_t;
 
 /* Metadata sent with a call. */

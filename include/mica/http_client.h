@@ -66,6 +66,8 @@ typedef struct mica_http_client_opts {
     const void *picker_conf;         /* given to the picker's create (borrowed for the
                                         client's life) */
     int64_t resolve_interval_ms;     /* dns targets: re-resolution period: 30000 */
+    int backoff_max_ms;              /* cap of an endpoint's back-off after failed connects
+                                        (1 s, x1.6, +-20 %): 30000 */
 } mica_http_client_opts_t;
 
 /* A header field of a request. */

@@ -38,7 +38,8 @@
 typedef struct mica_endpoint {
     const char *addr;     /* "10.0.0.1:50051" or "[::1]:50051": an IP literal and a port */
     uint32_t weight;      /* relative share for weighted pickers; 0 counts as 1 */
-    const char *metadata; /* the resolver's own words about it (zone, version...), or NULL */
+    const char *metadata; /* the resolver's own words about it (version, JSON...), or NULL */
+    const char *zone;     /* where it runs ("eu-west-1a"), for zone-aware pickers, or NULL */
 } mica_endpoint_t;
 
 /* An immutable endpoint list, as published by a resolver. Fields are read-only. */
@@ -171,6 +172,13 @@ MICA_API void mica_resolver_unwatch(mica_resolver_t *r, mica_event_t *ev);
  * server name from it when it names one host.
  */
 MICA_API const char *mica_resolver_endpoint(const mica_resolver_t *r);
+
+/**
+ * The name calls through `r` carry as :authority or Host: the endpoint when
+ * it names one host ("users.svc:50051", "user" of etcd:///user), the service
+ * after '#' of a path target (file:///reg.json#user), NULL for static lists.
+ */
+MICA_API const char *mica_resolver_authority(const mica_resolver_t *r);
 
 /** The target's scheme ("dns", "static", ...), valid for the resolver's life. */
 MICA_API const char *mica_resolver_scheme(const mica_resolver_t *r);

@@ -58,6 +58,8 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
         c->o.conns_per_worker = 2;
     if (c->o.connect_timeout_ms <= 0)
         c->o.connect_timeout_ms = 5000;
+    if (c->o.backoff_max_ms <= 0)
+        c->o.backoff_max_ms = 30000;
     if (!c->o.max_message_bytes)
         c->o.max_message_bytes = 4 << 20;
     c->picker = c->o.picker ? c->o.picker : &mica_picker_round_robin;
@@ -72,8 +74,8 @@ int mica_grpc_client_new(mica_grpc_client_t **out, mica_runtime_t *rt, const cha
      * host (dns, registered schemes), else each endpoint's own address. */
     const char *scheme = mica_resolver_scheme(c->resolver);
     const char *endpoint = mica_resolver_endpoint(c->resolver);
-    bool one_name = strcmp(scheme, "static") != 0;
-    if (one_name && !(c->authority = mica__strdup(endpoint)))
+    const char *authority = mica_resolver_authority(c->resolver);
+    if (authority && !(c->authority = mica__strdup(authority)))
         rc = MICA_ENOMEM;
     if (rc == 0 && c->o.tls_ca_file) {
         mica_tls_client_opts_t to = {.ca_file = c->o.tls_ca_file,

@@ -14,10 +14,11 @@
  *
  * A connection attempt that fails puts its endpoint in FAILING for a
  * back-off (gRPC's connection-backoff: 1 s, x1.6, +-20 % jitter, here
- * capped at 30 s) and the call picks again, since nothing of it was sent:
- * a dead endpoint costs the calls that find it one refused connect each per
- * back-off, never a failure while others answer. When the picker has only
- * FAILING endpoints left, the call fails UNAVAILABLE at once.
+ * capped at backoff_max_ms, 30 s by default) and the call picks again,
+ * since nothing of it was sent: a dead endpoint costs the calls that find
+ * it one refused connect each per back-off, never a failure while others
+ * answer. When the picker has only FAILING endpoints left, the call fails
+ * UNAVAILABLE at once.
  */
 #include <string.h>
 #include <time.h>
@@ -27,7 +28,6 @@
 #include "grpc/client.h"
 
 #define BACKOFF_INITIAL_MS 1000
-#define BACKOFF_MAX_MS 30000
 
 static mica__grpc_worker_t *this_worker(mica_grpc_client_t *c)
 {
@@ -108,12 +108,14 @@ static uint64_t xorshift(uint64_t *s)
 
 void mica__grpc_ep_failed(mica__grpc_ep_t *ep, int err)
 {
+    uint32_t cap = (uint32_t)ep->w->c->o.backoff_max_ms;
     uint32_t b = ep->backoff_ms ? ep->backoff_ms : BACKOFF_INITIAL_MS;
+    b = b > cap ? cap : b;
     int64_t jitter = (int64_t)(xorshift(&ep->w->rand) % (2 * b / 5 + 1)) - b / 5; /* +-20 % */
     ep->pub.state = MICA_ENDPOINT_FAILING;
     ep->pub.failing_until_ms = mica_now_ms() + b + jitter;
     ep->pub.consecutive_failures++;
-    ep->backoff_ms = b * 8 / 5 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b * 8 / 5;
+    ep->backoff_ms = b * 8 / 5 > cap ? cap : b * 8 / 5;
     if (ep->last_error != err || ep->pub.consecutive_failures == 1) {
         char ms[24];
         snprintf(ms, sizeof(ms), "%u", b);

@@ -961,6 +961,7 @@ static void set_defaults(mica_http_client_opts_t *o)
     DEFAULT(write_timeout_ms, 10000);
     DEFAULT(response_timeout_ms, 30000);
     DEFAULT(body_timeout_ms, 30000);
+    DEFAULT(backoff_max_ms, 30000);
 #undef DEFAULT
     if (!o->max_head_bytes)
         o->max_head_bytes = 16384;
@@ -1047,19 +1048,20 @@ int mica_http_client_new(mica_http_client_t **out, mica_runtime_t *rt, const cha
     }
     /* Host and the TLS name: the target's host when it names one (an URL, a
      * DNS name, a registered scheme's), else each endpoint's own address. */
-    const char *scheme = mica_resolver_scheme(c->resolver);
     const char *endpoint = mica_resolver_endpoint(c->resolver);
-    bool one_name = url || strcmp(scheme, "static") != 0;
-    if (one_name && !(c->authority = mica__strdup(endpoint)))
+    const char *authority = url ? endpoint : mica_resolver_authority(c->resolver);
+    bool one_name = authority != NULL;
+    if (one_name && !(c->authority = mica__strdup(authority)))
         rc = MICA_ENOMEM;
     if (rc == 0 && c->tls) {
         char host[256];
-        const char *colon = strrchr(endpoint, ':');
-        size_t n = colon ? (size_t)(colon - endpoint) : strlen(endpoint);
-        if (n >= 2 && endpoint[0] == '[')
-            snprintf(host, sizeof(host), "%.*s", (int)n - 2, endpoint + 1);
+        const char *a = one_name ? authority : endpoint;
+        const char *colon = strrchr(a, ':');
+        size_t n = colon ? (size_t)(colon - a) : strlen(a);
+        if (n >= 2 && a[0] == '[')
+            snprintf(host, sizeof(host), "%.*s", (int)n - 2, a + 1);
         else
-            snprintf(host, sizeof(host), "%.*s", (int)n, endpoint);
+            snprintf(host, sizeof(host), "%.*s", (int)n, a);
         const char *name = c->o.tls_server_name ? c->o.tls_server_name : one_name ? host : NULL;
         if (name && !(c->tls_name = mica__strdup(name)))
             rc = MICA_ENOMEM;

@@ -8,7 +8,7 @@
  * still listed keep their pools, those that left close their idle
  * connections and the busy ones close when their exchange ends. A failed
  * connection attempt puts the endpoint in back-off (1 s, x1.6, +-20 %
- * jitter, at most 30 s) and the call picks again, since nothing was sent.
+ * jitter, at most backoff_max_ms: 30 s) and the call picks again, since nothing was sent.
  *
  * Each endpoint has a pool: at most max_conns_per_endpoint connections
  * (busy and idle) -- a call beyond waits for one to be released or closed,
@@ -37,7 +37,6 @@
 #include "mica/net.h"
 
 #define BACKOFF_INITIAL_MS 1000
-#define BACKOFF_MAX_MS 30000
 
 #define COUNT(w, field) atomic_fetch_add_explicit(&(w)->stats.field, 1, memory_order_relaxed)
 
@@ -109,12 +108,14 @@ static uint64_t xorshift(uint64_t *s)
 
 static void ep_failed(mica__hc_ep_t *ep, int err)
 {
+    uint32_t cap = (uint32_t)ep->w->c->o.backoff_max_ms;
     uint32_t b = ep->backoff_ms ? ep->backoff_ms : BACKOFF_INITIAL_MS;
+    b = b > cap ? cap : b;
     int64_t jitter = (int64_t)(xorshift(&ep->w->rand) % (2 * b / 5 + 1)) - b / 5;
     ep->pub.state = MICA_ENDPOINT_FAILING;
     ep->pub.failing_until_ms = mica_now_ms() + b + jitter;
     ep->pub.consecutive_failures++;
-    ep->backoff_ms = b * 8 / 5 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b * 8 / 5;
+    ep->backoff_ms = b * 8 / 5 > cap ? cap : b * 8 / 5;
     if (ep->last_error != err || ep->pub.consecutive_failures == 1) {
         char ms[24];
         snprintf(ms, sizeof(ms), "%u", b);

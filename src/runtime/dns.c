@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The DNS resolver ("dns:///host:port", or a bare "host:port" that is not
+ * The DNS resolver. "dns:///host:port" (or a bare "host:port" that is not
  * an IP literal): A and AAAA records through getaddrinfo(), which follows
  * nsswitch.conf (/etc/hosts, then DNS) as every other program on the host
- * does. getaddrinfo() blocks, so it runs on the runtime's offload pool and
- * the resolver's coroutine only waits for it; no worker ever blocks.
+ * does. "dns:///_grpc._tcp.user.shop.svc" (a name without a port): SRV
+ * records, which give the ports too (Kubernetes names a headless Service's
+ * ports this way). "dns://10.96.0.10:53/..." asks that server instead of
+ * resolv.conf's. The lookups (src/common/dnsq.c) block, so they run on the
+ * runtime's offload pool and the resolver's coroutine only waits for them;
+ * no worker ever blocks.
  *
  * The coroutine re-resolves every refresh interval (30 s by default), and
  * sooner when a client hints that an endpoint failed (at most once per
@@ -16,26 +20,26 @@
  * already running on the pool is waited for (getaddrinfo cannot be
  * interrupted), bounded by the system resolver's own timeouts.
  */
-#include <errno.h>
-#include <netdb.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/dnsq.h"
 #include "common/log.h"
 #include "mica/net.h"
 #include "mica/resolver.h"
 
-#define MAX_ADDRS 64
 #define MIN_GAP_MS 2000
 #define RETRY_MAX_MS 30000
 
 typedef struct dns {
     mica_resolver_t *r;
-    char *host, *port;
-    char *name; /* "host:port", for logs */
+    char *host, *port; /* port NULL: SRV records */
+    char *server;      /* the target's authority (a DNS server), or NULL */
+    char *name;        /* the target's endpoint, for logs */
     int64_t interval_ms;
     mica_ctx_t *ctx;   /* cancelled by stop */
     mica_event_t wake; /* stop, or a hint */
@@ -44,80 +48,39 @@ typedef struct dns {
 } dns_t;
 
 typedef struct lookup {
-    const char *host, *port;
-    char addrs[MAX_ADDRS][64];
-    size_t n;
-    int gai_err, sys_err;
+    const dns_t *d;
+    mica__dns_result_t res;
 } lookup_t;
 
 /* Runs on an offload thread. */
 static int lookup_run(void *arg)
 {
     lookup_t *q = arg;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    /* No AI_ADDRCONFIG: it hides ::1 on hosts whose only IPv6 address is loopback. */
-    q->gai_err = getaddrinfo(q->host, q->port, &hints, &res);
-    if (q->gai_err == EAI_SYSTEM)
-        q->sys_err = errno;
-    for (struct addrinfo *a = res; a && q->n < MAX_ADDRS; a = a->ai_next)
-        if ((a->ai_family == AF_INET || a->ai_family == AF_INET6) &&
-            mica_net_format_addr(a->ai_addr, q->addrs[q->n], sizeof(q->addrs[0])) == 0)
-            q->n++;
-    if (res)
-        freeaddrinfo(res);
+    mica__dns_lookup(q->d->server, q->d->host, q->d->port, &q->res);
     return 0;
-}
-
-static int cmp_addr(const void *a, const void *b)
-{
-    return strcmp(a, b);
-}
-
-static int gai_to_mica(const lookup_t *q)
-{
-    switch (q->gai_err) {
-    case EAI_NONAME:
-    case EAI_NODATA:
-        return MICA_ENOTFOUND;
-    case EAI_AGAIN:
-        return MICA_EAGAIN;
-    case EAI_MEMORY:
-        return MICA_ENOMEM;
-    case EAI_SYSTEM:
-        return q->sys_err ? -q->sys_err : MICA_EIO;
-    default:
-        return MICA_EUNAVAILABLE;
-    }
 }
 
 /* One lookup: publishes the list or reports the error. Returns 0 or the error. */
 static int resolve(dns_t *d)
 {
-    lookup_t *q = mica__calloc(1, sizeof(*q)); /* 4 KiB: off the coroutine's stack */
+    lookup_t *q = mica__calloc(1, sizeof(*q)); /* 5 KiB: off the coroutine's stack */
     if (!q)
         return MICA_ENOMEM;
-    q->host = d->host;
-    q->port = d->port;
+    q->d = d;
     int result = 0;
     int rc = mica_offload(NULL, d->ctx, lookup_run, q, &result);
     const char *why = NULL;
-    if (rc == 0 && q->gai_err) {
-        rc = gai_to_mica(q);
-        why = q->gai_err == EAI_SYSTEM ? mica_strerror(rc) : gai_strerror(q->gai_err);
-    } else if (rc == 0 && q->n == 0) {
-        rc = MICA_ENOTFOUND;
-        why = "no IPv4 or IPv6 address";
+    if (rc == 0 && q->res.err) {
+        rc = q->res.err;
+        why = q->res.why;
     } else if (rc != 0) {
         why = mica_strerror(rc); /* the pool's queue is full, or we are stopping */
     }
     if (rc == 0) {
-        qsort(q->addrs, q->n, sizeof(q->addrs[0]), cmp_addr);
-        mica_endpoint_t eps[MAX_ADDRS];
-        for (size_t i = 0; i < q->n; i++)
-            eps[i] = (mica_endpoint_t){.addr = q->addrs[i], .weight = 1};
-        rc = mica_resolver_update(d->r, eps, q->n);
+        mica_endpoint_t eps[MICA__DNS_MAX_ADDRS];
+        for (size_t i = 0; i < q->res.n; i++)
+            eps[i] = (mica_endpoint_t){.addr = q->res.a[i].addr, .weight = q->res.a[i].weight};
+        rc = mica_resolver_update(d->r, eps, q->res.n);
     } else if (!atomic_load(&d->stopping)) {
         mica__log_warn("dns resolver: lookup failed, keeping the last list", "name", d->name,
                        "error", why);
@@ -170,6 +133,8 @@ static void dns_destroy(void *state)
     dns_t *d = state;
     mica_ctx_free(d->ctx);
     mica__free(d->host);
+    mica__free(d->port);
+    mica__free(d->server);
     mica__free(d->name);
     mica__free(d);
 }
@@ -177,45 +142,44 @@ static void dns_destroy(void *state)
 static int dns_init(mica_resolver_t *r, const mica_target_t *t, const mica_resolver_opts_t *opts,
                     void **state)
 {
-    if (*t->authority) {
-        mica__log_error("dns resolver: a DNS server in the target is not supported",
-                        "authority", t->authority);
-        return MICA_EINVAL;
-    }
-    /* "host:port" or "[v6]:port" */
+    /* "host:port" or "[v6]:port": A/AAAA; a name without a port: SRV records */
     const char *ep = t->endpoint;
     const char *colon = strrchr(ep, ':');
     const char *close = ep[0] == '[' ? strchr(ep, ']') : NULL;
-    if (!colon || colon == ep || !colon[1] || (ep[0] == '[' && (!close || close + 1 != colon))) {
-        mica__log_error("dns resolver: the target needs host:port", "endpoint", ep);
+    if (ep[0] == '[' && (!close || close + 1 != colon))
+        colon = NULL;
+    bool srv = !colon && *ep && ep[0] != '[';
+    if (!srv && (!colon || colon == ep || !colon[1])) {
+        mica__log_error("dns resolver: the target needs host:port (A/AAAA) or an SRV name",
+                        "endpoint", ep);
         return MICA_EINVAL;
     }
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535) {
-        mica__log_error("dns resolver: bad port", "endpoint", ep);
-        return MICA_EINVAL;
+    if (!srv) {
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (*end || port <= 0 || port > 65535) {
+            mica__log_error("dns resolver: bad port", "endpoint", ep);
+            return MICA_EINVAL;
+        }
     }
     dns_t *d = mica__calloc(1, sizeof(*d));
     if (!d)
         return MICA_ENOMEM;
-    size_t hlen = (size_t)(colon - ep);
+    size_t hlen = srv ? strlen(ep) : (size_t)(colon - ep);
     const char *h = ep;
     if (ep[0] == '[') {
         h++;
         hlen -= 2;
     }
-    /* host and port in one allocation: "host\0port\0" */
-    d->host = mica__malloc(hlen + 1 + strlen(colon + 1) + 1);
+    d->host = mica__strndup(h, hlen);
+    d->port = srv ? NULL : mica__strdup(colon + 1);
     d->name = mica__strdup(ep);
-    if (!d->host || !d->name || mica_ctx_with_cancel(NULL, &d->ctx) != 0) {
+    d->server = *t->authority ? mica__strdup(t->authority) : NULL;
+    if (!d->host || (!srv && !d->port) || !d->name || (*t->authority && !d->server) ||
+        mica_ctx_with_cancel(NULL, &d->ctx) != 0) {
         dns_destroy(d);
         return MICA_ENOMEM;
     }
-    memcpy(d->host, h, hlen);
-    d->host[hlen] = '\0';
-    d->port = d->host + hlen + 1;
-    memcpy(d->port, colon + 1, strlen(colon + 1) + 1);
     d->r = r;
     d->interval_ms = opts->refresh_interval_ms;
     atomic_init(&d->last_ms, INT64_MIN / 2);

@@ -69,7 +69,8 @@ static mica_endpoints_t *list_new(const mica_endpoint_t *eps, size_t n, int err)
 {
     size_t bytes = sizeof(mica_endpoints_t) + n * sizeof(mica_endpoint_t);
     for (size_t i = 0; i < n; i++)
-        bytes += strlen(eps[i].addr) + 1 + (eps[i].metadata ? strlen(eps[i].metadata) + 1 : 0);
+        bytes += strlen(eps[i].addr) + 1 + (eps[i].metadata ? strlen(eps[i].metadata) + 1 : 0) +
+                 (eps[i].zone ? strlen(eps[i].zone) + 1 : 0);
     mica_endpoints_t *l = mica__malloc(bytes);
     if (!l)
         return NULL;
@@ -90,6 +91,11 @@ static mica_endpoints_t *list_new(const mica_endpoint_t *eps, size_t n, int err)
             out[k].metadata = memcpy(s, eps[i].metadata, len);
             s += len;
         }
+        if (eps[i].zone) {
+            len = strlen(eps[i].zone) + 1;
+            out[k].zone = memcpy(s, eps[i].zone, len);
+            s += len;
+        }
         k++;
     }
     *l = (mica_endpoints_t){.error = err, .n = k, .eps = out};
@@ -103,7 +109,8 @@ static bool list_equal(const mica_endpoints_t *a, const mica_endpoints_t *b)
         return false;
     for (size_t i = 0; i < a->n; i++)
         if (strcmp(a->eps[i].addr, b->eps[i].addr) != 0 || a->eps[i].weight != b->eps[i].weight ||
-            !same_str(a->eps[i].metadata, b->eps[i].metadata))
+            !same_str(a->eps[i].metadata, b->eps[i].metadata) ||
+            !same_str(a->eps[i].zone, b->eps[i].zone))
             return false;
     return true;
 }
@@ -393,6 +400,16 @@ void mica_resolver_resolve_now(mica_resolver_t *r)
 const char *mica_resolver_endpoint(const mica_resolver_t *r)
 {
     return r->t.endpoint;
+}
+
+const char *mica_resolver_authority(const mica_resolver_t *r)
+{
+    if (strcmp(r->t.scheme, "static") == 0)
+        return NULL; /* several hosts: each endpoint's address */
+    /* A path is no authority (RFC 3986, 3.2): file:///etc/reg.json#user is "user". */
+    const char *hash = strrchr(r->t.endpoint, '#');
+    const char *name = hash ? hash + 1 : r->t.endpoint;
+    return *name && !strchr(name, '/') ? name : NULL;
 }
 
 const char *mica_resolver_scheme(const mica_resolver_t *r)

@@ -278,7 +278,7 @@ static void drop_endpoint(void)
     int n = 0;
     for (int i = 0; i < O.n; i++)
         if (i != O.drop_idx)
-            eps[n++] = (mica_endpoint_t){O.addrs[i], O.weights[i], NULL};
+            eps[n++] = (mica_endpoint_t){.addr = O.addrs[i], .weight = O.weights[i]};
     atomic_store(&dropped_at, mica_now_ms());
     mica_resolver_update(mica_grpc_client_resolver(client), eps, (size_t)n);
 }
@@ -407,7 +407,7 @@ int main(int argc, char **argv)
         return 1;
     mica_endpoint_t eps[MAXB];
     for (int i = 0; i < O.n; i++)
-        eps[i] = (mica_endpoint_t){O.addrs[i], O.weights[i], NULL};
+        eps[i] = (mica_endpoint_t){.addr = O.addrs[i], .weight = O.weights[i]};
     mica_resolver_update(mica_grpc_client_resolver(client), eps, (size_t)O.n); /* weights */
     if (O.policies) {
         mica_resilience_opts_t po = {

@@ -489,7 +489,7 @@ static void update_body(void *arg)
     EXPECT_EQ(calls_on_every_worker(f->c, 10), 20);
     EXPECT_EQ(atomic_load(&f->b[0].calls) + atomic_load(&f->b[1].calls), 20);
     EXPECT_EQ(atomic_load(&f->b[2].calls), 0);
-    mica_endpoint_t e = {f->b[2].addr, 1, NULL};
+    mica_endpoint_t e = {f->b[2].addr, 1, NULL, NULL};
     EXPECT_EQ(mica_resolver_update(mica_grpc_client_resolver(f->c), &e, 1), 0);
     EXPECT_EQ(calls_on_every_worker(f->c, 10), 20);
     EXPECT_EQ(atomic_load(&f->b[2].calls), 20); /* all of the new traffic */
@@ -512,7 +512,7 @@ static void refuse_body(void *arg)
     EXPECT_EQ(atomic_load(&f->b[0].calls), 40);
 
     /* Only the refusing endpoint left: UNAVAILABLE, at once during its back-off. */
-    mica_endpoint_t e = {f->dead, 1, NULL};
+    mica_endpoint_t e = {f->dead, 1, NULL, NULL};
     EXPECT_EQ(mica_resolver_update(mica_grpc_client_resolver(f->c), &e, 1), 0);
     mica_grpc_result_t res;
     EXPECT_EQ(call(f->c, NULL, NULL, 0, &res), MICA_GRPC_UNAVAILABLE);
@@ -553,7 +553,13 @@ static void test_a_dns_target_resolves_and_calls(void **state)
     mica_runtime_t *rt;
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true};
     assert_int_equal(mica_runtime_new(&rt, &o), 0);
-    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost", NULL), MICA_EINVAL);
+    /* a name without a port asks for SRV records (the records give the ports) */
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost", NULL), 0);
+    mica_grpc_client_free(c);
+    /* still invalid: an empty host, an empty port, a port out of range */
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///:50051", NULL), MICA_EINVAL);
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost:", NULL), MICA_EINVAL);
+    assert_int_equal(mica_grpc_client_new(&c, rt, "dns:///localhost:65536", NULL), MICA_EINVAL);
     assert_int_equal(mica_grpc_client_new(&c, rt, "nope:///x", NULL), MICA_EINVAL);
     mica_runtime_free(rt);
 }

@@ -82,12 +82,12 @@ static void test_static_lists_publish_once_per_change_and_keep_the_last_good_one
 
     mica_event_t ev = MICA_EVENT_INIT;
     assert_int_equal(mica_resolver_watch(r, &ev), 0);
-    mica_endpoint_t same[] = {{"127.0.0.1:1", 1, NULL}, {"127.0.0.1:2", 0, NULL}};
+    mica_endpoint_t same[] = {{"127.0.0.1:1", 1, NULL, NULL}, {"127.0.0.1:2", 0, NULL, NULL}};
     assert_int_equal(mica_resolver_update(r, same, 2), 0); /* equal: nothing published */
     assert_int_equal(mica_resolver_generation(r), gen);
     assert_false(mica_event_is_set(&ev));
 
-    mica_endpoint_t next[] = {{"[::1]:3", 5, "zone=b"}};
+    mica_endpoint_t next[] = {{"[::1]:3", 5, "v=2", "b"}};
     assert_int_equal(mica_resolver_update(r, next, 1), 0);
     assert_true(mica_event_is_set(&ev));
     assert_true(mica_resolver_generation(r) > gen);
@@ -95,11 +95,12 @@ static void test_static_lists_publish_once_per_change_and_keep_the_last_good_one
     assert_int_equal(l2->n, 1);
     assert_string_equal(l2->eps[0].addr, "[::1]:3");
     assert_int_equal(l2->eps[0].weight, 5);
-    assert_string_equal(l2->eps[0].metadata, "zone=b");
+    assert_string_equal(l2->eps[0].metadata, "v=2");
+    assert_string_equal(l2->eps[0].zone, "b");
     assert_string_equal(l->eps[1].addr, "127.0.0.1:2"); /* the old list lives while referenced */
     mica_endpoints_unref(l);
 
-    mica_endpoint_t bad[] = {{"localhost:3", 1, NULL}};
+    mica_endpoint_t bad[] = {{"localhost:3", 1, NULL, NULL}};
     assert_int_equal(mica_resolver_update(r, bad, 1), MICA_EINVAL);
     mica_resolver_report_error(r, MICA_ENOTFOUND); /* a list exists: it stays */
     mica_endpoints_t *l3 = mica_resolver_get(r);
@@ -107,12 +108,19 @@ static void test_static_lists_publish_once_per_change_and_keep_the_last_good_one
     assert_int_equal(l3->error, 0);
     mica_endpoints_unref(l3);
     mica_endpoints_unref(l2);
+    mica_endpoint_t moved[] = {{"[::1]:3", 5, "v=2", "c"}}; /* another zone is a change */
+    uint64_t gen2 = mica_resolver_generation(r);
+    assert_int_equal(mica_resolver_update(r, moved, 1), 0);
+    assert_true(mica_resolver_generation(r) > gen2);
     mica_resolver_unwatch(r, &ev);
     mica_resolver_free(r);
 
     assert_int_equal(mica_resolver_new(&r, rt, "static:///localhost:1", NULL), MICA_EINVAL);
     assert_int_equal(mica_resolver_new(&r, rt, "nope:///x", NULL), MICA_EINVAL);
-    assert_int_equal(mica_resolver_new(&r, rt, "dns:///localhost", NULL), MICA_EINVAL); /* no port */
+    assert_int_equal(mica_resolver_new(&r, rt, "dns:///localhost:", NULL), MICA_EINVAL);
+    assert_int_equal(mica_resolver_new(&r, rt, "dns:///[::1]", NULL), MICA_EINVAL);
+    assert_int_equal(mica_resolver_new(&r, rt, "dns:///_grpc._tcp.localhost", NULL), 0); /* SRV */
+    mica_resolver_free(r);
     mica_runtime_free(rt);
 }
 
@@ -134,7 +142,7 @@ static int fake_init(mica_resolver_t *r, const mica_target_t *t, const mica_reso
 static void fake_start(void *state)
 {
     atomic_fetch_add(&fake.start, 1);
-    mica_endpoint_t e = {"127.0.0.1:7", 2, "from fake"};
+    mica_endpoint_t e = {"127.0.0.1:7", 2, "from fake", NULL};
     EXPECT_EQ(mica_resolver_update(state, &e, 1), 0);
     /* runs until stop, as a watch loop would */
     EXPECT_EQ(mica_event_wait(&fake.stopped, NULL, mica_deadline_in(5000)), 0);
@@ -248,7 +256,7 @@ static void writer(void *arg)
         char port[32], md[32];
         snprintf(port, sizeof(port), "127.0.0.1:%u", i);
         snprintf(md, sizeof(md), "g%u", i);
-        mica_endpoint_t e = {port, 1, md};
+        mica_endpoint_t e = {port, 1, md, NULL};
         EXPECT_EQ(mica_resolver_update(c->r, &e, 1), 0);
         if (i % 16 == 0)
             mica_yield();
@@ -364,8 +372,8 @@ static void test_round_robin_takes_turns_and_skips_endpoints_in_back_off(void **
     const mica_picker_ops_t *p = &mica_picker_round_robin;
     void *st;
     assert_int_equal(p->create(&st, NULL), 0);
-    mica_endpoint_t e[3] = {{"127.0.0.1:1", 1, NULL}, {"127.0.0.1:2", 1, NULL},
-                            {"127.0.0.1:3", 1, NULL}};
+    mica_endpoint_t e[3] = {{"127.0.0.1:1", 1, NULL, NULL}, {"127.0.0.1:2", 1, NULL, NULL},
+                            {"127.0.0.1:3", 1, NULL, NULL}};
     mica_picker_endpoint_t pe[3] = {{.ep = &e[0]}, {.ep = &e[1]}, {.ep = &e[2]}};
     mica_picker_endpoint_t *v[3] = {&pe[0], &pe[1], &pe[2]};
     int seen[3] = {0};
