@@ -123,15 +123,13 @@ typedef struct mica_failover_conf {
     const char *zone;          /* the caller's zone; NULL: no preference */
     int overprovision_pct;     /* the local zone takes min(100 %, its healthy share x this):
                                   140 (Envoy's 1.4), so spilling starts below ~71 % healthy */
-    const mica_picker_ops_t *picker; /* picks among the endpoints kept: round robin */
-    const void *picker_conf;         /* given to that picker's create */
 } mica_failover_conf_t;
 
 /**
- * A picker that wraps another (conf->picker): endpoints that active checks
+ * Round robin (weights ignored) over the endpoints kept: those active checks
  * or outlier ejection took out are skipped, the caller's zone is preferred
- * with proportional spill-over to the others, and health is ignored when
- * too few are healthy (the panic threshold). Counts gateway errors per endpoint.
+ * with proportional spill-over to the others, and below the panic threshold
+ * every endpoint of every zone is used. Its done() counts gateway errors.
  */
 MICA_API extern const mica_picker_ops_t mica_picker_failover;
 
