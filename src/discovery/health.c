@@ -481,10 +481,10 @@ static int64_t next_delay(mica_health_t *h)
 /* Sleeps until `deadline_ms` or the drain. Returns false once draining. */
 static bool nap(mica_health_t *h, int64_t deadline_ms)
 {
-    if (atomic_load(&h->stopping))
+    if (atomic_load(&h->stopping) || mica_worker_stopping())
         return false;
     mica_event_wait(&h->stop, NULL, deadline_ms);
-    return !atomic_load(&h->stopping);
+    return !atomic_load(&h->stopping) && !mica_worker_stopping();
 }
 
 static void check_loop(void *arg)
@@ -567,7 +567,7 @@ static void home(int worker, void *arg)
     int64_t tick = h->o.base_ejection_ms / 10;
     tick = tick < 5 ? 5 : tick > 100 ? 100 : tick;
     uint64_t gen = 0;
-    while (!atomic_load(&h->stopping)) {
+    while (!mica_worker_stopping()) {
         mica_event_reset(&h->changed);
         if (mica_resolver_generation(h->res) != gen) {
             mica_endpoints_t *l = mica_resolver_get(h->res);
@@ -579,17 +579,13 @@ static void home(int worker, void *arg)
         }
         if (atomic_load(&h->nejected) || atomic_load(&h->ever_ejected))
             sweep(h, mica_now_ms());
-        mica_event_wait(&h->changed, NULL, mica_deadline_in(tick));
+        if (mica_event_wait(&h->changed, NULL, mica_deadline_in(tick)) == MICA_ECANCELED)
+            break;
     }
-}
-
-static void stop_cb(int worker, void *arg)
-{
-    mica_health_t *h = arg;
-    (void)worker;
+    /* The drain began: the checks' naps end. (Noticed here rather than in an on_stop hook,
+     * so that mica_health_new() registers one hook, last, and a failure leaves none behind.) */
     atomic_store(&h->stopping, true);
     mica_event_set(&h->stop);
-    mica_event_set(&h->changed);
 }
 
 static const char *kind_name(mica_health_kind_t k)
@@ -646,9 +642,9 @@ int mica_health_new(mica_health_t **out, mica_runtime_t *rt, const char *target,
             goto fail;
         h->own_res = true;
     }
-    if ((rc = mica_resolver_watch(h->res, &h->changed)) != 0 ||
-        (rc = mica_runtime_on_start(rt, home, h)) != 0 ||
-        (rc = mica_runtime_on_stop(rt, stop_cb, h)) != 0) {
+    if ((rc = mica_resolver_watch(h->res, &h->changed)) != 0)
+        goto fail;
+    if ((rc = mica_runtime_on_start(rt, home, h)) != 0) {
         mica_resolver_unwatch(h->res, &h->changed);
         goto fail;
     }
@@ -659,8 +655,6 @@ int mica_health_new(mica_health_t **out, mica_runtime_t *rt, const char *target,
     *out = h;
     return 0;
 fail:
-    /* A registered on_start hook cannot be taken back: only its failure leads here, and then
-     * neither hook was kept (on_start is the first to be registered). */
     mica_http_client_free(h->hc);
     mica_grpc_client_free(h->gc);
     if (h->own_res)
