@@ -13,7 +13,8 @@
  *     (haproxy's defaults: every 2 s, rise 2, fall 3);
  *   - passive outlier ejection from real calls (Envoy's): an endpoint whose
  *     calls end in `consecutive_errors` gateway errors in a row (UNAVAILABLE:
- *     HTTP 502/503/504, refused or reset connections) is ejected for
+ *     HTTP 502/503/504, connections lost mid-call; a refused connect puts the
+ *     endpoint in the client's own back-off, which the picker skips) is ejected for
  *     base_ejection_ms x the times it was ejected, never more than
  *     max_ejection_pct of the endpoints at once (but at least one).
  *

@@ -25,7 +25,7 @@
  * that one coroutine, so it needs no atomics; only the verdict does.
  *
  * Outlier detection counts gateway errors (UNAVAILABLE: HTTP 502/503/504,
- * refused or reset connections) from the failover picker's done() on any
+ * connections lost mid-call) from the failover picker's done() on any
  * worker: a counter per entry, reset by any other outcome. The ejection
  * itself is a CAS on the count of ejected endpoints, bounded by
  * max_ejection_pct (at least one), then on the entry's flags; a refused one
