@@ -117,6 +117,7 @@ static void run(int worker, void *arg)
             mica_sleep_ms(1);
             mica_health_stats(health[s], &st);
         } while (st.endpoints < sizes[s]);
+        mica_resolver_start(res[s]);
         mica_failover_conf_t fo = {.health = health[s], .zone = "a"};
         bench("failover(health, zones)", &mica_picker_failover, &fo, sizes[s], res[s], true);
         mica_health_stats(health[s], &st);
@@ -125,6 +126,47 @@ static void run(int worker, void *arg)
     }
     mica_runtime_stop(rt);
 }
+
+/*
+ * A registry stand-in: "bench:///<n>" resolves to the first n endpoints of
+ * the table, in zones a and b (static targets stop at 256 endpoints).
+ */
+struct bench_res {
+    mica_resolver_t *r;
+    size_t n;
+};
+
+static int br_init(mica_resolver_t *r, const mica_target_t *t, const mica_resolver_opts_t *opts,
+                   void **state)
+{
+    (void)opts;
+    struct bench_res *b = calloc(1, sizeof(*b));
+    if (!b)
+        return MICA_ENOMEM;
+    b->r = r;
+    b->n = (size_t)strtoul(t->endpoint, NULL, 10);
+    if (b->n < 1 || b->n > MAXN) {
+        free(b);
+        return MICA_EINVAL;
+    }
+    *state = b;
+    return 0;
+}
+
+static void br_start(void *state)
+{
+    struct bench_res *b = state;
+    table(b->n);
+    mica_resolver_update(b->r, ep, b->n);
+}
+
+static void br_destroy(void *state)
+{
+    free(state);
+}
+
+static const mica_resolver_ops_t bench_resolver = {
+    .init = br_init, .start = br_start, .destroy = br_destroy};
 
 int main(int argc, char **argv)
 {
@@ -135,13 +177,12 @@ int main(int argc, char **argv)
     mica_runtime_opts_t o = {.workers = 1, .no_signals = true};
     if (mica_runtime_new(&rt, &o) != 0)
         return 1;
-    static char target[MAXN * 24];
+    if (mica_resolver_register("bench", &bench_resolver) != 0)
+        return 1;
     mica_health_opts_t ho = {.base_ejection_ms = 600000, .max_ejection_pct = 20};
     for (size_t s = 0; s < 3; s++) {
-        size_t len = (size_t)snprintf(target, sizeof(target), "static:///");
-        for (size_t i = 0; i < sizes[s]; i++)
-            len += (size_t)snprintf(target + len, sizeof(target) - len, "%s%s", i ? "," : "",
-                                    addr[i]);
+        char target[32];
+        snprintf(target, sizeof(target), "bench:///%zu", sizes[s]);
         if (mica_health_new(&health[s], rt, target, &ho) != 0 ||
             mica_resolver_new(&res[s], rt, target, NULL) != 0) {
             fprintf(stderr, "bench_discovery: cannot follow %zu endpoints\n", sizes[s]);
