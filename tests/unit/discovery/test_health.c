@@ -41,6 +41,7 @@ struct backend {
     atomic_int status;  /* /health answers this (200 unless set) */
     atomic_int serving; /* Check answers this ServingStatus (SERVING unless set) */
     atomic_int work;    /* /work calls */
+    atomic_int work_status; /* /work answers this (200 unless set) */
 };
 
 static int health_get(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
@@ -54,8 +55,10 @@ static int health_get(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 static int work_get(mica_http_req_t *req, mica_http_resp_t *resp, void *arg)
 {
     (void)req;
-    atomic_fetch_add(&((struct backend *)arg)->work, 1);
-    return mica_http_resp_text(resp, 200, "done");
+    struct backend *b = arg;
+    atomic_fetch_add(&b->work, 1);
+    int st = atomic_load(&b->work_status);
+    return mica_http_resp_text(resp, st ? st : 200, "done");
 }
 
 static int check(mica_grpc_call_t *call, const ProtobufCMessage *in, void *arg)
@@ -77,10 +80,10 @@ struct fx {
     char target[256];
 };
 
-static void fx_start(struct fx *f)
+static void fx_start_n(struct fx *f, int workers)
 {
     memset(f, 0, sizeof(*f));
-    assert_non_null(f->rt = disc_runtime(1));
+    assert_non_null(f->rt = disc_runtime(workers));
     snprintf(f->target, sizeof(f->target), "static:///");
     for (int i = 0; i < NB; i++) {
         struct backend *b = &f->b[i];
@@ -97,6 +100,11 @@ static void fx_start(struct fx *f)
         size_t n = strlen(f->target);
         snprintf(f->target + n, sizeof(f->target) - n, "%s%s", i ? "," : "", b->addr);
     }
+}
+
+static void fx_start(struct fx *f)
+{
+    fx_start_n(f, 1);
 }
 
 /* The health of the backends, checked as `o` says, and an HTTP client routing around it. */
@@ -328,6 +336,78 @@ static void test_tcp_check_takes_out_a_refusing_endpoint_and_returns_it_once_it_
     mica_runtime_free(t.rt);
     close(t.live_fd);
     expect_no_failure();
+}
+
+/* ---- passive ejection from real calls, on two workers ------------------------------------ */
+
+struct caller {
+    struct fx *f;
+    mica_event_t done;
+    int calls, ok503, ok200;
+};
+
+/* 60 calls of /work; counts what came back. */
+static void make_calls(void *arg)
+{
+    struct caller *c = arg;
+    for (int i = 0; i < c->calls; i++) {
+        mica_http_response_t *r = NULL;
+        if (mica_http_client_get(c->f->c, NULL, "/work", NULL, &r) == 0) {
+            if (mica_http_response_status(r) == 503)
+                c->ok503++;
+            else
+                c->ok200++;
+        }
+        mica_http_response_free(r);
+    }
+    mica_event_set(&c->done);
+}
+
+static void passive_body(void *arg)
+{
+    struct fx *f = arg;
+    mica_health_stats_t s;
+    int64_t t0 = wall_ms();
+    do { /* the health follows the list (ejections count listed endpoints only) */
+        mica_sleep_ms(1);
+        mica_health_stats(f->h, &s);
+    } while (s.endpoints < NB && wall_ms() - t0 < slack_ms(5000));
+    atomic_store(&f->b[1].work_status, 503);
+    /* calls from both workers at once: their gateway errors add up on one counter */
+    struct caller w0 = {.f = f, .calls = 60}, w1 = {.f = f, .calls = 60};
+    if (!EXPECT_EQ(mica_go_on(1, make_calls, &w1), 0))
+        return;
+    make_calls(&w0);
+    EXPECT_EQ(mica_event_wait(&w1.done, NULL, mica_deadline_in(slack_ms(10000))), 0);
+    mica_health_endpoint_t e;
+    mica_health_endpoint(f->h, f->b[1].addr, &e);
+    int on1 = atomic_load(&f->b[1].work);
+    print_message("passive: %d calls on the 503 backend (of 120) before its ejection; "
+                  "503s seen: %d + %d\n",
+                  on1, w0.ok503, w1.ok503);
+    EXPECT(e.ejected);
+    EXPECT_EQ(e.times_ejected, 1);
+    /* 5 in a row eject it; calls already placed on other workers may add a few */
+    EXPECT(on1 >= 5 && on1 <= 5 + 2 * 2);
+    EXPECT_EQ(w0.ok503 + w1.ok503, on1);
+    /* after the ejection no call reaches it */
+    struct caller w2 = {.f = f, .calls = 30};
+    make_calls(&w2);
+    EXPECT_EQ(atomic_load(&f->b[1].work), on1);
+    EXPECT_EQ(w2.ok503, 0);
+    mica_health_stats(f->h, &s);
+    EXPECT_EQ(s.ejections, 1);
+    EXPECT_EQ(s.ejected, 1);
+}
+
+static void test_real_calls_answering_503_eject_their_endpoint_across_workers(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_start_n(&f, 2);
+    mica_health_opts_t o = {.base_ejection_ms = 60000}; /* passive only */
+    fx_health(&f, &o);
+    fx_run(&f, passive_body);
 }
 
 /* ---- the picker on a hand-made table, verdicts from passive ejection ------------------- */
@@ -766,6 +846,7 @@ int main(void)
             test_grpc_check_not_serving_takes_an_endpoint_out_and_serving_brings_it_back),
         cmocka_unit_test(
             test_tcp_check_takes_out_a_refusing_endpoint_and_returns_it_once_it_listens),
+        cmocka_unit_test(test_real_calls_answering_503_eject_their_endpoint_across_workers),
         cmocka_unit_test(test_five_gateway_errors_eject_an_endpoint_for_longer_each_time),
         cmocka_unit_test(test_max_ejection_pct_bounds_the_endpoints_ejected_at_once),
         cmocka_unit_test(test_one_endpoint_may_be_ejected_even_when_the_percentage_rounds_to_none),
