@@ -83,7 +83,10 @@ struct mica_health {
     pthread_mutex_t lock; /* the table: insertions and walks, never a pick */
     hep_t *buckets[NBUCKETS];
     hep_t *all;
+    /* read by every pick on every worker: padded away from what checks and calls write */
+    char pad0[64];
     _Atomic uint64_t verdict_gen;
+    char pad1[64];
     _Atomic uint32_t nlisted, ndown, nejected;
     _Atomic uint64_t checks, check_failures, marked_down, marked_up, ejections, returns,
         ejections_refused, panics;
