@@ -116,6 +116,15 @@ MICA_API void mica_health_stats(const mica_health_t *h, mica_health_stats_t *out
 /** Fills *out with how endpoint `addr` ("10.0.0.5:50051") stands (any thread). */
 MICA_API void mica_health_endpoint(mica_health_t *h, const char *addr, mica_health_endpoint_t *out);
 
+typedef struct mica_metrics mica_metrics_t; /* include/mica/metrics.h */
+
+/**
+ * Exports `h`'s counters and gauges, and each endpoint's verdict, to `reg` (NULL: the
+ * default registry, what /metrics serves), labelled target=`name`, read at each scrape
+ * until mica_health_free(). Returns 0, MICA_EINVAL (bad name; exported already) or MICA_ENOMEM.
+ */
+MICA_API int mica_health_export_metrics(mica_health_t *h, mica_metrics_t *reg, const char *name);
+
 /* ---- the failover picker ------------------------------------------------------- */
 
 /* mica_picker_failover's picker_conf (borrowed for the client's life). */

@@ -47,6 +47,7 @@
 #include "mica/grpc.h"
 #include "mica/health.h"
 #include "mica/http_client.h"
+#include "mica/metrics.h"
 #include "mica/net.h"
 
 #define F_DOWN 1u    /* out by active checks */
@@ -96,6 +97,8 @@ struct mica_health {
     atomic_bool ever_ejected; /* the sweeper has times_ejected to lower */
     uint64_t rand;
     uint64_t mark;
+    mica_metrics_t *export_reg; /* mica_health_export_metrics(): where, and the label */
+    char export_name[64];
 };
 
 static void ctr(_Atomic uint64_t *c)
@@ -669,10 +672,14 @@ fail:
     return rc;
 }
 
+static void collect(mica_collect_t *out, void *arg);
+
 void mica_health_free(mica_health_t *h)
 {
     if (!h)
         return;
+    if (h->export_reg)
+        mica_metrics_remove_collector(h->export_reg, collect, h);
     mica_resolver_unwatch(h->res, &h->changed);
     mica_http_client_free(h->hc);
     mica_grpc_client_free(h->gc);
@@ -718,6 +725,67 @@ void mica_health_endpoint(mica_health_t *h, const char *addr, mica_health_endpoi
     out->ejected = f & F_EJECTED;
     out->times_ejected = atomic_load(&e->times_ejected);
     out->ejected_until_ms = out->ejected ? atomic_load(&e->ejected_until_ms) : 0;
+}
+
+/* ---- metrics ------------------------------------------------------------------------- */
+
+static void sample(mica_collect_t *out, mica_metric_type_t type, const char *metric,
+                   const char *help, const char *target, uint64_t v)
+{
+    const char *l[] = {"target"}, *val[] = {target};
+    mica_collect_sample(out, type, metric, help, l, val, 1, (double)v);
+}
+
+static void collect(mica_collect_t *out, void *arg)
+{
+    mica_health_t *h = arg;
+    mica_health_stats_t s;
+    mica_health_stats(h, &s);
+    const char *t = h->export_name;
+    const mica_metric_type_t C = MICA_METRIC_COUNTER, G = MICA_METRIC_GAUGE;
+    sample(out, C, "mica_health_checks_total", "Active health checks run.", t, s.checks);
+    sample(out, C, "mica_health_check_failures_total", "Active health checks failed.", t,
+           s.check_failures);
+    sample(out, C, "mica_health_marked_down_total", "Endpoints taken out by `fall` failed checks.",
+           t, s.marked_down);
+    sample(out, C, "mica_health_marked_up_total", "Endpoints brought back by `rise` passed checks.",
+           t, s.marked_up);
+    sample(out, C, "mica_health_ejections_total", "Endpoints ejected by outlier detection.", t,
+           s.ejections);
+    sample(out, C, "mica_health_returns_total", "Ejected endpoints back after their time.", t,
+           s.returns);
+    sample(out, C, "mica_health_ejections_refused_total",
+           "Ejections max_ejection_pct did not allow.", t, s.ejections_refused);
+    sample(out, C, "mica_health_panics_total",
+           "Times a worker's picker found too few healthy endpoints and used all.", t, s.panics);
+    sample(out, G, "mica_health_endpoints", "Endpoints followed.", t, s.endpoints);
+    sample(out, G, "mica_health_endpoints_down", "Endpoints out by active checks.", t, s.down);
+    sample(out, G, "mica_health_endpoints_ejected", "Endpoints ejected.", t, s.ejected);
+    const char *l[] = {"target", "endpoint"};
+    pthread_mutex_lock(&h->lock);
+    for (hep_t *e = h->all; e; e = e->all_next) {
+        uint32_t f = atomic_load(&e->flags);
+        if (!(f & F_LISTED))
+            continue;
+        const char *val[] = {t, e->addr};
+        mica_collect_sample(out, G, "mica_health_endpoint_healthy",
+                            "1 if the endpoint is neither down nor ejected, else 0.", l, val, 2,
+                            (f & F_OUT) ? 0 : 1);
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
+int mica_health_export_metrics(mica_health_t *h, mica_metrics_t *reg, const char *name)
+{
+    if (!h || !name || !*name || strlen(name) >= sizeof(h->export_name) || h->export_reg)
+        return MICA_EINVAL;
+    mica_metrics_t *r = reg ? reg : mica_metrics_default();
+    memcpy(h->export_name, name, strlen(name) + 1);
+    int rc = mica_metrics_add_collector(r, collect, h);
+    if (rc != 0)
+        return rc;
+    h->export_reg = r;
+    return 0;
 }
 
 /* ---- the failover picker ------------------------------------------------------------ */

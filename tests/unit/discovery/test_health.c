@@ -29,6 +29,7 @@
 #include "mica/health.h"
 #include "mica/http.h"
 #include "mica/http_client.h"
+#include "mica/metrics.h"
 
 /* ---- backends: HTTP /health and /work, grpc.health.v1 Check ------------------------- */
 
@@ -582,7 +583,28 @@ static void test_five_gateway_errors_eject_an_endpoint_for_longer_each_time(void
     struct pfx p;
     mica_health_opts_t o = {.base_ejection_ms = BASE, .max_ejection_pct = 50};
     pfx_new(&p, 4, &o);
-    pfx_run(&p, ejection_body);
+    mica_metrics_t *reg;
+    assert_int_equal(mica_metrics_new(&reg), 0);
+    assert_int_equal(mica_health_export_metrics(p.h, reg, "users"), 0);
+    assert_int_equal(mica_health_export_metrics(p.h, reg, "users"), MICA_EINVAL);
+    assert_int_equal(disc_run(p.rt, ejection_body, &p), 0);
+    expect_no_failure();
+    /* what a scrape shows once the runtime stopped */
+    char *text;
+    size_t len;
+    assert_int_equal(mica_metrics_write(reg, &text, &len), 0);
+    assert_non_null(strstr(text, "mica_health_ejections_total{target=\"users\"} 2\n"));
+    assert_non_null(strstr(text, "mica_health_returns_total{target=\"users\"} 2\n"));
+    assert_non_null(strstr(text, "mica_health_endpoints{target=\"users\"} 4\n"));
+    assert_non_null(strstr(
+        text, "mica_health_endpoint_healthy{target=\"users\",endpoint=\"10.0.0.1:50051\"} 1\n"));
+    mica_metrics_text_free(text);
+    mica_health_free(p.h); /* removes its collector */
+    assert_int_equal(mica_metrics_write(reg, &text, &len), 0);
+    assert_null(strstr(text, "mica_health_"));
+    mica_metrics_text_free(text);
+    mica_metrics_free(reg);
+    mica_runtime_free(p.rt);
 }
 
 static void max_pct_body(void *arg)
