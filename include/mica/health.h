@@ -61,7 +61,8 @@ typedef struct mica_health_opts {
     int rise;                 /* passes in a row that bring an endpoint back: 2 */
     int fall;                 /* failures in a row that take it out: 3 */
     int consecutive_errors;   /* gateway errors in a row that eject an endpoint: 5 (-1: off) */
-    int base_ejection_ms;     /* ejection time, times the times it was ejected: 30000 */
+    int base_ejection_ms;     /* ejection time, times the times it was ejected (at most
+                                 300 s or this): 30000 */
     int max_ejection_pct;     /* at most this share of the endpoints ejected at once: 10 */
     int panic_threshold_pct;  /* below this share healthy, pick among all: 50 (-1: off) */
 } mica_health_opts_t;

@@ -317,7 +317,11 @@ static void eject(mica_health_t *h, hep_t *e, int64_t now_ms)
         }
     } while (!atomic_compare_exchange_weak(&e->flags, &f, f | F_EJECTED));
     uint32_t times = atomic_fetch_add(&e->times_ejected, 1) + 1;
+    /* Envoy's max_ejection_time: 300 s (or the base, if longer) bounds a flapping endpoint's */
     int64_t ms = (int64_t)h->o.base_ejection_ms * times;
+    int64_t cap = h->o.base_ejection_ms > 300000 ? h->o.base_ejection_ms : 300000;
+    if (ms > cap)
+        ms = cap;
     atomic_store(&e->ejected_until_ms, now_ms + ms);
     atomic_store(&e->gw_errors, 0);
     ctr(&h->ejections);
