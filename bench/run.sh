@@ -16,6 +16,8 @@
 #  12. balancer picks and breaker checks (bench_balancer), pinned to CPU 0; the gRPC
 #      client with the resilience policies on and off (bench/load/resilience.sh) when
 #      the build has the tests' binaries
+#  12a. resolve + pick of mica_picker_failover with health and zones vs round robin
+#      (bench_discovery), pinned to CPU 0, 3 runs
 #  13. rate limiters (bench_limit) and adaptive shedding at 3x capacity (bench/load/shed.sh)
 # Results are printed and collected in <build>/bench/results.md.
 # Usage: bench/run.sh <build-dir> [http seconds, default 10] [runs, default 3]
@@ -91,6 +93,15 @@ echo "== balancers and breakers (taskset -c 0 $build/bench/bench_balancer)"
     echo
     echo '```'
     taskset -c 0 "$build/bench/bench_balancer"
+    echo '```'
+    echo
+} | tee -a "$out"
+echo "== discovery: resolve + pick with health and zones (taskset -c 0 $build/bench/bench_discovery), 3 runs"
+{
+    echo '## Discovery: resolve + pick with health on (bench_discovery)'
+    echo
+    echo '```'
+    for _ in 1 2 3; do taskset -c 0 "$build/bench/bench_discovery" 2>/dev/null; done
     echo '```'
     echo
 } | tee -a "$out"

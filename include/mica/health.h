@@ -13,7 +13,8 @@
  *     (haproxy's defaults: every 2 s, rise 2, fall 3);
  *   - passive outlier ejection from real calls (Envoy's): an endpoint whose
  *     calls end in `consecutive_errors` gateway errors in a row (UNAVAILABLE:
- *     HTTP 502/503/504, refused or reset connections) is ejected for
+ *     HTTP 502/503/504, connections lost mid-call; a refused connect puts the
+ *     endpoint in the client's own back-off, which the picker skips) is ejected for
  *     base_ejection_ms x the times it was ejected, never more than
  *     max_ejection_pct of the endpoints at once (but at least one).
  *
@@ -60,7 +61,8 @@ typedef struct mica_health_opts {
     int rise;                 /* passes in a row that bring an endpoint back: 2 */
     int fall;                 /* failures in a row that take it out: 3 */
     int consecutive_errors;   /* gateway errors in a row that eject an endpoint: 5 (-1: off) */
-    int base_ejection_ms;     /* ejection time, times the times it was ejected: 30000 */
+    int base_ejection_ms;     /* ejection time, times the times it was ejected (at most
+                                 300 s or this): 30000 */
     int max_ejection_pct;     /* at most this share of the endpoints ejected at once: 10 */
     int panic_threshold_pct;  /* below this share healthy, pick among all: 50 (-1: off) */
 } mica_health_opts_t;
@@ -115,6 +117,15 @@ MICA_API void mica_health_stats(const mica_health_t *h, mica_health_stats_t *out
 /** Fills *out with how endpoint `addr` ("10.0.0.5:50051") stands (any thread). */
 MICA_API void mica_health_endpoint(mica_health_t *h, const char *addr, mica_health_endpoint_t *out);
 
+typedef struct mica_metrics mica_metrics_t; /* include/mica/metrics.h */
+
+/**
+ * Exports `h`'s counters and gauges, and each endpoint's verdict, to `reg` (NULL: the
+ * default registry, what /metrics serves), labelled target=`name`, read at each scrape
+ * until mica_health_free(). Returns 0, MICA_EINVAL (bad name; exported already) or MICA_ENOMEM.
+ */
+MICA_API int mica_health_export_metrics(mica_health_t *h, mica_metrics_t *reg, const char *name);
+
 /* ---- the failover picker ------------------------------------------------------- */
 
 /* mica_picker_failover's picker_conf (borrowed for the client's life). */
@@ -123,15 +134,13 @@ typedef struct mica_failover_conf {
     const char *zone;          /* the caller's zone; NULL: no preference */
     int overprovision_pct;     /* the local zone takes min(100 %, its healthy share x this):
                                   140 (Envoy's 1.4), so spilling starts below ~71 % healthy */
-    const mica_picker_ops_t *picker; /* picks among the endpoints kept: round robin */
-    const void *picker_conf;         /* given to that picker's create */
 } mica_failover_conf_t;
 
 /**
- * A picker that wraps another (conf->picker): endpoints that active checks
+ * Round robin (weights ignored) over the endpoints kept: those active checks
  * or outlier ejection took out are skipped, the caller's zone is preferred
- * with proportional spill-over to the others, and health is ignored when
- * too few are healthy (the panic threshold). Counts gateway errors per endpoint.
+ * with proportional spill-over to the others, and below the panic threshold
+ * every endpoint of every zone is used. Its done() counts gateway errors.
  */
 MICA_API extern const mica_picker_ops_t mica_picker_failover;
 
