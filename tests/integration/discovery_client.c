@@ -15,6 +15,7 @@
  * Options ("-name value"): -target T (needed)  -registry URL (for etcd:/// targets)
  *   -conc N (8)  -rate calls/s (400)  -duration ms (10000)  -interval ms (50)
  *   -deadline ms (1000)  -resolve-ms ms (dns targets' re-resolution period: 30000)
+ *   -retries N (0: none; else the resilience layer's retries, N attempts, no breaker)
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +25,7 @@
 
 #include "mica/grpc.h"
 #include "mica/registry.h"
+#include "mica/resilience.h"
 #include "mica/resolver.h"
 #include "user.pb-c.h"
 
@@ -31,7 +33,7 @@
 
 static struct {
     const char *target, *registry;
-    int conc;
+    int conc, retries;
     double rate;
     int64_t duration, interval, deadline, resolve_ms;
 } O = {.conc = 8, .rate = 400, .duration = 10000, .interval = 50, .deadline = 1000};
@@ -206,6 +208,8 @@ int main(int argc, char **argv)
             O.interval = strtoll(v, NULL, 10);
         else if (strcmp(k, "-deadline") == 0)
             O.deadline = strtoll(v, NULL, 10);
+        else if (strcmp(k, "-retries") == 0)
+            O.retries = (int)strtol(v, NULL, 10);
         else if (strcmp(k, "-resolve-ms") == 0)
             O.resolve_ms = strtoll(v, NULL, 10);
         else {
@@ -234,11 +238,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "discovery_client: bad target %s\n", O.target);
         return 2;
     }
+    mica_resilience_t *res = NULL;
+    if (O.retries > 0) {
+        mica_resilience_opts_t rso = {.breaker = {.kind = MICA_BREAKER_NONE},
+                                      .retry = {.max_attempts = O.retries,
+                                                .initial_backoff_ms = 10}};
+        if (mica_resilience_new(&res, rt, &rso) != 0 ||
+            mica_resilience_grpc_attach(res, client, NULL) != 0)
+            return 1;
+    }
     if (mica_runtime_on_start(rt, start, NULL) != 0)
         return 1;
     int rc = mica_runtime_run(rt);
     report();
     mica_grpc_client_free(client);
+    mica_resilience_free(res);
     mica_registry_free(reg);
     mica_runtime_free(rt);
     return rc == 0 ? 0 : 1;
