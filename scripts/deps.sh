@@ -9,7 +9,7 @@ build=(gcc make cmake pkg-config libjansson-dev libnghttp2-dev libprotobuf-c-dev
 test=(libcmocka-dev clang libclang-rt-14-dev valgrind curl openssl python3 nghttp2-client nginx-light
       nodejs golang-go golang-google-grpc-dev golang-google-protobuf-dev
       protobuf-compiler golang-github-golang-protobuf-1-3-dev redis-server postgresql util-linux
-      etcd-server etcd-client
+      etcd-server etcd-client wrk
       prometheus)
 # The fresh-machine check's own tools on the host (scripts/fresh-machine.sh).
 fresh=(debootstrap curl nghttp2-client git util-linux)
