@@ -34,27 +34,10 @@ static bool has(uint32_t mask, int code)
     return code >= 0 && code < 32 && (mask >> code & 1);
 }
 
-/* The call's limit: the earlier of its ctx's deadline and its options'. */
-static int64_t call_deadline(const mica_grpc_call_info_t *call)
-{
-    int64_t d = call->ctx ? mica_ctx_deadline(call->ctx) : MICA_NO_DEADLINE;
-    if (call->opts.deadline_ms > 0 && call->opts.deadline_ms < d)
-        d = call->opts.deadline_ms;
-    return d;
-}
-
 static void record(mica_breaker_t *br, int64_t started_ms, bool failure)
 {
     if (br)
         mica_breaker_record(br, mica_now_ms(), started_ms, failure);
-}
-
-/* Waits `ms` on the call's ctx; 0 or the ctx's error. */
-static int backoff(mica_grpc_call_info_t *call, int64_t ms)
-{
-    if (ms <= 0)
-        return call->ctx ? mica_ctx_err(call->ctx) : 0;
-    return call->ctx ? mica_ctx_sleep(call->ctx, ms) : mica_sleep_ms(ms);
 }
 
 /* ---- unary calls with retries -------------------------------------------------------- */
@@ -64,7 +47,8 @@ static int retried(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t *
                    const mica_retry_policy_t *policy, bool may_retry)
 {
     const mica_resilience_grpc_opts_t *g = &r->g;
-    int64_t overall = call_deadline(call), saved = call->opts.deadline_ms;
+    int64_t overall = mica__res_call_deadline(call->ctx, call->opts.deadline_ms),
+            saved = call->opts.deadline_ms;
     mica_retry_t rt;
     mica_retry_begin(&rt, policy, overall);
     int code;
@@ -89,7 +73,8 @@ static int retried(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t *
             break;
         if (w->budget && mica_budget_retry_begin(w->budget) != 0)
             break;
-        if (backoff(call, delay) != 0 || (br && mica_breaker_allow(br, mica_now_ms()) != 0)) {
+        if (mica__res_backoff(call->ctx, delay) != 0 ||
+            (br && mica_breaker_allow(br, mica_now_ms()) != 0)) {
             if (w->budget)
                 mica_budget_retry_end(w->budget);
             break;
@@ -206,7 +191,7 @@ static int hedged(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t *b
         }
         if (winner >= 0)
             break;
-        int64_t deadline = call_deadline(call);
+        int64_t deadline = mica__res_call_deadline(call->ctx, call->opts.deadline_ms);
         if (more && (n >= max || next_at >= deadline))
             more = false;
         if (!h.running && !more) {
@@ -281,7 +266,7 @@ static int streamed(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t 
                     const mica_retry_policy_t *policy)
 {
     mica_retry_t rt;
-    mica_retry_begin(&rt, policy, call_deadline(call));
+    mica_retry_begin(&rt, policy, mica__res_call_deadline(call->ctx, call->opts.deadline_ms));
     int code;
     for (;;) {
         code = next(call);
@@ -305,7 +290,8 @@ static int streamed(mica_resilience_t *r, mica__res_worker_t *w, mica_breaker_t 
             break;
         if (w->budget && mica_budget_retry_begin(w->budget) != 0)
             break;
-        if (backoff(call, delay) != 0 || (br && mica_breaker_allow(br, mica_now_ms()) != 0)) {
+        if (mica__res_backoff(call->ctx, delay) != 0 ||
+            (br && mica_breaker_allow(br, mica_now_ms()) != 0)) {
             if (w->budget)
                 mica_budget_retry_end(w->budget);
             break;

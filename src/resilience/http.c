@@ -24,15 +24,6 @@
 
 #include "resilience/internal.h"
 
-/* The call's limit: the earlier of its ctx's deadline and its options'. */
-static int64_t call_deadline(const mica_http_call_info_t *call)
-{
-    int64_t d = call->ctx ? mica_ctx_deadline(call->ctx) : MICA_NO_DEADLINE;
-    if (call->opts.deadline_ms > 0 && call->opts.deadline_ms < d)
-        d = call->opts.deadline_ms;
-    return d;
-}
-
 /* A Retry-After of delay-seconds on a 429 or 503, in ms; MICA_RETRY_NO_PUSHBACK otherwise. */
 static int64_t pushback(const mica_http_response_t *r)
 {
@@ -67,7 +58,8 @@ static int intercept(mica_http_call_info_t *call, mica_http_client_next_fn next,
                      (mica_resilience_http_idempotent(req->method ? req->method : "GET") ||
                       (flags & MICA_CALL_IDEMPOTENT));
     const mica_retry_policy_t *policy = cp && cp->retry ? cp->retry : &r->o.retry;
-    int64_t overall = call_deadline(call), saved = call->opts.deadline_ms;
+    int64_t overall = mica__res_call_deadline(call->ctx, call->opts.deadline_ms),
+            saved = call->opts.deadline_ms;
     mica_retry_t rt;
     mica_retry_begin(&rt, policy, overall);
     if (w->budget)
@@ -97,9 +89,8 @@ static int intercept(mica_http_call_info_t *call, mica_http_client_next_fn next,
             break;
         if (w->budget && mica_budget_retry_begin(w->budget) != 0)
             break;
-        int err = delay <= 0 ? (call->ctx ? mica_ctx_err(call->ctx) : 0)
-                             : (call->ctx ? mica_ctx_sleep(call->ctx, delay) : mica_sleep_ms(delay));
-        if (err != 0 || (br && mica_breaker_allow(br, mica_now_ms()) != 0)) {
+        if (mica__res_backoff(call->ctx, delay) != 0 ||
+            (br && mica_breaker_allow(br, mica_now_ms()) != 0)) {
             if (w->budget)
                 mica_budget_retry_end(w->budget);
             break;

@@ -234,6 +234,25 @@ struct mica_resilience {
     mica__res_worker_t **w;
 };
 
+/* ---- what both client adapters (grpc.c, http.c) share -------------------------------- */
+
+/* A call's limit: the earlier of its ctx's deadline and its options' (0: none). */
+static inline int64_t mica__res_call_deadline(mica_ctx_t *ctx, int64_t opts_deadline_ms)
+{
+    int64_t d = ctx ? mica_ctx_deadline(ctx) : MICA_NO_DEADLINE;
+    if (opts_deadline_ms > 0 && opts_deadline_ms < d)
+        d = opts_deadline_ms;
+    return d;
+}
+
+/* Waits `ms` (a retry's backoff) on the call's ctx: 0, or the ctx's error. */
+static inline int mica__res_backoff(mica_ctx_t *ctx, int64_t ms)
+{
+    if (ms <= 0)
+        return ctx ? mica_ctx_err(ctx) : 0;
+    return ctx ? mica_ctx_sleep(ctx, ms) : mica_sleep_ms(ms);
+}
+
 /* The calling worker's part, or NULL outside a worker. */
 mica__res_worker_t *mica__res_worker(mica_resilience_t *r);
 
