@@ -59,8 +59,9 @@ int main(int argc, char **argv)
     mica_http_server_opts_t opts = {0};
     mica_http_tls_settings_t tls = {0};
     mica_observe_opts_t oopts = {0};
-    bool observe = true;
-    mica_setting_t settings[5 + MICA_HTTP_SETTINGS + MICA_OBSERVE_SETTINGS] = {
+    mica_shed_opts_t so = {0};
+    bool observe = true, shed_on = true;
+    mica_setting_t settings[5 + MICA_HTTP_SETTINGS + MICA_OBSERVE_SETTINGS + MICA_SHED_SETTINGS] = {
         {"listen", MICA_SETTING_STR, NULL, "listen addresses, comma-separated (default :$PORT)",
          &listen, 0, 0, NULL},
         {"port", MICA_SETTING_STR, "8080", "port to listen on when listen is unset", &port, 0, 0,
@@ -74,6 +75,7 @@ int main(int argc, char **argv)
     };
     size_t n = 5 + mica_http_server_settings(&opts, &tls, settings + 5, MICA_HTTP_SETTINGS);
     n += mica_observe_settings(&oopts, settings + n, MICA_OBSERVE_SETTINGS);
+    n += mica_shed_settings(&so, &shed_on, settings + n, MICA_SHED_SETTINGS);
     mica_config_t *cfg;
     int rc = mica_config_load(&cfg, settings, n, argc, argv);
     if (rc != 0)
@@ -92,11 +94,11 @@ int main(int argc, char **argv)
         return fail("metrics", rc);
 
     /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
-     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
-     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
-    mica_shed_opts_t so = {0};
+     * when a worker is saturated; --shed=off / MICA_SHED=off opts out) and deadlines
+     * taken from X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    so.disabled = !shed_on;
     mica_shed_t *shed;
-    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+    if ((rc = mica_shed_new(&shed, &so)) != 0 ||
         (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
         return fail("resilience settings", rc);
 

@@ -156,8 +156,10 @@ int main(int argc, char **argv)
     mica_grpc_server_opts_t gopts = {0};
     mica_trace_opts_t topts = {0};
     mica_observe_opts_t oopts = {0};
+    mica_shed_opts_t so = {0};
+    bool shed_on = true;
     mica_setting_t settings[9 + MICA_HTTP_SETTINGS + MICA_GRPC_SETTINGS + MICA_TRACE_SETTINGS +
-                            MICA_OBSERVE_SETTINGS] = {
+                            MICA_OBSERVE_SETTINGS + MICA_SHED_SETTINGS] = {
         {"listen", MICA_SETTING_STR, ":8080,:50051", "listen addresses, comma-separated", &listen,
          0, 0, NULL},
         {"workers", MICA_SETTING_INT, "0", "worker threads (0: one per CPU)", &ropts.workers, 0,
@@ -185,6 +187,7 @@ int main(int argc, char **argv)
     n += mica_grpc_server_settings(&gopts, settings + n, MICA_GRPC_SETTINGS);
     n += mica_trace_settings(&topts, settings + n, MICA_TRACE_SETTINGS);
     n += mica_observe_settings(&oopts, settings + n, MICA_OBSERVE_SETTINGS);
+    n += mica_shed_settings(&so, &shed_on, settings + n, MICA_SHED_SETTINGS);
     mica_config_t *cfg;
     int rc = mica_config_load(&cfg, settings, n, argc, argv);
     if (rc != 0)
@@ -217,11 +220,11 @@ int main(int argc, char **argv)
         return fail("metrics", rc);
 
     /* What a mica service gets by default: adaptive load shedding (503 / UNAVAILABLE
-     * when a worker is saturated; MICA_SHED=off opts out) and deadlines taken from
-     * X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
-    mica_shed_opts_t so = {0};
+     * when a worker is saturated; --shed=off / MICA_SHED=off opts out) and deadlines
+     * taken from X-Request-Timeout / grpc-timeout (docs/guide/resilience.md). */
+    so.disabled = !shed_on;
     mica_shed_t *shed;
-    if ((rc = mica_shed_opts_from_env(&so)) != 0 || (rc = mica_shed_new(&shed, &so)) != 0 ||
+    if ((rc = mica_shed_new(&shed, &so)) != 0 ||
         (rc = mica_shed_attach(shed, srv)) != 0 || (rc = mica_deadline_http(srv)) != 0)
         return fail("resilience settings", rc);
 

@@ -20,7 +20,7 @@
  *
  *     mica_shed_t *shed;                     // what a mica service installs by default
  *     mica_shed_opts_t so = {0};
- *     mica_shed_opts_from_env(&so);          // MICA_SHED=off opts out
+ *     mica_shed_opts_from_env(&so);          // MICA_SHED=off opts out (or mica_shed_settings())
  *     mica_shed_new(&shed, &so);
  *     mica_shed_attach(shed, srv);           // its gRPC calls too
  *     mica_deadline_http(srv);               // X-Request-Timeout, early refusal
@@ -150,9 +150,22 @@ typedef struct mica_shed_stats {
     bool shedding;           /* some worker refused within cool_off_ms */
 } mica_shed_stats_t;
 
+/* Room enough for every setting mica_shed_settings() describes. */
+#define MICA_SHED_SETTINGS 5
+
 /**
- * Fills unset fields of `opts` from MICA_SHED ("on"/"off"), MICA_SHED_CPU_PCT,
- * MICA_SHED_WINDOW_MS and MICA_SHED_COOL_OFF_MS. Returns 0 or MICA_EINVAL
+ * Describes the shedder's settings for an app's mica_config_load() table into
+ * `out` (room for `cap`): shed (into *on; the app sets opts->disabled = !*on),
+ * shed_cpu_pct, shed_window_ms, shed_cool_off_ms, shed_queue_ms, bound to
+ * `opts`' fields. Returns how many there are (--shed=off, MICA_SHED=off).
+ */
+MICA_API size_t mica_shed_settings(mica_shed_opts_t *opts, bool *on, mica_setting_t *out,
+                                   size_t cap);
+
+/**
+ * Fills unset fields of `opts` from the variables of mica_shed_settings():
+ * MICA_SHED ("on"/"off"), MICA_SHED_CPU_PCT, MICA_SHED_WINDOW_MS,
+ * MICA_SHED_COOL_OFF_MS, MICA_SHED_QUEUE_MS. Returns 0 or MICA_EINVAL
  * (naming the bad variable in a log line).
  */
 MICA_API int mica_shed_opts_from_env(mica_shed_opts_t *opts);

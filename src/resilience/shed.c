@@ -59,11 +59,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "mica/config.h"
 #include "resilience/limit_internal.h"
 
 #define MAX_WORKERS 1024
@@ -390,37 +390,48 @@ static const mica_http_gate_ops_t gate_ops = {gate_admit, gate_refuse, gate_done
 
 /* ---- the API ------------------------------------------------------------------------------ */
 
-static int env_int(const char *name, int *field, int lo, int hi)
+size_t mica_shed_settings(mica_shed_opts_t *o, bool *on, mica_setting_t *out, size_t cap)
 {
-    const char *s = getenv(name);
-    if (*field || !s || !*s)
-        return 0;
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || v < lo || v > hi) {
-        mica__log_error("invalid environment variable", "name", name, "value", s);
-        return MICA_EINVAL;
-    }
-    *field = (int)v;
-    return 0;
+    const mica_setting_t all[] = {
+        {"shed", MICA_SETTING_BOOL, "true",
+         "adaptive load shedding: 503 / UNAVAILABLE when a worker saturates", on, 0, 0, NULL},
+        {"shed_cpu_pct", MICA_SETTING_INT, "90", "a worker is saturated from this CPU demand on",
+         &o->cpu_threshold_pct, 1, 100, NULL},
+        {"shed_window_ms", MICA_SETTING_MS, "5s", "throughput and latency are remembered this long",
+         &o->window_ms, 100, 600000, NULL},
+        {"shed_cool_off_ms", MICA_SETTING_MS, "1s",
+         "the in-flight limit holds this long after saturation", &o->cool_off_ms, 1, 600000,
+         NULL},
+        {"shed_queue_ms", MICA_SETTING_INT, "5",
+         "queue a worker may hold before it sheds, in ms at its best rate (-1: none)",
+         &o->queue_ms, -1, 60000, NULL},
+    };
+    size_t n = sizeof(all) / sizeof(all[0]);
+    for (size_t i = 0; i < n && i < cap; i++)
+        out[i] = all[i];
+    return n;
 }
 
 int mica_shed_opts_from_env(mica_shed_opts_t *o)
 {
-    int rc = 0;
-    const char *s = getenv("MICA_SHED");
-    if (s && *s) {
-        if (!strcasecmp(s, "off") || !strcmp(s, "0") || !strcasecmp(s, "false"))
-            o->disabled = true;
-        else if (strcasecmp(s, "on") && strcmp(s, "1") && strcasecmp(s, "true")) {
-            mica__log_error("invalid environment variable", "name", "MICA_SHED", "value", s);
-            rc = MICA_EINVAL;
-        }
-    }
-    rc |= env_int("MICA_SHED_CPU_PCT", &o->cpu_threshold_pct, 1, 100);
-    rc |= env_int("MICA_SHED_WINDOW_MS", &o->window_ms, 100, 600000);
-    rc |= env_int("MICA_SHED_COOL_OFF_MS", &o->cool_off_ms, 1, 600000);
-    return rc ? MICA_EINVAL : 0;
+    /* Read into a zeroed copy, then fill only what the caller left unset. */
+    mica_shed_opts_t env = {0};
+    bool on = true;
+    mica_setting_t e[MICA_SHED_SETTINGS];
+    size_t n = mica_shed_settings(&env, &on, e, MICA_SHED_SETTINGS);
+    if (mica_config_from_env(e, n) != 0)
+        return MICA_EINVAL;
+    if (!on)
+        o->disabled = true;
+    if (!o->cpu_threshold_pct)
+        o->cpu_threshold_pct = env.cpu_threshold_pct;
+    if (!o->window_ms)
+        o->window_ms = env.window_ms;
+    if (!o->cool_off_ms)
+        o->cool_off_ms = env.cool_off_ms;
+    if (!o->queue_ms)
+        o->queue_ms = env.queue_ms;
+    return 0;
 }
 
 int mica_shed_new(mica_shed_t **out, const mica_shed_opts_t *opts)

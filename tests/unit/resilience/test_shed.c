@@ -21,6 +21,7 @@
 #include "../runtime/helpers.h"
 #include "echo.pb-c.h"
 #include "mica/chan.h"
+#include "mica/config.h"
 #include "mica/limit.h"
 #include "mica/sync.h"
 #include "resilience/limit_internal.h"
@@ -437,6 +438,38 @@ static void test_shed_settings(void **state)
     assert_int_equal(mica_shed_opts_from_env(&(mica_shed_opts_t){0}), MICA_EINVAL);
     unsetenv("MICA_SHED");
     unsetenv("MICA_SHED_CPU_PCT");
+    /* A value the caller set wins over the variable; -1 (no queue) is a value. */
+    setenv("MICA_SHED_QUEUE_MS", "-1", 1);
+    setenv("MICA_SHED_WINDOW_MS", "2s", 1);
+    mica_shed_opts_t mine = {.window_ms = 3000};
+    assert_int_equal(mica_shed_opts_from_env(&mine), 0);
+    assert_false(mine.disabled);
+    assert_int_equal(mine.queue_ms, -1);
+    assert_int_equal(mine.window_ms, 3000);
+    unsetenv("MICA_SHED_WINDOW_MS");
+    setenv("MICA_SHED_QUEUE_MS", "-2", 1);
+    assert_int_equal(mica_shed_opts_from_env(&(mica_shed_opts_t){0}), MICA_EINVAL);
+    unsetenv("MICA_SHED_QUEUE_MS");
+
+    /* In an app's config table: flags over variables over defaults. */
+    setenv("MICA_SHED_COOL_OFF_MS", "250ms", 1);
+    mica_shed_opts_t fo = {0};
+    bool on = true;
+    mica_setting_t set[MICA_SHED_SETTINGS];
+    size_t n = mica_shed_settings(&fo, &on, set, MICA_SHED_SETTINGS);
+    assert_int_equal(n, MICA_SHED_SETTINGS);
+    char *argv[] = {"app", "--shed=off", "--shed-cpu-pct", "75", NULL};
+    mica_config_t *cfg;
+    assert_int_equal(mica_config_load(&cfg, set, n, 4, argv), 0);
+    assert_false(on);
+    assert_int_equal(fo.cpu_threshold_pct, 75);
+    assert_int_equal(fo.cool_off_ms, 250);
+    assert_int_equal(fo.window_ms, 5000);
+    assert_int_equal(fo.queue_ms, 5);
+    mica_config_free(cfg);
+    char *bad[] = {"app", "--shed-cpu-pct=0", NULL};
+    assert_int_equal(mica_config_load(&cfg, set, n, 2, bad), MICA_EINVAL);
+    unsetenv("MICA_SHED_COOL_OFF_MS");
     /* Disabled: attaching installs nothing, allowing admits everything. */
     assert_int_equal(mica_shed_new(&sh, &o), 0);
     mica_http_server_t *srv;
