@@ -6,8 +6,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$1
-vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
-    --suppressions="$root/scripts/valgrind.supp")
+# --fair-sched=yes: valgrind runs one thread at a time, and its default lock
+# lets a thread that spins (a test's stats reader) take it back before the
+# workers: one test ran 6 minutes instead of 9 s.
+vg=(valgrind -q --fair-sched=yes --error-exitcode=99 --leak-check=full
+    --errors-for-leak-kinds=definite,indirect --suppressions="$root/scripts/valgrind.supp")
 shopt -s nullglob
 for t in "$build"/tests/unit_*; do
     [ -x "$t" ] || continue

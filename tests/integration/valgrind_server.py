@@ -16,7 +16,7 @@ Usage: MICA_BUILD_DIR=build python3 tests/integration/valgrind_server.py
 import os, signal, socket, subprocess, sys, tempfile, time
 
 BUILD = os.environ.get("MICA_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-VG = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+VG = ["valgrind", "-q", "--fair-sched=yes", "--error-exitcode=99", "--leak-check=full",
       "--errors-for-leak-kinds=definite,indirect",
       "--suppressions=" + os.path.join(os.path.dirname(__file__), "../../scripts/valgrind.supp")]
 
