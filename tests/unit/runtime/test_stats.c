@@ -184,9 +184,10 @@ static void after_poll(int worker, void *arg)
 static atomic_bool reader_stop;
 static atomic_long reads;
 
-/* Reads every 50 us, as an eager scraper would: a reader that never pauses
- * starves the workers under valgrind (one thread runs at a time there), and
- * the run took minutes and once overran the 10 s drain. */
+/* Reads every 50 us, as an eager scraper would. Under valgrind one thread
+ * runs at a time: a reader that never pauses takes half the turns even with
+ * --fair-sched=yes (23 s here against 1 s), and without it starved the
+ * workers until the run overran its 10 s drain. */
 static void *stats_reader(void *arg)
 {
     while (!atomic_load(&reader_stop)) {
